@@ -1,0 +1,36 @@
+# Decides whether to compile the CUDA kernels (PYDCR_WITH_CUDA) from PYDCR_CUDA:
+#   AUTO: when nvcc is found and torch is a CUDA build (never asks for a GPU: build machines have none)
+#   ON:   required; fail when either is missing
+#   OFF:  CPU kernels only
+set(PYDCR_WITH_CUDA OFF)
+set(PYDCR_CUDA_VERSION "")
+string(TOUPPER "${PYDCR_CUDA}" _mode)
+
+if(NOT _mode STREQUAL "OFF")
+  if(NOT CMAKE_CUDA_COMPILER)
+    find_program(_nvcc nvcc HINTS ENV CUDA_HOME ENV CUDA_PATH PATH_SUFFIXES bin PATHS /usr/local/cuda/bin)
+    if(_nvcc)
+      set(CMAKE_CUDA_COMPILER ${_nvcc})
+    endif()
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER AND TORCH_CUDA_VERSION)
+    set(PYDCR_WITH_CUDA ON)
+  elseif(_mode STREQUAL "ON")
+    message(FATAL_ERROR "pydcr: PYDCR_CUDA=ON but nvcc ('${CMAKE_CUDA_COMPILER}') or a CUDA build of torch "
+                        "(torch.version.cuda = '${TORCH_CUDA_VERSION}') is missing")
+  else()
+    message(STATUS "pydcr: building without CUDA (nvcc: '${CMAKE_CUDA_COMPILER}', torch CUDA: '${TORCH_CUDA_VERSION}')")
+  endif()
+endif()
+
+if(PYDCR_WITH_CUDA)
+  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  set(CMAKE_CUDA_ARCHITECTURES ${PYDCR_CUDA_ARCHS})
+  enable_language(CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  set(PYDCR_CUDA_VERSION ${CUDAToolkit_VERSION})
+  message(STATUS "pydcr: CUDA ${CUDAToolkit_VERSION} kernels for architectures ${PYDCR_CUDA_ARCHS}")
+endif()

@@ -1,0 +1,80 @@
+#pragma once
+// Argument checks shared by every op: errors name the op, the argument and what was expected.
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/Exception.h>
+
+#include <array>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace pydcr {
+
+using torch::stable::Tensor;
+using torch::headeronly::ScalarType;
+
+inline const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Half: return "float16";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::Bool: return "bool";
+    default: return "an unsupported dtype";
+  }
+}
+
+inline void check_dtype(const char* op, const char* arg, const Tensor& t, std::initializer_list<ScalarType> allowed,
+                        const char* where) {
+  for (ScalarType a : allowed)
+    if (t.scalar_type() == a) return;
+  std::string expected;
+  for (ScalarType a : allowed) expected += std::string(expected.empty() ? "" : ", ") + dtype_name(a);
+  STD_TORCH_CHECK(false, op, ": ", arg, " has dtype ", dtype_name(t.scalar_type()), "; expected one of ", expected,
+                  " ", where);
+}
+
+// A 4-D image batch N x C x H x W with non-empty planes (N may be 0).
+inline void check_image_batch(const char* op, const char* arg, const Tensor& x) {
+  STD_TORCH_CHECK(x.dim() == 4, op, ": ", arg, " must be a 4-D tensor N x C x H x W, got ", x.dim(), " dimensions");
+  STD_TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, op, ": ", arg, " must have positive height and width, got ",
+                  x.size(2), " x ", x.size(3));
+}
+
+// A (height, width) pair of positive ints.
+inline std::array<int64_t, 2> check_hw(const char* op, const char* arg, const std::vector<int64_t>& hw) {
+  STD_TORCH_CHECK(hw.size() == 2, op, ": ", arg, " must be (height, width), got ", hw.size(), " values");
+  STD_TORCH_CHECK(hw[0] > 0 && hw[1] > 0, op, ": ", arg, " must be positive, got (", hw[0], ", ", hw[1], ")");
+  return {hw[0], hw[1]};
+}
+
+// True when x is laid out N x H x W x C in memory (channels_last) and not also plain contiguous.
+inline bool is_channels_last(const Tensor& x) {
+  if (x.dim() != 4 || x.is_contiguous()) return false;
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t expected[4] = {h * w * c, 1, w * c, c};
+  const int64_t sizes[4] = {n, c, h, w};
+  for (int d = 0; d < 4; ++d)
+    if (sizes[d] != 1 && x.stride(d) != expected[d]) return false;
+  return true;
+}
+
+// The floating dtype an op returns for x: float32 for uint8 images, else x's own.
+inline ScalarType float_result_type(const Tensor& x) {
+  return x.scalar_type() == ScalarType::Byte ? ScalarType::Float : x.scalar_type();
+}
+
+// An uninitialised N x C x H x W tensor on x's device, in x's memory format (NCHW or channels_last).
+inline Tensor empty_image_batch(const Tensor& x, int64_t n, int64_t c, int64_t h, int64_t w, ScalarType dtype) {
+  const auto format = is_channels_last(x) ? torch::headeronly::MemoryFormat::ChannelsLast
+                                          : torch::headeronly::MemoryFormat::Contiguous;
+  return torch::stable::empty({n, c, h, w}, dtype, std::nullopt, x.device(), std::nullopt, format);
+}
+
+}  // namespace pydcr
