@@ -1,0 +1,91 @@
+"""pydcr.ops.degrade against the two-call torch reference, low-rank matmuls and an OpenCV loop.
+
+    python -m bench.degrade [--device cuda] [--quick]
+
+Contenders, all producing the same N x C x 112 x 96 float result:
+  ours       torch.ops.pydcr.degrade, one pass
+  two_call   pydcr.reference.degrade: F.interpolate down, then up (materialises the low image)
+  lowrank    the strongest pure-torch form: U_h (D_h X D_w^T) U_w^T with the per-axis down (k x n)
+             and up (n x k) matrices, built once per shape from F.interpolate on identity matrices
+  opencv     a per-image cv2.resize(INTER_CUBIC) loop down and up (antialias=False semantics;
+             OpenCV has no antialiased bicubic), CPU only
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from bench.harness import Report, common_args, copy_bandwidth_gbs, time_ms
+from pydcr import ops, reference
+
+
+def axis_matrix(n: int, m: int, antialias: bool, dtype, device) -> torch.Tensor:
+    """The m x n matrix of resizing one axis from n to m, read off the reference."""
+    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, n, 1)
+    cols = reference.resize(eye, (m, 1), antialias=antialias)  # column j = image of basis vector j
+    return cols.reshape(n, m).t().contiguous().to(dtype=dtype, device=device)
+
+
+class LowRank:
+    def __init__(self, shape, k, antialias, dtype, device):
+        h, w = shape[-2:]
+        self.dh, self.dw = axis_matrix(h, k, antialias, dtype, device), axis_matrix(w, k, antialias, dtype, device)
+        self.uh, self.uw = axis_matrix(k, h, antialias, dtype, device), axis_matrix(k, w, antialias, dtype, device)
+
+    def __call__(self, x):
+        x = x.to(self.dh.dtype)
+        return self.uh @ ((self.dh @ x @ self.dw.t()) @ self.uw.t())
+
+
+def opencv_loop(images: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty(images.shape, dtype=np.float32)
+    for i, img in enumerate(images):  # images: N x H x W x C
+        low = cv2.resize(img, (k, k), interpolation=cv2.INTER_CUBIC)
+        out[i] = cv2.resize(low, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_CUBIC).reshape(out[i].shape)
+    return out
+
+
+def main(argv=None) -> None:
+    args = common_args(__doc__.splitlines()[0]).parse_args(argv)
+    device = torch.device(args.device)
+    n = 256
+    ks = [12] if args.quick else [6, 8, 12, 16, 20, 40]
+    dtypes = [torch.uint8, torch.float32] + ([torch.float16] if device.type == "cuda" else [])
+    cols = ["N", "k", "dtype", "antialias", "ours_ms", "two_call_ms", "lowrank_ms", "opencv_ms",
+            "vs_two_call", "vs_lowrank", "vs_opencv"]
+    peak = None
+    if device.type == "cuda":
+        peak = copy_bandwidth_gbs(device)
+        cols += ["GB/s", "of_copy_bw"]
+        print(f"# device copy bandwidth: {peak:.0f} GB/s (read + write)")
+    report = Report("degrade", device, cols)
+    min_time = 0.1 if args.quick else 0.4
+    for k in ks:
+        for dtype in dtypes:
+            for antialias in (True, False):
+                if args.quick and dtype == torch.uint8 and not antialias:
+                    continue
+                u8 = torch.randint(0, 256, (n, 3, 112, 96), dtype=torch.uint8, device=device)
+                x = u8 if dtype == torch.uint8 else (u8 / 255).to(dtype)
+                lowrank = LowRank(x.shape, k, antialias, torch.float32 if dtype == torch.uint8 else dtype, device)
+                ours = time_ms(lambda: ops.degrade(x, k, antialias=antialias), device, min_time=min_time)
+                two = time_ms(lambda: reference.degrade(x, k, antialias=antialias), device, min_time=min_time)
+                low = time_ms(lambda: lowrank(x), device, min_time=min_time)
+                row = dict(N=n, k=k, dtype=str(dtype).removeprefix("torch."), antialias=antialias, ours_ms=ours,
+                           two_call_ms=two, lowrank_ms=low, vs_two_call=two / ours, vs_lowrank=low / ours)
+                if device.type == "cpu" and not antialias:
+                    hwc = x.permute(0, 2, 3, 1).contiguous().numpy()
+                    cv = time_ms(lambda: opencv_loop(hwc, k), device, min_time=min_time)
+                    row.update(opencv_ms=cv, vs_opencv=cv / ours)
+                if peak is not None:
+                    out_bytes = x.numel() * (4 if dtype == torch.uint8 else x.element_size())
+                    gbs = (x.numel() * x.element_size() + out_bytes) / (ours * 1e-3) / 1e9
+                    row.update(**{"GB/s": gbs, "of_copy_bw": gbs / peak})
+                report.add(**row)
+    report.write(args.out, copy_bandwidth_gbs=peak)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""A small benchmark harness: ours against a reference in the same process, as a ratio, to JSON.
+
+Absolute times on shared machines are noisy; ratios measured side by side are what the
+benchmarks report. Each row times every contender with the same inputs, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    return info
+
+
+def describe(m: dict) -> str:
+    return m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, min_time: float = 0.3, repeats: int = 7) -> float:
+    """Median milliseconds per call over `repeats` runs of enough calls to last ~min_time / repeats."""
+    fn()  # warm up: lazy init, caches, compilation
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    once = max(time.perf_counter() - start, 1e-6)
+    calls = max(1, int(min_time / repeats / once))
+    samples = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(device)
+        samples.append((time.perf_counter() - start) / calls * 1e3)
+    return statistics.median(samples)
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak device memory of one call above what was allocated before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Achievable device bandwidth: bytes read plus written by a large copy, per second."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def common_args(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/<name>-<device>.json)")
+    p.add_argument("--quick", action="store_true", help="fewer cases and shorter timings")
+    return p
+
+
+class Report:
+    """Rows of one benchmark, printed as they come and written as JSON at the end."""
+
+    def __init__(self, name: str, device: torch.device, columns: list[str]):
+        self.name, self.device, self.columns = name, device, columns
+        self.machine = machine(device)
+        self.rows: list[dict] = []
+        print(f"# {name} on {describe(self.machine)}, torch {torch.__version__}")
+        print(" | ".join(columns))
+
+    def add(self, **row) -> None:
+        self.rows.append(row)
+        print(" | ".join(_fmt(row.get(c)) for c in self.columns), flush=True)
+
+    def write(self, path: Path | None, **extra) -> Path:
+        if path is None:
+            path = Path(__file__).parent / "results" / f"{self.name}-{self.device.type}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"benchmark": self.name, "machine": self.machine, **extra, "rows": self.rows}
+        path.write_text(json.dumps(data, indent=2))
+        print(f"# wrote {path}")
+        return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
