@@ -8,6 +8,7 @@ A load failure is turned into an ImportError that says what the build needs and 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import torch
 
@@ -37,6 +38,14 @@ def _load(module: str):
         )
     try:
         return importlib.import_module(f"pydcr.{module}")
+    except ModuleNotFoundError as err:
+        if err.name != f"pydcr.{module}":
+            raise
+        raise ImportError(
+            f"pydcr.{module} is not built: this pydcr was imported from {Path(__file__).parent}, which has no "
+            "compiled extension. Install pydcr (`pip install .`) and import it from outside the source folder, "
+            "or use an editable install (`pip install --no-build-isolation -e .`)."
+        ) from err
     except (ImportError, OSError) as err:
         raise ImportError(
             f"pydcr's compiled extension pydcr.{module} cannot be loaded by torch {torch.__version__} "

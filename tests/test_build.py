@@ -25,6 +25,7 @@ def test_ops_registered():
 
 
 @pytest.mark.parametrize("argv", [["-m", "pydcr", "info"], ["-m", "pydcr", "info", "--json"]])
-def test_info_command(argv):
-    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True).stdout
+def test_info_command(argv, tmp_path):
+    # Run outside the source tree so the installed package is the one imported.
+    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
     assert "torch_built" in out and pydcr.build_info()["torch_built"] in out
