@@ -1,0 +1,63 @@
+"""Five-point face alignment onto the 112 x 96 template of the Face-ResNet / center-loss release."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+#: The five points (x, y) of an aligned face in the 96-wide x 112-high crop: left eye, right eye,
+#: nose tip, left and right mouth corners.
+REFERENCE_112x96 = np.array(
+    [[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655], [62.7299, 92.2041]],
+    dtype=np.float32,
+)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2 x 3 similarity (rotation, uniform scale, translation) mapping src onto dst in the least-squares sense.
+
+    Umeyama's closed form, without reflection. src and dst are K x 2 point arrays, K >= 2.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"expected two K x 2 point arrays with K >= 2, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s == 0:
+        raise ValueError("source points are all equal: no similarity transform")
+    cov = d.T @ s / len(src)
+    u, sigma, vt = np.linalg.svd(cov)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1] = -1
+    rot = u @ np.diag(sign) @ vt
+    scale = (sigma * sign).sum() / var_s
+    m = np.empty((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
+def align(image: np.ndarray, landmarks: np.ndarray, size: Sequence[int] = (112, 96)) -> np.ndarray:
+    """Warp a face so its five points land on the template, returning an h x w x 3 crop.
+
+    image: H x W x 3 uint8 (RGB). landmarks: 5 x 2 (x, y) in the image. size: (h, w) of the crop;
+    the template is scaled from 112 x 96 to it. The warp is bicubic; pixels mapped from outside the
+    image are black, as in the reference release.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (5, 2):
+        raise ValueError(f"landmarks must be a 5 x 2 array of (x, y), got shape {points.shape}")
+    h, w = int(size[0]), int(size[1])
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size must be positive (h, w), got {tuple(size)}")
+    template = REFERENCE_112x96 * np.array([w / 96.0, h / 112.0])
+    m = similarity_transform(points, template)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
