@@ -46,35 +46,65 @@ Stage<T> make_stage(const Pass& pass) {
   return s;
 }
 
-// y[c] = sum_t w[t] * x[t * line + c] for c < line: one output row of a vertical map, the hot loop.
-// Columns go in register-sized blocks so each tap costs one load and one multiply-add, and the
-// function is cloned for AVX-512 and AVX2 (picked at load time by the CPU it runs on).
-#define PYDCR_VERTICAL_ROW(T)                                                                          \
-  PYDCR_CPU_CLONES void vertical_row(T* __restrict y, const T* __restrict x, int64_t line,            \
-                                     const T* __restrict w, int64_t len) {                             \
-    int64_t c = 0;                                                                                     \
-    c = vertical_block<64 / sizeof(T) * 4>(y, x, line, w, len, c);                                    \
-    c = vertical_block<64 / sizeof(T)>(y, x, line, w, len, c);                                        \
-    vertical_block<1>(y, x, line, w, len, c);                                                          \
-  }
+// 64-byte vectors of T: one AVX-512 register, two AVX2 or four SSE ones, as the clone compiles.
+template <typename T>
+struct Vec64 {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int64_t lanes = 64 / sizeof(T);
+};
 
-// Columns [c, ...) in blocks of B while a whole block fits; returns the first column left.
-template <int64_t B, typename T>
+// Columns [c, ...) of one output row in blocks of NV vectors while a whole block fits; returns the
+// first column left. The accumulators stay in registers across the taps.
+template <int NV, typename T>
 __attribute__((always_inline)) inline int64_t vertical_block(T* __restrict y, const T* __restrict x, int64_t line,
                                                              const T* __restrict w, int64_t len, int64_t c) {
-  for (; c + B <= line; c += B) {
-    T acc[B] = {};
+  using V = typename Vec64<T>::type;
+  constexpr int64_t L = Vec64<T>::lanes;
+  for (; c + NV * L <= line; c += NV * L) {
+    V acc[NV] = {};
     for (int64_t t = 0; t < len; ++t) {
       const T* __restrict xt = x + t * line + c;
       const T wt = w[t];
-#pragma omp simd
-      for (int64_t b = 0; b < B; ++b) acc[b] += wt * xt[b];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        V xv;
+        __builtin_memcpy(&xv, xt + v * L, sizeof(V));
+        acc[v] += wt * xv;
+      }
     }
-#pragma omp simd
-    for (int64_t b = 0; b < B; ++b) y[c + b] = acc[b];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(y + c + v * L, &acc[v], sizeof(V));
   }
   return c;
 }
+
+// The columns left after the vector blocks, one at a time.
+template <typename T>
+__attribute__((always_inline)) inline void vertical_tail(T* __restrict y, const T* __restrict x, int64_t line,
+                                                         const T* __restrict w, int64_t len, int64_t c) {
+  for (; c < line; ++c) {
+    T acc = 0;
+    for (int64_t t = 0; t < len; ++t) acc += w[t] * x[t * line + c];
+    y[c] = acc;
+  }
+}
+
+// A vertical map, rows x line -> band.rows x line: y_i[c] = sum_t w_it x_{start_i + t}[c]. The hot
+// loop: columns go in register-sized blocks so each tap costs one load and one multiply-add, and
+// the function is cloned for AVX-512 and AVX2 (picked at load time by the CPU it runs on).
+#define PYDCR_VERTICAL(T)                                                                               \
+  PYDCR_CPU_CLONES void vertical_pass(T* __restrict out, const T* __restrict in, int64_t line,         \
+                                      const Band<T>& b) {                                              \
+    for (int64_t i = 0; i < b.rows; ++i) {                                                             \
+      T* y = out + i * line;                                                                           \
+      const T* x = in + b.start[i] * line;                                                             \
+      const T* w = b.weight.data() + i * b.width;                                                      \
+      const int64_t len = b.len[i];                                                                    \
+      int64_t c = vertical_block<4>(y, x, line, w, len, 0);                                            \
+      c = vertical_block<1>(y, x, line, w, len, c);                                                    \
+      vertical_tail(y, x, line, w, len, c);                                                            \
+    }                                                                                                  \
+  }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PYDCR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -82,21 +112,12 @@ __attribute__((always_inline)) inline int64_t vertical_block(T* __restrict y, co
 #define PYDCR_CPU_CLONES
 #endif
 
-PYDCR_VERTICAL_ROW(float)
-PYDCR_VERTICAL_ROW(double)
-#undef PYDCR_VERTICAL_ROW
+PYDCR_VERTICAL(float)
+PYDCR_VERTICAL(double)
+#undef PYDCR_VERTICAL
 
 PYDCR_CPU_CLONES void widen(float* __restrict y, const uint8_t* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i];
-}
-
-// rows x line -> band.rows x line.
-template <typename T>
-void apply_vertical(const T* in, T* out, int64_t line, const Band<T>& b) {
-  for (int64_t i = 0; i < b.rows; ++i) {
-    const BandRow<T> r = b.row(i);
-    vertical_row(out + i * line, in + r.start * line, line, r.weight, r.len);
-  }
 }
 
 // Horizontal maps on planes (one value per pixel): each output row from one input row.
@@ -186,7 +207,7 @@ void run_stages(const In* src, T* dst, int64_t images, int64_t rows, int64_t col
         const Stage<T>& s = stages[k];
         T* out = k + 1 == stages.size() ? dst + img * out_size : buffers[k % 2].data();
         if (s.vertical) {
-          apply_vertical(prev, out, cur_c * pixel, s.band);
+          vertical_pass(out, prev, cur_c * pixel, s.band);
           cur_r = s.band.rows;
         } else {
           apply_horizontal(prev, out, cur_r, cur_c, pixel, s);
