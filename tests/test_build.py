@@ -29,3 +29,26 @@ def test_info_command(argv, tmp_path):
     # Run outside the source tree so the installed package is the one imported.
     out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
     assert "torch_built" in out and pydcr.build_info()["torch_built"] in out
+
+
+def test_failed_load_names_the_torch_and_the_fix(monkeypatch):
+    """A build the running torch cannot load gives a clear ImportError, not a bare linker error."""
+    from pydcr import _extension
+
+    def broken(name):
+        raise ImportError(f"{name}: undefined symbol: aoti_torch_something")
+
+    monkeypatch.setattr(_extension.importlib, "import_module", broken)
+    with pytest.raises(ImportError) as info:
+        _extension._load("_C")
+    message = str(info.value)
+    assert torch.__version__ in message and "undefined symbol" in message
+    assert "pip install --no-build-isolation --force-reinstall" in message
+
+
+def test_too_old_torch_is_refused_before_loading(monkeypatch):
+    from pydcr import _extension
+
+    monkeypatch.setattr(_extension.torch, "__version__", "2.10.0")
+    with pytest.raises(ImportError, match=r"for torch >= 2\.11, but torch 2\.10\.0 is running"):
+        _extension._load("_C")
