@@ -49,4 +49,15 @@ PYDCR_HOST_DEVICE T forward_value(T x, T w, T b, T r) {
   return activate(x + b, w) + r;
 }
 
+// One element of the backward pass: returns grad_x and adds the element's terms to its
+// channel's slope and bias gradient sums.
+template <typename T>
+PYDCR_HOST_DEVICE T backward_value(T grad, T x, T w, T b, T& sum_w, T& sum_b) {
+  const T z = x + b;
+  const T grad_x = grad * input_slope(z, w);
+  sum_w += slope_term(grad, z);
+  sum_b += grad_x;
+  return grad_x;
+}
+
 }  // namespace pydcr::prelu

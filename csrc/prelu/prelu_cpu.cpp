@@ -75,13 +75,8 @@ constexpr int64_t kTaskElements = 1 << 15;
       const T wc = w[p % channels], bc = b[p % channels];                                                    \
       const int64_t o = p * inner;                                                                           \
       T sw = 0, sb = 0;                                                                                      \
-      _Pragma("omp simd reduction(+ : sw, sb)") for (int64_t i = 0; i < inner; ++i) {                        \
-        const T z = x[o + i] + bc;                                                                           \
-        const T d = g[o + i] * input_slope(z, wc);                                                           \
-        gx[o + i] = d;                                                                                       \
-        sw += slope_term(g[o + i], z);                                                                       \
-        sb += d;                                                                                             \
-      }                                                                                                      \
+      _Pragma("omp simd reduction(+ : sw, sb)") for (int64_t i = 0; i < inner; ++i) gx[o + i] =              \
+          backward_value(g[o + i], x[o + i], wc, bc, sw, sb);                                                \
       sums[2 * p] = sw;                                                                                      \
       sums[2 * p + 1] = sb;                                                                                  \
     }                                                                                                        \
@@ -91,13 +86,8 @@ constexpr int64_t kTaskElements = 1 << 15;
                                       const T* __restrict b, T* __restrict sum_w, T* __restrict sum_b) {     \
     for (int64_t row = 0; row < rows; ++row) {                                                               \
       const int64_t o = row * channels;                                                                      \
-      _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) {                                           \
-        const T z = x[o + c] + b[c];                                                                         \
-        const T d = g[o + c] * input_slope(z, w[c]);                                                         \
-        gx[o + c] = d;                                                                                       \
-        sum_w[c] += slope_term(g[o + c], z);                                                                 \
-        sum_b[c] += d;                                                                                       \
-      }                                                                                                      \
+      _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) gx[o + c] =                                 \
+          backward_value(g[o + c], x[o + c], w[c], b[c], sum_w[c], sum_b[c]);                                \
     }                                                                                                        \
   }
 

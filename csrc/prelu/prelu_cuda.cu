@@ -11,6 +11,7 @@
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <tuple>
 
@@ -25,9 +26,10 @@ using pydcr::cuda::to_acc;
 
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
-// Elements one backward block covers: enough to amortise its partial sums, few enough that the
-// largest trunk activation spreads over hundreds of blocks. A function of the shape only.
-constexpr int64_t kBlockElements = 1 << 14;
+// Elements one backward block covers: about numel / 1024, so that any activation spreads over
+// enough blocks to fill the GPU, within bounds that keep the partial sums few. A function of the
+// shape only, so the order of additions is too.
+int64_t block_elements(int64_t numel) { return std::clamp<int64_t>(numel / 1024, 2048, 16384); }
 
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Vec {
@@ -114,25 +116,15 @@ __device__ __forceinline__ Acc block_sum(Acc v, Acc* scratch) {
   return total;
 }
 
-// One element of the backward pass: returns grad_x, adds the slope and bias terms.
-template <typename Acc>
-__device__ __forceinline__ Acc backward_element(Acc g, Acc x, Acc w, Acc b, Acc& sum_w, Acc& sum_b) {
-  const Acc z = x + b;
-  const Acc d = g * input_slope(z, w);
-  sum_w += slope_term(g, z);
-  sum_b += d;
-  return d;
-}
-
-// Channel-major layouts (inner > 1). Block (chunk, c) covers elements [chunk * per_block, ...) of
-// channel c, in order n, then position in the plane. V > 1 needs inner % V == 0 and per_block % V == 0,
+// Channel-major layouts (inner > 1). Block chunk + chunks * c covers elements [chunk * per_block, ...)
+// of channel c, in order n, then position in the plane. V > 1 needs inner % V == 0 and per_block % V == 0,
 // so a vector never leaves its plane. Partials: partial[(chunk * 2 + {0: slope, 1: bias}) * channels + c].
 template <typename T, typename Acc, int V, typename Index>
 __global__ void backward_planes_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
                                        Acc* __restrict__ partial, Params<T, Acc, Index> p, Index channels,
-                                       Index inner, Index per_channel, Index per_block) {
+                                       Index inner, Index per_channel, Index per_block, Index chunks) {
   __shared__ Acc scratch[kThreads / kWarp];
-  const Index chunk = blockIdx.x, c = blockIdx.y;
+  const Index chunk = blockIdx.x % chunks, c = blockIdx.x / chunks;
   const Acc w = p.w(c), b = p.b(c);
   const Index begin = chunk * per_block;
   const Index end = per_channel - begin < per_block ? per_channel : begin + per_block;
@@ -144,7 +136,7 @@ __global__ void backward_planes_kernel(const T* __restrict__ g, const T* __restr
     Vec<T, V> out;
 #pragma unroll
     for (int e = 0; e < V; ++e)
-      out.v[e] = from_acc<T>(backward_element(to_acc<Acc>(gv.v[e]), to_acc<Acc>(xv.v[e]), w, b, sum_w, sum_b));
+      out.v[e] = from_acc<T>(backward_value(to_acc<Acc>(gv.v[e]), to_acc<Acc>(xv.v[e]), w, b, sum_w, sum_b));
     *reinterpret_cast<Vec<T, V>*>(gx + i) = out;
   }
   sum_w = block_sum(sum_w, scratch);
@@ -185,7 +177,7 @@ __global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restric
 #pragma unroll
       for (int e = 0; e < V; ++e)
         out.v[e] = from_acc<T>(
-            backward_element(to_acc<Acc>(gv.v[e]), to_acc<Acc>(xv.v[e]), w[e], b[e], sum_w[e], sum_b[e]));
+            backward_value(to_acc<Acc>(gv.v[e]), to_acc<Acc>(xv.v[e]), w[e], b[e], sum_w[e], sum_b[e]));
       *reinterpret_cast<Vec<T, V>*>(gx + i) = out;
     }
   }
@@ -332,14 +324,14 @@ void launch_backward(const ChannelLayout& l, const T* g, const T* x, T* gx, Acc*
                      const BackwardGrid& bg, cudaStream_t stream) {
   constexpr int V = vec_width<T>();
   if (l.inner > 1) {
-    const dim3 grid(static_cast<unsigned>(bg.chunks), static_cast<unsigned>(l.channels));
+    const unsigned grid = static_cast<unsigned>(bg.chunks * l.channels);
     const Index per_channel = l.outer * l.inner;
     if (bg.v == V)
       backward_planes_kernel<T, Acc, V, Index><<<grid, kThreads, 0, stream>>>(g, x, gx, partial, p, l.channels, l.inner,
-                                                                              per_channel, bg.per_block);
+                                                                              per_channel, bg.per_block, bg.chunks);
     else
       backward_planes_kernel<T, Acc, 1, Index><<<grid, kThreads, 0, stream>>>(g, x, gx, partial, p, l.channels, l.inner,
-                                                                              per_channel, bg.per_block);
+                                                                              per_channel, bg.per_block, bg.chunks);
   } else {
     const dim3 block(bg.tx, kThreads / bg.tx);
     const dim3 grid(static_cast<unsigned>(bg.chunks), static_cast<unsigned>(ceil_div(l.channels, bg.tx * bg.v)));
@@ -357,20 +349,21 @@ void launch_backward(const ChannelLayout& l, const T* g, const T* x, T* gx, Acc*
 // v: the vector width the pointers and the layout allow (inner % v == 0 for planes,
 // channels % v == 0 for rows). Depends on the shape and alignment only.
 BackwardGrid backward_grid(const ChannelLayout& l, int v) {
-  constexpr int64_t kMaxGridY = 65535;
+  constexpr int64_t kMaxGridX = 2147483647, kMaxGridY = 65535;
+  const int64_t target = block_elements(l.outer * l.channels * l.inner);
   if (l.inner > 1) {
-    STD_TORCH_CHECK(l.channels <= kMaxGridY, kBackward, ": at most ", kMaxGridY, " channels are supported on CUDA, got ",
-                    l.channels);
     const int64_t per_channel = l.outer * l.inner;
-    const int64_t per_block = ceil_div(std::min(kBlockElements, per_channel), v) * v;
-    return {ceil_div(per_channel, per_block), per_block, 0, v};
+    const int64_t per_block = ceil_div(std::min(target, per_channel), v) * v;
+    const int64_t chunks = ceil_div(per_channel, per_block);
+    STD_TORCH_CHECK(chunks * l.channels <= kMaxGridX, kBackward, ": too many channels for CUDA, got ", l.channels);
+    return {chunks, per_block, 0, v};
   }
   // tx threads cover a row's channels, up to a warp; ty threads go down the rows.
   const int tx = static_cast<int>(std::min<int64_t>(kWarp, next_pow2(ceil_div(l.channels, v))));
   const int ty = kThreads / tx;
   const int64_t tile = static_cast<int64_t>(tx) * v;
   STD_TORCH_CHECK(ceil_div(l.channels, tile) <= kMaxGridY, kBackward, ": too many channels for CUDA, got ", l.channels);
-  const int64_t per_block = ceil_div(std::max<int64_t>(kBlockElements / tile, ty), ty) * ty;
+  const int64_t per_block = ceil_div(std::max<int64_t>(target / tile, ty), ty) * ty;
   return {ceil_div(l.outer, per_block), per_block, tx, v};
 }
 
