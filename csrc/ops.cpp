@@ -9,4 +9,10 @@ STABLE_TORCH_LIBRARY(pydcr, m) {
   m.def("resize_backward(Tensor grad, int[] input_size, bool antialias) -> Tensor");
   m.def("degrade(Tensor x, int[] low, int[] size, bool antialias=True) -> Tensor");
   m.def("degrade_backward(Tensor grad, int[] low, int[] input_size, bool antialias) -> Tensor");
+
+  // PReLU with a per-channel bias and a residual add (csrc/prelu): y = PReLU(x + bias, weight) +
+  // residual. The backward op returns the gradients of x, weight and the bias (of a zero bias
+  // when none was given); the residual's gradient is grad itself.
+  m.def("prelu(Tensor x, Tensor weight, Tensor? bias=None, Tensor? residual=None) -> Tensor");
+  m.def("prelu_backward(Tensor grad, Tensor x, Tensor weight, Tensor? bias=None) -> (Tensor, Tensor, Tensor)");
 }

@@ -110,3 +110,136 @@ torch.library.register_autograd("pydcr::resize", _resize_grad, setup_context=_sa
 torch.library.register_autograd("pydcr::resize_backward", _resize_backward_grad, setup_context=_save_spatial)
 torch.library.register_autograd("pydcr::degrade", _degrade_grad, setup_context=_save_spatial)
 torch.library.register_autograd("pydcr::degrade_backward", _degrade_backward_grad, setup_context=_save_spatial)
+
+
+# PReLU with a per-channel bias and a residual add (csrc/prelu).
+
+__all__ += ["prelu"]
+
+
+def prelu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``PReLU(x + bias[c], weight[c]) + residual`` in one pass, for x of shape N x C x H x W or N x C.
+
+    ``weight`` holds one slope per channel, shape (C,), or one shared slope, shape (1,);
+    ``bias`` (optional) one value per channel, shape (C,); ``residual`` (optional) has x's shape.
+    Equals ``F.prelu(x + bias.view(1, -1, 1, 1), weight) + residual`` (:func:`pydcr.reference.prelu`).
+    NCHW and channels_last are read in place and the result keeps x's layout; all tensors share
+    x's dtype and device (float32/float64 on CPU, also float16/bfloat16 on CUDA).
+
+    Backward is one pass too (``torch.ops.pydcr.prelu_backward``): the gradients of x, the slopes
+    and the bias, with the per-channel sums fused into the pass and added in a fixed order (the
+    same result run to run). The residual's gradient is the output gradient itself, not a copy.
+
+    Memory: autograd keeps x alone (one element per element of x) and recomputes the rest. Eager
+    ``F.prelu(x + b) + r`` keeps the same amount (PReLU's input, x + b) but also materialises
+    x + b and the PReLU output in the forward pass and a full-size slope-gradient tensor in the
+    backward pass, three temporaries of x's size that the fused op never allocates.
+    """
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is not None or name in ("x", "weight"):  # bias and residual may be None
+            _check_tensor("prelu", name, t)
+    return torch.ops.pydcr.prelu.default(x, weight, bias, residual)
+
+
+def _prelu_layout(x: torch.Tensor) -> torch.memory_format:
+    """The layout the kernels give results: channels_last when x is, else contiguous."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _check_prelu_args(op: str, x, weight, bias, others) -> None:
+    torch._check(x.dim() >= 2, lambda: f"pydcr.{op}: x must be N x C or N x C x H x W (at least 2 dimensions), got {x.dim()}")
+    c = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), *others):
+        if t is None:
+            continue
+        torch._check(t.dtype == x.dtype, lambda: f"pydcr.{op}: {name} has dtype {t.dtype}; expected {x.dtype}, the dtype of x")
+        torch._check(t.device == x.device, lambda: f"pydcr.{op}: {name} is on {t.device}; expected {x.device}, the device of x")
+    torch._check(weight.dim() == 1 and (weight.shape[0] == 1 or weight.shape[0] == c),
+                 lambda: f"pydcr.{op}: weight must hold 1 or C = {c} slopes, shape [1] or [{c}], got shape {list(weight.shape)}")
+    if bias is not None:
+        torch._check(bias.dim() == 1 and bias.shape[0] == c,
+                     lambda: f"pydcr.{op}: bias must hold C = {c} values, shape [{c}], got shape {list(bias.shape)}")
+    for name, t in others:
+        torch._check(t.shape == x.shape,
+                     lambda: f"pydcr.{op}: {name} must have the shape of x, {list(x.shape)}, got {list(t.shape)}")
+
+
+@torch.library.register_fake("pydcr::prelu")
+def _prelu_fake(x, weight, bias=None, residual=None):
+    _check_prelu_args("prelu", x, weight, bias, [] if residual is None else [("residual", residual)])
+    return torch.empty_like(x, memory_format=_prelu_layout(x))
+
+
+@torch.library.register_fake("pydcr::prelu_backward")
+def _prelu_backward_fake(grad, x, weight, bias=None):
+    _check_prelu_args("prelu_backward", x, weight, bias, [("grad", grad)])
+    return torch.empty_like(x, memory_format=_prelu_layout(x)), torch.empty_like(weight), x.new_empty(x.shape[1])
+
+
+def _prelu_setup(ctx, inputs, output):
+    x, weight, bias, residual = inputs
+    ctx.has_bias, ctx.has_residual = bias is not None, residual is not None
+    ctx.save_for_backward(x, weight, bias)  # x only, of activation size
+
+
+def _prelu_grad(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    grad_x, grad_w, grad_b = torch.ops.pydcr.prelu_backward.default(grad, x, weight, bias)
+    return grad_x, grad_w, grad_b if ctx.has_bias else None, grad if ctx.has_residual else None
+
+
+def _prelu_backward_setup(ctx, inputs, output):
+    grad, x, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(grad, x, weight, bias)
+
+
+def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (C,) or (1,) tensor shaped to broadcast over the channel dimension of `like`."""
+    return t.view((1, -1) + (1,) * (like.dim() - 2))
+
+
+def _channel_sum(t: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums an activation-shaped tensor per channel, to shape (C,), or over everything when size is 1."""
+    dims = [0] + list(range(2, t.dim()))
+    s = t.sum(dims)
+    return s.sum().reshape(1) if size == 1 and s.shape[0] != 1 else s
+
+
+def _prelu_backward_grad(ctx, gg_x, gg_w, gg_b):
+    """Gradients of (grad_x, grad_w, grad_b) = prelu_backward(grad, x, w, b) (double backward).
+
+    With z = x + b, n = (z <= 0) and s = 1 - n + n * w: grad_x = grad * s, grad_w = sum(grad * z * n),
+    grad_b = sum(grad * s). The masks are piecewise constant, so x moves only grad_w, through z.
+    """
+    grad, x, weight, bias = ctx.saved_tensors
+    w = _per_channel(weight, x)
+    z = x if bias is None else x + _per_channel(bias, x)
+    neg = (z <= 0).to(x.dtype)
+    slope = 1 - neg + neg * w
+    d_grad = torch.zeros_like(grad)
+    d_x = torch.zeros_like(x)
+    d_w = torch.zeros_like(weight)
+    if gg_x is not None:
+        d_grad = d_grad + gg_x * slope
+        d_w = d_w + _channel_sum(gg_x * grad * neg, weight.shape[0])
+    if gg_b is not None:
+        gb = _per_channel(gg_b, x)
+        d_grad = d_grad + gb * slope
+        d_w = d_w + _channel_sum(gb * grad * neg, weight.shape[0])
+    if gg_w is not None:
+        gw = _per_channel(gg_w, x)
+        d_grad = d_grad + gw * z * neg
+        d_x = gw * grad * neg
+    d_b = _channel_sum(d_x, x.shape[1]) if ctx.has_bias else None
+    return d_grad, d_x, d_w, d_b
+
+
+torch.library.register_autograd("pydcr::prelu", _prelu_grad, setup_context=_prelu_setup)
+torch.library.register_autograd("pydcr::prelu_backward", _prelu_backward_grad, setup_context=_prelu_backward_setup)

@@ -34,3 +34,42 @@ def degrade(
     if size is None:
         size = x.shape[-2:]
     return resize(resize(x, low, antialias=antialias), size, antialias=antialias)
+
+
+def prelu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """PReLU(x + bias[c], weight) + residual: a broadcast bias add, F.prelu, and an add."""
+    if bias is not None:
+        x = x + bias.view((1, -1) + (1,) * (x.dim() - 2))
+    y = F.prelu(x, weight)
+    return y if residual is None else y + residual
+
+
+class ConvPReLU(torch.nn.Module):
+    """Eager twin of :class:`pydcr.nn.ConvPReLU`: nn.Conv2d (3x3, with its bias) then nn.PReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 1, bias: bool = True):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_ch, out_ch, 3, padding=padding, bias=bias)
+        self.prelu = torch.nn.PReLU(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prelu(self.conv(x))
+
+
+class ResidualUnit(torch.nn.Module):
+    """Eager twin of :class:`pydcr.nn.ResidualUnit`: x + PReLU(conv3x3(PReLU(conv3x3(x))))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.prelu1 = torch.nn.PReLU(channels)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.prelu2 = torch.nn.PReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.prelu2(self.conv2(self.prelu1(self.conv1(x))))

@@ -1,0 +1,150 @@
+"""pydcr.ops.prelu against eager and compiled PReLU + add, and ResidualUnit stacks against their eager twin.
+
+    python -m bench.prelu [--device cuda] [--quick] [--no-compile] [--half] [--stack-batch N]
+
+Op rows, at the trunk's activation shapes (batch 64), forward and forward + backward (the
+gradients of x, slope, bias and residual via torch.autograd.grad, so nothing accumulates):
+  ours      torch.ops.pydcr.prelu / prelu_backward: one pass each way
+  eager     pydcr.reference.prelu: F.prelu(x + b.view(1, -1, 1, 1), w) + r
+  compiled  torch.compile of the eager formula (inductor), the strong baseline; "n/a" when it
+            fails to compile (or with --no-compile)
+Stack rows: each trunk stage's residual units (1, 2, 5 and 3 units at 64, 128, 256 and 512
+channels) as pydcr.nn.ResidualUnit against reference.ResidualUnit with the same weights,
+forward + backward. On CUDA each row also gives the peak memory of one call, in MiB.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.harness import Report, common_args, peak_memory_mib, time_ms
+from pydcr import nn, ops, reference
+
+TRUNK = [(64, 54, 46), (128, 26, 22), (256, 12, 10), (512, 5, 4)]
+STAGES = [(64, 54, 46, 1), (128, 26, 22, 2), (256, 12, 10, 5), (512, 5, 4, 3)]
+
+
+def fwd_bwd(fn, inputs, grad):
+    """One training step's worth of fn: forward, then the gradients of every input."""
+    def step():
+        y = fn(*inputs)
+        return torch.autograd.grad(y, inputs, grad)
+    return step
+
+
+def compiled_prelu():
+    torch._dynamo.reset()  # a fresh cache per case: the cases would pass dynamo's recompile limit
+    return torch.compile(reference.prelu, dynamic=False)
+
+
+def try_time(fn, device, min_time):
+    """Milliseconds per call, or None when fn fails (compilation)."""
+    try:
+        return time_ms(fn, device, min_time=min_time)
+    except Exception as err:  # noqa: BLE001 - a failed baseline is reported as n/a
+        print(f"# compiled baseline failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        return None
+
+
+def time_all(fns: dict, device, min_time, rounds: int = 2) -> dict:
+    """Each contender's best median over `rounds` alternating rounds: load from other processes
+    then hits every contender alike rather than whichever ran during it."""
+    best = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if name in best and best[name] is None:
+                continue  # failed before
+            ms = try_time(fn, device, min_time) if name == "compiled" else time_ms(fn, device, min_time=min_time)
+            best[name] = ms if name not in best or ms is None else min(best[name], ms)
+    return best
+
+
+def ratio(ref, ours):
+    return None if ref is None else ref / ours
+
+
+def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_time, shapes):
+    for c, h, w in shapes:
+        for dtype in dtypes:
+            for layout in layouts:
+                g = torch.Generator(device=device).manual_seed(0)
+                x = torch.randn(64, c, h, w, device=device, dtype=dtype, generator=g)
+                if layout == "channels_last":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                r, grad = torch.randn_like(x), torch.randn_like(x)
+                slope = torch.full((c,), 0.25, device=device, dtype=dtype)
+                bias = torch.randn(c, device=device, dtype=dtype, generator=g)
+                compiled = compiled_prelu() if compile_baseline else None
+                for name in passes:
+                    if name == "fwd":
+                        args = (x, slope, bias, r)
+                        fns = {"ours": lambda: ops.prelu(*args), "eager": lambda: reference.prelu(*args)}
+                        if compiled:
+                            fns["compiled"] = lambda: compiled(*args)
+                    else:
+                        args = tuple(t.detach().clone().requires_grad_() for t in (x, slope, bias, r))
+                        fns = {"ours": fwd_bwd(ops.prelu, args, grad), "eager": fwd_bwd(reference.prelu, args, grad)}
+                        if compiled:
+                            fns["compiled"] = fwd_bwd(compiled, args, grad)
+                    ms = time_all(fns, device, min_time)
+                    row = dict(kind="op", shape=f"64x{c}x{h}x{w}", dtype=str(dtype).removeprefix("torch."),
+                               layout=layout, **{"pass": name}, ours_ms=ms["ours"], eager_ms=ms["eager"],
+                               compiled_ms=ms.get("compiled"), vs_eager=ms["eager"] / ms["ours"],
+                               vs_compiled=ratio(ms.get("compiled"), ms["ours"]))
+                    if device.type == "cuda":
+                        row.update(ours_MiB=peak_memory_mib(fns["ours"], device),
+                                   eager_MiB=peak_memory_mib(fns["eager"], device))
+                        if ms.get("compiled") is not None:
+                            row.update(compiled_MiB=peak_memory_mib(fns["compiled"], device))
+                    report.add(**row)
+
+
+def bench_stacks(report, device, batch, layouts, min_time, stages):
+    for c, h, w, units in stages:
+        torch.manual_seed(0)
+        eager = torch.nn.Sequential(*[reference.ResidualUnit(c) for _ in range(units)]).to(device)
+        ours = torch.nn.Sequential(*[nn.ResidualUnit(c) for _ in range(units)]).to(device)
+        ours.load_state_dict(eager.state_dict())
+        for layout in layouts:
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            eager, ours = eager.to(memory_format=fmt), ours.to(memory_format=fmt)
+            x = torch.randn(batch, c, h, w, device=device).contiguous(memory_format=fmt).requires_grad_()
+            grad = torch.randn_like(x)
+            fns = {}
+            for name, model in (("ours", ours), ("eager", eager)):
+                inputs = (x, *model.parameters())
+                fns[name] = fwd_bwd(lambda x, *_, m=model: m(x), inputs, grad)
+            ms = time_all(fns, device, min_time)
+            row = dict(kind="stack", shape=f"{batch}x{c}x{h}x{w} x{units}", dtype="float32", layout=layout,
+                       **{"pass": "fwd+bwd"}, ours_ms=ms["ours"], eager_ms=ms["eager"], vs_eager=ms["eager"] / ms["ours"])
+            if device.type == "cuda":
+                row.update(ours_MiB=peak_memory_mib(fns["ours"], device), eager_MiB=peak_memory_mib(fns["eager"], device))
+            report.add(**row)
+
+
+def main(argv=None) -> None:
+    p = common_args(__doc__.splitlines()[0])
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--half", action="store_true", help="also time float16 (CUDA)")
+    p.add_argument("--stack-batch", type=int, default=None,
+                   help="batch of the ResidualUnit stacks (default: 64 on CUDA, 8 on CPU)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    cols = ["kind", "shape", "dtype", "layout", "pass", "ours_ms", "eager_ms", "compiled_ms", "vs_eager", "vs_compiled"]
+    if cuda:
+        cols += ["ours_MiB", "eager_MiB", "compiled_MiB"]
+    report = Report("prelu", device, cols)
+    min_time = 0.1 if args.quick else 0.5
+    dtypes = [torch.float32] + ([torch.float16] if cuda and args.half else [])
+    layouts = ["contiguous", "channels_last"]
+    shapes = TRUNK[:1] if args.quick else TRUNK
+    bench_ops(report, device, dtypes, layouts, ["fwd", "fwd+bwd"], not args.no_compile, min_time, shapes)
+    batch = args.stack_batch or (64 if cuda else 8)
+    stack_layouts = layouts if cuda else ["contiguous"]
+    bench_stacks(report, device, batch, stack_layouts, min_time, STAGES[:2] if args.quick else STAGES)
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Layers of the Face-ResNet trunk built on the fused ops.
+
+Convolutions are torch's (oneDNN on CPU, cuDNN on CUDA); what follows them, the bias, the PReLU
+and the residual add, is one fused :func:`pydcr.ops.prelu` pass each way. Parameter names and
+shapes are those of the eager twins in :mod:`pydcr.reference` (nn.Conv2d + nn.PReLU), so state
+dicts load either way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+
+__all__ = ["ConvPReLU", "ResidualUnit"]
+
+
+class ConvPReLU(nn.Module):
+    """A 3x3 convolution, stride 1, then a per-channel PReLU: ``PReLU(conv(x) + bias)``.
+
+    The convolution runs without its bias; the bias is added inside the fused PReLU pass.
+    Parameters: ``conv.weight`` (out_ch x in_ch x 3 x 3), ``conv.bias`` (out_ch, when ``bias``) and
+    ``prelu.weight`` (out_ch, initialised to 0.25 as nn.PReLU).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 1, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=padding, bias=bias)
+        self.prelu = nn.PReLU(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        y = F.conv2d(x, c.weight, None, c.stride, c.padding, c.dilation, c.groups)
+        return ops.prelu(y, self.prelu.weight, c.bias)
+
+
+class ResidualUnit(nn.Module):
+    """The trunk's residual unit, ``x + PReLU(conv3x3(PReLU(conv3x3(x))))``, pad 1, convs without bias.
+
+    The second PReLU and the add are one fused pass. Parameters: ``conv1.weight``,
+    ``prelu1.weight``, ``conv2.weight``, ``prelu2.weight``.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.prelu1 = nn.PReLU(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.prelu2 = nn.PReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = ops.prelu(self.conv1(x), self.prelu1.weight)
+        return ops.prelu(self.conv2(y), self.prelu2.weight, residual=x)

@@ -1,0 +1,103 @@
+"""pydcr.nn layers against their eager twins in pydcr.reference, sharing the weights."""
+
+import pytest
+import torch
+
+from pydcr import nn, reference
+
+CASES = [
+    (lambda: nn.ConvPReLU(3, 8, 0), lambda: reference.ConvPReLU(3, 8, 0), 3),
+    (lambda: nn.ConvPReLU(4, 6, 1, bias=False), lambda: reference.ConvPReLU(4, 6, 1, bias=False), 4),
+    (lambda: nn.ResidualUnit(5), lambda: reference.ResidualUnit(5), 5),
+]
+
+
+def twins(make_ours, make_eager, dtype, device="cpu", seed=0):
+    """Our layer with its eager twin's weights (slopes made varied, some negative)."""
+    torch.manual_seed(seed)
+    eager = make_eager().to(dtype=dtype, device=device)
+    with torch.no_grad():
+        for name, p in eager.named_parameters():
+            if "prelu" in name:
+                p.copy_(torch.linspace(-0.5, 0.75, p.numel(), dtype=dtype))
+    ours = make_ours().to(dtype=dtype, device=device)
+    ours.load_state_dict(eager.state_dict())
+    return ours, eager
+
+
+def run(module, x, grad):
+    """Output and gradients of the input and every parameter, in named_parameters order."""
+    x = x.detach().clone().requires_grad_()
+    y = module(x)
+    params = [p for _, p in sorted(module.named_parameters())]
+    grads = torch.autograd.grad(y, [x, *params], grad)
+    return y, grads
+
+
+def assert_twins_agree(ours, eager, x, tol):
+    grad = torch.randn_like(eager(x))
+    y, grads = run(ours, x, grad)
+    y_ref, grads_ref = run(eager, x, grad)
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=tol)
+    assert y.is_contiguous(memory_format=torch.channels_last) == y_ref.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, atol=tol * max(1.0, b.abs().max().item()), rtol=tol)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_parameters_match_the_eager_twin(case):
+    make_ours, make_eager, _ = CASES[case]
+    ours, eager = make_ours(), make_eager()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in eager.state_dict().items()}
+    eager.load_state_dict(ours.state_dict())  # and back
+    assert all(torch.all(p == 0.25) for name, p in ours.named_parameters() if "prelu" in name)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_eager_twin(case, dtype, layout):
+    make_ours, make_eager, channels = CASES[case]
+    ours, eager = twins(make_ours, make_eager, dtype)
+    x = torch.randn(2, channels, 9, 7, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        ours, eager = ours.to(memory_format=torch.channels_last), eager.to(memory_format=torch.channels_last)
+    assert_twins_agree(ours, eager, x, 1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_compiled_stack_matches_eager_twin(backend, layout):
+    ours = torch.nn.Sequential(nn.ConvPReLU(3, 8, 0), nn.ResidualUnit(8), nn.ResidualUnit(8))
+    eager = torch.nn.Sequential(reference.ConvPReLU(3, 8, 0), reference.ResidualUnit(8), reference.ResidualUnit(8))
+    ours.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 12, 10)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        ours, eager = ours.to(memory_format=torch.channels_last), eager.to(memory_format=torch.channels_last)
+    compiled = torch.compile(ours, fullgraph=True, backend=backend)
+    assert_twins_agree(compiled, eager, x, 1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_cuda_matches_eager_twin(case, dtype, layout):
+    make_ours, make_eager, channels = CASES[case]
+    ours, eager = twins(make_ours, make_eager, dtype, "cuda")
+    x = torch.randn(2, channels, 9, 7, dtype=dtype, device="cuda")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        ours, eager = ours.to(memory_format=torch.channels_last), eager.to(memory_format=torch.channels_last)
+    with torch.backends.cudnn.flags(deterministic=True, allow_tf32=False):
+        assert_twins_agree(ours, eager, x, 1e-4 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.cuda
+def test_cuda_compiled_residual_unit():
+    ours, eager = twins(lambda: nn.ResidualUnit(16), lambda: reference.ResidualUnit(16), torch.float32, "cuda")
+    x = torch.randn(4, 16, 12, 10, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        assert_twins_agree(torch.compile(ours, fullgraph=True, backend="aot_eager"), eager, x, 1e-4)
