@@ -73,3 +73,11 @@ class ResidualUnit(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.prelu2(self.conv2(self.prelu1(self.conv1(x))))
+
+
+#: The twin of each op in torch.ops.pydcr, by op name (used to decompose exported graphs).
+TWINS = {
+    "resize": lambda x, size, antialias=True: resize(x, size, antialias=antialias),
+    "degrade": lambda x, low, size, antialias=True: degrade(x, low, size, antialias=antialias),
+    "prelu": lambda x, weight, bias=None, residual=None: prelu(x, weight, bias, residual),
+}

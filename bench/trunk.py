@@ -1,0 +1,71 @@
+"""The Face-ResNet trunk on the fused ops against its eager twin: inference and training step.
+
+    python -m bench.trunk [--device cuda] [--batch N] [--width W] [--compile] [--quick]
+
+Images/s for forward (no grad) and a training step (forward + backward of the features' sum, no
+optimizer), ours vs the eager twin (nn.Conv2d / nn.PReLU / add, same weights), and with --compile
+also torch.compile of each. CUDA runs in bf16 autocast with channels_last; peak memory per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from bench.harness import Report, common_args, peak_memory_mib, time_ms
+from pydcr.models import Trunk
+
+
+def main(argv=None) -> None:
+    p = common_args(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=None, help="default: 32 on CPU, 256 on CUDA")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of both")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch or (256 if cuda else 32)
+    torch.manual_seed(0)
+    ours = Trunk(width=args.width).to(device)
+    eager = ours.eager_twin()
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
+    x = torch.randint(0, 256, (batch, 3, 112, 96), dtype=torch.uint8, device=device).contiguous(memory_format=fmt)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+
+    contenders = {"ours": ours, "eager": eager}
+    if args.compile:
+        contenders["ours_compiled"] = torch.compile(ours)
+        contenders["eager_compiled"] = torch.compile(eager)
+
+    def infer(model):
+        with torch.no_grad(), autocast():
+            model(x)
+
+    def train(model):
+        with autocast():
+            loss = model(x).float().sum()
+        loss.backward()
+
+    report = Report("trunk", device, ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"])
+    min_time = 0.5 if args.quick else 2.0
+    for name, step in (("inference", infer), ("train_step", train)):
+        times, failures = {}, {}
+        for label, model in contenders.items():
+            try:
+                times[label] = time_ms(lambda: step(model), device, min_time=min_time, repeats=3 if args.quick else 5)
+            except Exception as err:  # torch.compile may not work everywhere: report it, don't hide it
+                failures[label] = f"failed: {type(err).__name__}"
+        for label, model in contenders.items():
+            row = {"pass": name, "model": label, "batch": batch}
+            if label in failures:
+                report.add(**row, ms=failures[label])
+                continue
+            report.add(**row, ms=times[label], images_per_s=batch / times[label] * 1e3,
+                       speedup_vs_eager=times["eager"] / times[label], peak_mib=peak_memory_mib(lambda: step(model), device))
+    report.write(args.out, width=args.width)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""DCR: the trunk plus one coupled branch pair per trained low resolution, and resolution routing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .. import ops
+from .branch import BranchPair
+from .resolution import estimate_resolution, native_resolution
+from .trunk import Trunk
+
+
+class DCR(nn.Module):
+    """Deep Coupled ResNet.
+
+    Gallery images are embedded with ``embed_hr`` (trunk + HR branch), probes with ``embed_lr``
+    (trunk + the LR branch of the trained resolution nearest to the probe's). ``antialias`` names the
+    bicubic convention the model was trained with; probes are upsampled with it.
+    """
+
+    def __init__(self, trunk: Trunk, branches: Mapping[int, BranchPair] | None = None, *, antialias: bool = True):
+        super().__init__()
+        self.trunk = trunk
+        self.antialias = bool(antialias)
+        self.branches = nn.ModuleDict()
+        for k, pair in (branches or {}).items():
+            self.add_branch(k, pair)
+
+    # Branch pairs -----------------------------------------------------------------------------
+
+    @property
+    def resolutions(self) -> list[int]:
+        return sorted(int(k) for k in self.branches)
+
+    def add_branch(self, resolution: int, pair: BranchPair) -> None:
+        if int(resolution) <= 0:
+            raise ValueError(f"resolution must be a positive int, got {resolution}")
+        if pair.in_dim != self.trunk.feature_dim:
+            raise ValueError(f"branch pair takes {pair.in_dim}-d features, the trunk gives {self.trunk.feature_dim}")
+        self.branches[str(int(resolution))] = pair
+
+    def remove_branch(self, resolution: int) -> BranchPair:
+        if str(resolution) not in self.branches:
+            raise KeyError(f"no branch pair for resolution {resolution}; trained: {self.resolutions}")
+        return self.branches.pop(str(resolution))
+
+    def branch(self, resolution: int) -> BranchPair:
+        if str(resolution) not in self.branches:
+            raise KeyError(f"no branch pair for resolution {resolution}; trained: {self.resolutions}")
+        return self.branches[str(resolution)]
+
+    def nearest_resolution(self, k: int) -> int:
+        """The trained resolution closest to k (the lower one on a tie)."""
+        if not self.branches:
+            raise RuntimeError("this model has no branch pairs: use embed_trunk, or add a pair first")
+        return min(self.resolutions, key=lambda r: (abs(r - k), r))
+
+    # Embedding --------------------------------------------------------------------------------
+
+    def embed_trunk(self, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
+        """Trunk feature v (the paper's "trunk network" baseline); with flip, plus the mirrored image's."""
+        v = self.trunk(images)
+        if flip:
+            v = v + self.trunk(images.flip(-1))
+        return v
+
+    def embed_hr(self, images: torch.Tensor, resolution: int | None = None, *, flip: bool = False) -> torch.Tensor:
+        """Gallery features x from full-size images, through the HR branch of `resolution`'s pair.
+
+        Each pair has its own HR branch: match gallery and probes through the same pair.
+        resolution may be left out when the model has a single pair.
+        """
+        if resolution is None:
+            if len(self.branches) != 1:
+                raise ValueError(f"this model has pairs for {self.resolutions}: name the resolution to embed for")
+            resolution = self.resolutions[0]
+        return self._branch_features(self.embed_trunk(images, flip=flip), resolution, hr=True)
+
+    def embed_lr(self, images: torch.Tensor, size: int | None = None, *, flip: bool = False) -> torch.Tensor:
+        """Probe features z through the LR branch of the trained resolution nearest the probe's.
+
+        images: either native low-resolution crops (smaller than the trunk's input; upsampled here)
+        or faces already brought to the input size. The probe's resolution is `size` when given,
+        else the crops' own size, else estimated from content (estimate_resolution) per image.
+        """
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"expected probe images N x 3 x H x W, got {shape}")
+        h, w = images.shape[-2:]
+        if (h, w) != self.trunk.input_size:
+            k = size if size is not None else native_resolution(h, w)
+            images = ops.resize(images, self.trunk.input_size, antialias=self.antialias)
+            return self._branch_features(self.embed_trunk(images, flip=flip), self.nearest_resolution(k), hr=False)
+        if size is not None:
+            return self._branch_features(self.embed_trunk(images, flip=flip), self.nearest_resolution(size), hr=False)
+        # Per-image estimate: route each group of images to its branch.
+        routes = [self.nearest_resolution(int(k)) for k in estimate_resolution(images, antialias=self.antialias)]
+        v = self.embed_trunk(images, flip=flip)
+        out = v.new_empty(v.shape[0], self.branch(routes[0]).dim)
+        for r in set(routes):
+            idx = torch.tensor([i for i, ri in enumerate(routes) if ri == r], device=v.device)
+            out[idx] = self._branch_features(v[idx], r, hr=False)
+        return out
+
+    def _branch_features(self, v: torch.Tensor, resolution: int, *, hr: bool) -> torch.Tensor:
+        pair = self.branch(resolution)
+        return pair.hr(v) if hr else pair.lr(v)

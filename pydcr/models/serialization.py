@@ -1,0 +1,110 @@
+"""Saving and loading DCR models: safetensors weights with the model's JSON config in the header."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .branch import BranchPair
+from .dcr import DCR
+from .trunk import Trunk
+
+FORMAT = "pydcr.dcr"
+FORMAT_VERSION = 1
+ARCHITECTURE = "face-resnet-27"
+
+
+def config_of(model: DCR) -> dict:
+    """The JSON-able description that rebuilds `model`'s architecture."""
+    t = model.trunk
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": ARCHITECTURE,
+        "width": t.width,
+        "feature_dim": t.feature_dim,
+        "input_size": list(t.input_size),
+        "degrade": "antialias" if model.antialias else "plain",
+        "branches": {
+            str(k): {"num_classes": p.num_classes, "in_dim": p.in_dim, "dim": p.dim}
+            for k, p in ((k, model.branch(k)) for k in model.resolutions)
+        },
+        "provenance": dict(getattr(model, "provenance", {}) or {}),
+    }
+
+
+def save(model: DCR | Trunk, path: str | os.PathLike, provenance: dict | None = None) -> Path:
+    """Write `model` (a DCR, or a bare Trunk) to one .safetensors file and return its path.
+
+    provenance (data, epochs, command, ...) is merged into model.provenance and stored with it.
+    """
+    if isinstance(model, Trunk):
+        model = DCR(model)
+    if not isinstance(model, DCR):
+        raise TypeError(f"save() takes a pydcr DCR or Trunk, got {type(model).__name__}")
+    if provenance:
+        model.provenance = {**getattr(model, "provenance", {}), **provenance}
+    config = config_of(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"pydcr": json.dumps(config)})
+    os.replace(tmp, path)  # never leave a half-written model under the real name
+    return path
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """The config stored in a model file, without loading its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    if "pydcr" not in meta:
+        raise ValueError(f"{path} is a safetensors file but not a pydcr model (no pydcr config in its header)")
+    config = json.loads(meta["pydcr"])
+    if config.get("format") != FORMAT or config.get("architecture") != ARCHITECTURE:
+        raise ValueError(
+            f"{path} holds a {config.get('format')} / {config.get('architecture')} model; this pydcr reads "
+            f"{FORMAT} / {ARCHITECTURE}"
+        )
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer pydcr (format version {config['format_version']})")
+    return config
+
+
+def build(config: dict) -> DCR:
+    trunk = Trunk(width=config["width"], feature_dim=config["feature_dim"], input_size=config["input_size"])
+    branches = {int(k): BranchPair(**spec) for k, spec in config["branches"].items()}
+    model = DCR(trunk, branches, antialias=config["degrade"] == "antialias")
+    model.provenance = dict(config.get("provenance", {}))
+    return model
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device | None = None) -> DCR:
+    """Rebuild the model saved at `path`, with its weights, on `map_location` (default CPU)."""
+    config = read_config(path)
+    model = build(config)
+    tensors = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the weights (truncated or corrupt?): {err}") from None
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: weight {key} holds NaN or infinite values")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config (missing: {missing}, unexpected: {unexpected})")
+    return model.to(map_location) if map_location is not None else model

@@ -1,0 +1,200 @@
+"""The DCR network: structure against the Face-ResNet table, routing, embedding, save and load."""
+
+import json
+
+import pytest
+import torch
+
+from pydcr import models, ops
+from pydcr.models import DCR, BranchPair, Trunk
+from pydcr.models.serialization import read_config
+
+
+def table_parameter_count(width=1.0, feature_dim=512, input_size=(112, 96)):
+    """Parameters of the Face-ResNet table: biased stage convs, bias-free residual convs, per-channel slopes."""
+    ch = lambda c: max(1, round(c * width))  # noqa: E731
+    convs, slopes, c_in = 0, 0, 3
+    stages = [(ch(32), 0, False), (ch(64), 1, True), (ch(128), 2, True), (ch(256), 5, True), (ch(512), 3, True)]
+    h, w = input_size[0] - 2, input_size[1] - 2
+    for c_out, units, pooled in stages:
+        convs += c_in * c_out * 9 + c_out
+        slopes += c_out
+        convs += units * 2 * c_out * c_out * 9
+        slopes += units * 2 * c_out
+        c_in = c_out
+        if pooled:
+            h, w = -(-(h - 2) // 2), -(-(w - 2) // 2)
+    return convs + slopes + c_in * h * w * feature_dim + feature_dim
+
+
+def test_trunk_matches_the_table():
+    trunk = Trunk()
+    n = sum(p.numel() for p in trunk.parameters())
+    assert n == table_parameter_count()
+    assert 27.0e6 < n < 28.0e6  # the paper's "105 MB" of float32
+    convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 27
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in trunk.modules())
+    assert trunk.fc.in_features == 512 * 5 * 4
+
+
+@pytest.mark.parametrize("width,size", [(0.25, (112, 96)), (0.125, (64, 64)), (0.25, (120, 100))])
+def test_trunk_shapes(width, size):
+    trunk = Trunk(width=width, feature_dim=64, input_size=size)
+    assert sum(p.numel() for p in trunk.parameters()) == table_parameter_count(width, 64, size)
+    x = torch.randint(0, 256, (2, 3, *size), dtype=torch.uint8)
+    assert trunk(x).shape == (2, 64)
+
+
+def test_uint8_and_float_images_agree():
+    trunk = Trunk(width=0.125, feature_dim=32).eval()
+    x = torch.randint(0, 256, (2, 3, 112, 96), dtype=torch.uint8)
+    torch.testing.assert_close(trunk(x), trunk(x.float()))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    trunk = Trunk(width=0.125, feature_dim=32)
+    return DCR(trunk, {k: BranchPair(10, in_dim=32, dim=16) for k in (8, 12, 16, 20)}).eval()
+
+
+def test_routing_picks_the_nearest_resolution(model):
+    assert [model.nearest_resolution(k) for k in (1, 8, 9, 10, 11, 14, 17, 18, 19, 40)] == [8, 8, 8, 8, 12, 12, 16, 16, 20, 20]
+
+
+def test_low_resolution_probes_use_their_branch(model):
+    x = torch.randint(0, 256, (3, 3, 112, 96), dtype=torch.uint8)
+    low = ops.resize(x, (12, 12))
+    z = model.embed_lr(low)  # native 12 x 12 crops
+    v = model.trunk(ops.resize(low, (112, 96)))
+    torch.testing.assert_close(z, model.branch(12).lr(v))
+    torch.testing.assert_close(model.embed_lr(ops.resize(low, (112, 96)), size=13), z)
+    torch.testing.assert_close(model.embed_hr(x, 12), model.branch(12).hr(model.trunk(x)))
+    assert not torch.allclose(model.embed_hr(x, 12), model.embed_hr(x, 16))
+
+
+def test_flip_adds_the_mirrored_feature(model):
+    x = torch.randint(0, 256, (2, 3, 112, 96), dtype=torch.uint8)
+    torch.testing.assert_close(model.embed_trunk(x, flip=True), model.trunk(x) + model.trunk(x.flip(-1)))
+
+
+def test_bad_inputs(model):
+    with pytest.raises(ValueError, match="112 x 96"):
+        model.trunk(torch.zeros(1, 3, 100, 96))
+    with pytest.raises(ValueError, match="N x 3 x H x W"):
+        model.trunk(torch.zeros(1, 1, 112, 96))
+    with pytest.raises(KeyError, match="no branch pair for resolution 7"):
+        model.branch(7)
+    with pytest.raises(ValueError, match="name the resolution"):
+        model.embed_hr(torch.zeros(1, 3, 112, 96))
+    with pytest.raises(ValueError, match="probe images"):
+        model.embed_lr(torch.zeros(3, 12, 12))
+    with pytest.raises(RuntimeError, match="no branch pairs"):
+        DCR(Trunk(width=0.125, feature_dim=32)).nearest_resolution(12)
+
+
+def test_save_load_round_trip_is_exact(model, tmp_path):
+    model.provenance = {"data": "unit test", "epochs": 0}
+    path = models.save(model, tmp_path / "m.safetensors", provenance={"command": "pytest"})
+    loaded = models.load(path)
+    assert loaded.resolutions == model.resolutions and loaded.antialias == model.antialias
+    assert loaded.provenance == {"data": "unit test", "epochs": 0, "command": "pytest"}
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    config = read_config(path)
+    assert config["width"] == 0.125 and config["degrade"] == "antialias" and set(config["branches"]) == {"8", "12", "16", "20"}
+
+
+def test_branches_can_be_added_and_removed(model, tmp_path):
+    model.remove_branch(20)
+    model.add_branch(40, BranchPair(0, in_dim=32, dim=16))
+    loaded = models.load(models.save(model, tmp_path / "m.safetensors"))
+    assert loaded.resolutions == [8, 12, 16, 40]
+    torch.testing.assert_close(loaded.trunk.fc.weight, model.trunk.fc.weight, rtol=0, atol=0)
+
+
+def test_load_errors(model, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        models.load(tmp_path / "missing.safetensors")
+    path = models.save(model, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        models.load(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model at all")
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        models.load(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a pydcr model"):
+        models.load(tmp_path / "other.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "arch.safetensors"),
+              metadata={"pydcr": json.dumps({"format": "pydcr.dcr", "architecture": "resnet-50"})})
+    with pytest.raises(ValueError, match="resnet-50"):
+        models.load(tmp_path / "arch.safetensors")
+    with torch.no_grad():
+        model.trunk.fc.weight[0, 0] = float("nan")
+    models.save(model, tmp_path / "nan.safetensors")
+    with pytest.raises(ValueError, match="trunk.fc.weight holds NaN"):
+        models.load(tmp_path / "nan.safetensors")
+
+
+def test_compile(model):
+    x = torch.randint(0, 256, (2, 3, 112, 96), dtype=torch.uint8)
+    compiled = torch.compile(model.trunk, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model.trunk(x))
+
+
+@pytest.mark.data
+def test_estimate_resolution_on_degraded_faces(lfw_root):
+    from pydcr.data import align, read_image, read_landmarks
+    from pydcr.models import estimate_resolution
+
+    landmarks = read_landmarks(lfw_root / "lfw_landmark.txt")
+    names = sorted(landmarks)[::400][:24]
+    faces = torch.from_numpy(
+        __import__("numpy").stack([align(read_image(lfw_root / "lfw" / n), landmarks[n]) for n in names])
+    ).permute(0, 3, 1, 2)
+    for k in (8, 12, 16, 20):
+        est = estimate_resolution(ops.degrade(faces, k))
+        # Routing to the trained resolutions 8/12/16/20 needs the estimate within half a step (2 px).
+        assert (est - k).abs().float().median() <= 2, (k, est.tolist())
+    assert (estimate_resolution(faces.float()) >= 40).float().mean() >= 0.9
+
+
+def test_trunk_equals_its_eager_twin():
+    torch.manual_seed(1)
+    trunk = Trunk(width=0.125, feature_dim=32)
+    with torch.no_grad():  # non-default slopes and biases, so the fused bias/PReLU paths matter
+        for m in trunk.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(-0.5, 0.5)
+    twin = trunk.eager_twin()
+    x = torch.randint(0, 256, (3, 3, 112, 96), dtype=torch.uint8)
+    torch.testing.assert_close(trunk(x), twin(x), rtol=1e-4, atol=1e-4)
+    trunk(x).square().sum().backward()
+    twin(x).square().sum().backward()
+    for (name, a), (_, b) in zip(trunk.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-3, msg=name)
+
+
+def test_channels_last_trunk():
+    trunk = Trunk(width=0.125, feature_dim=32).eval()
+    x = torch.randint(0, 256, (2, 3, 112, 96), dtype=torch.uint8)
+    cl = trunk.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, Trunk.eager_twin(trunk)(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,resolution,shape", [("hr", 12, (112, 96)), ("lr", 12, (12, 12)), ("trunk", None, (112, 96))])
+def test_export_runs_without_pydcr_ops(model, kind, resolution, shape):
+    from pydcr.models.export import export_embedding
+
+    x = torch.randint(0, 256, (3, 3, *shape), dtype=torch.uint8)
+    exported = export_embedding(model, kind, resolution, x[:2])
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert not any(t.startswith("pydcr.") for t in targets), targets
+    expected = {"hr": lambda: model.embed_hr(x, resolution), "lr": lambda: model.embed_lr(x),
+                "trunk": lambda: model.embed_trunk(x)}[kind]()
+    torch.testing.assert_close(exported.module()(x), expected, rtol=1e-4, atol=1e-4)
