@@ -34,8 +34,17 @@ step build build.log env PYDCR_CUDA=ON PYDCR_CUDA_ARCHS="${PYDCR_CUDA_ARCHS:-90}
   python3 -m pip install --no-build-isolation --no-deps -v -e .
 step info tests.log python3 -m pydcr info
 step tests tests.log python3 -m pytest -q -p no:cacheprovider tests
-step bench-resize bench.log python3 -m bench.resize --device cuda --out "$OUT/resize-cuda.json"
-step bench-degrade bench.log python3 -m bench.degrade --device cuda --out "$OUT/degrade-cuda.json"
-step bench-prelu bench.log python3 -m bench.prelu --device cuda --out "$OUT/prelu-cuda.json"
+# Benchmarks write JSON to a scratch folder, merged into one $OUT/bench.json at the end (the
+# machine returns only a few files).
+json=$(mktemp -d)
+for bench in resize degrade prelu trunk; do
+  step "bench-$bench" bench.log python3 -m bench.$bench --device cuda --out "$json/$bench.json"
+done
+step bench-trunk-compiled bench.log python3 -m bench.trunk --device cuda --compile --out "$json/trunk-compiled.json"
+python3 - "$json" "$OUT/bench.json" <<'PY'
+import json, pathlib, sys
+merged = {p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))}
+pathlib.Path(sys.argv[2]).write_text(json.dumps(merged, indent=1))
+PY
 echo "gpu_check: exit $status"
 exit $status
