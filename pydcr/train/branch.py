@@ -1,0 +1,103 @@
+"""Step 2: branch pairs on a frozen trunk, trained with the CM loss on cached trunk features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import ops
+from ..losses import CMLoss
+from ..models import DCR, BranchPair, Trunk
+from .presets import BranchConfig
+from .progress import Progress
+
+
+@torch.no_grad()
+def trunk_features(
+    trunk: Trunk,
+    dataset: Dataset,
+    low_sizes: Sequence[int],
+    *,
+    antialias: bool = True,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+    """Trunk features of every image at 112 x 96 and degraded to each low size, computed once.
+
+    Returns (hr N x D, {k: N x D}, labels N), on the CPU. The trunk is frozen in step 2, so
+    branch training then costs seconds instead of a trunk pass per step.
+    """
+    device = torch.device(device)
+    trunk = trunk.eval().to(device)
+    hr, low, labels = [], {k: [] for k in low_sizes}, []
+    loader = DataLoader(dataset, batch_size, shuffle=False)
+    with Progress(len(loader), "trunk features", enabled=progress) as bar:
+        for images, y in loader:
+            images = images.to(device)
+            hr.append(trunk(images).float().cpu())
+            for k in low_sizes:
+                low[k].append(trunk(ops.degrade(images, k, antialias=antialias)).float().cpu())
+            labels.append(y)
+            bar.update()
+    return torch.cat(hr), {k: torch.cat(v) for k, v in low.items()}, torch.cat(labels)
+
+
+def train_branch_pair(
+    hr: torch.Tensor,
+    lr: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    config: BranchConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "branch",
+) -> BranchPair:
+    """One branch pair from cached HR and LR trunk features of the same images (row i = image i)."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    pair = BranchPair(num_classes, in_dim=hr.shape[1], dim=config.dim).to(device)
+    loss_fn = CMLoss(num_classes, config.dim, config.lam, config.alpha, shared_centers=config.shared_centers,
+                     center_alpha=config.center_alpha).to(device)
+    opt = torch.optim.SGD(pair.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps = -(-len(labels) // config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * config.epochs)
+    hr, lr, labels = hr.to(device), lr.to(device), labels.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    pair.train()
+    with Progress(steps * config.epochs, desc, enabled=progress) as bar:
+        for _ in range(config.epochs):
+            for idx in torch.randperm(len(labels), generator=gen).to(device).split(config.batch_size):
+                x, z = pair.hr(hr[idx]), pair.lr(lr[idx])
+                loss = loss_fn(pair.hr_branch.logits(x), pair.lr_branch.logits(z), x, z, labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(loss=loss.item())
+    return pair.eval()
+
+
+def train_branches(
+    model: DCR,
+    dataset: Dataset,
+    num_classes: int,
+    sizes: Sequence[int],
+    config: BranchConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> DCR:
+    """Add a trained branch pair (classifiers dropped) to `model` for each size; the trunk is not touched."""
+    hr, low, labels = trunk_features(model.trunk, dataset, sizes, antialias=model.antialias, device=device,
+                                     progress=progress)
+    for k in sizes:
+        pair = train_branch_pair(hr, low[k], labels, num_classes, config, seed=seed, device=device,
+                                 progress=progress, desc=f"branch {k}x{k}")
+        model.add_branch(k, pair.without_classifiers())
+    return model

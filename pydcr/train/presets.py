@@ -1,0 +1,82 @@
+"""Named training configurations: the paper's, and small ones that finish on a CPU."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    """Step 1: the trunk on every image at 112 x 96 and degraded to each of `low_sizes`."""
+
+    width: float = 1.0
+    feature_dim: int = 512
+    low_sizes: tuple[int, ...] = (40, 6)
+    batch_size: int = 256  # images per batch; each is seen at 1 + len(low_sizes) resolutions
+    epochs: int = 30
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.6, 0.85)  # fractions of the run where the lr drops
+    gamma: float = 0.1
+    beta: float = 0.008  # weight of the center loss (paper eq. 1)
+    center_alpha: float = 0.5  # center update rate (Wen et al.)
+    antialias: bool = True  # the bicubic convention of the degraded copies
+    flip: bool = True  # random horizontal flips
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """Step 2: one branch pair per low resolution on cached trunk features (trunk frozen)."""
+
+    dim: int = 512
+    batch_size: int = 256
+    epochs: int = 40
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lam: float = 0.008  # weight of the center loss (paper eq. 5)
+    alpha: float = 0.008  # weight of the HR-LR coupling (paper eq. 5)
+    center_alpha: float = 0.5
+    shared_centers: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)
+    branch: BranchConfig = field(default_factory=BranchConfig)
+
+
+PRESETS = {
+    p.name: p
+    for p in (
+        Preset("paper", "the paper's setting: width 1.0, batch 256, 112x96 + 40x40 + 6x6 (for a GPU)"),
+        Preset(
+            "cpu",
+            "a quarter-width trunk and 256-d branches that train on a CPU in well under an hour",
+            TrunkConfig(width=0.25, feature_dim=256, batch_size=64, epochs=12, lr=0.05),
+            BranchConfig(dim=256, batch_size=128, epochs=30, lr=0.05),
+        ),
+        Preset(
+            "demo",
+            "the bundled demo: a small trunk that trains on the demo faces in minutes on a CPU",
+            TrunkConfig(width=0.125, feature_dim=128, batch_size=64, epochs=8, lr=0.05),
+            BranchConfig(dim=128, batch_size=128, epochs=30, lr=0.05),
+        ),
+    )
+}
+
+
+def get_preset(name: str, **trunk_overrides) -> Preset:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return replace(p, trunk=replace(p.trunk, **trunk_overrides)) if trunk_overrides else p

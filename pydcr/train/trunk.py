@@ -1,0 +1,135 @@
+"""Step 1: train the trunk with softmax + beta * center loss on multi-resolution batches."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .. import ops
+from ..losses import TrunkLoss
+from ..models import Trunk
+from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
+from .presets import TrunkConfig
+from .progress import Progress
+
+
+def multi_resolution(images: torch.Tensor, low_sizes, antialias: bool = True) -> torch.Tensor:
+    """The batch at 112 x 96 followed by its copies degraded to each low size and back (float, [0, 255])."""
+    return torch.cat([images.float()] + [ops.degrade(images, k, antialias=antialias) for k in low_sizes])
+
+
+@dataclass
+class TrunkRun:
+    trunk: Trunk
+    head: nn.Linear
+    finished: bool  # False when stopped by a signal (a checkpoint was saved)
+    epochs_done: int
+
+
+def train_trunk(
+    dataset: Dataset,
+    num_classes: int,
+    config: TrunkConfig,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> TrunkRun:
+    """Train a trunk on `dataset` (items: uint8 3 x 112 x 96 image, int label) and return it.
+
+    Writes out_dir/checkpoint.pt after every epoch and when stopped by SIGINT / SIGTERM, and resumes
+    from it when present; out_dir/metrics.jsonl gets one line per epoch. With the same seed, a
+    resumed run replays the same batches (shuffling and flips come from per-epoch generators).
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    trunk = Trunk(width=config.width, feature_dim=config.feature_dim).to(device)
+    head = nn.Linear(config.feature_dim, num_classes).to(device)
+    loss_fn = TrunkLoss(num_classes, config.feature_dim, config.beta, alpha=config.center_alpha).to(device)
+    params = list(trunk.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(dataset) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m * total) for m in config.milestones], config.gamma)
+    if device.type == "cuda":
+        trunk = trunk.to(memory_format=torch.channels_last)
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    start_epoch, start_step = 0, 0
+    state = load_checkpoint(ckpt_path)
+    if state is not None:
+        trunk.load_state_dict(state["trunk"])
+        head.load_state_dict(state["head"])
+        loss_fn.load_state_dict(state["loss"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, start_step = state["epoch"], state["step"]
+
+    def checkpoint(epoch: int, step: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "trunk": trunk.state_dict(), "head": head.state_dict(), "loss": loss_fn.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
+            "config": config.to_dict(), "seed": seed,
+        })
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    trunk.train()
+    head.train()
+    with StopFlag() as stop, Progress(total, "trunk", enabled=progress, initial=start_epoch * steps_per_epoch + start_step) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            loader = DataLoader(dataset, config.batch_size, shuffle=True, generator=gen, num_workers=num_workers,
+                                pin_memory=device.type == "cuda", drop_last=False)
+            flips = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+            sums = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
+            started = time.perf_counter()
+            for step, (images, labels) in enumerate(loader):
+                flip = torch.rand(len(images), generator=flips) < 0.5 if config.flip else None
+                if step < (start_step if epoch == start_epoch else 0):
+                    continue  # replaying a resumed epoch: these batches were trained on
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                if flip is not None:
+                    images = torch.where(flip.to(device)[:, None, None, None], images.flip(-1), images)
+                batch = multi_resolution(images, config.low_sizes, config.antialias)
+                if device.type == "cuda":
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                targets = labels.repeat(1 + len(config.low_sizes))
+                with autocast:
+                    v = trunk(batch)
+                    logits = head(v)
+                loss = loss_fn(logits.float(), v.float(), targets)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                sums["loss"] += loss.item() * len(targets)
+                sums["correct"] += int((logits.argmax(1) == targets).sum())
+                sums["seen"] += len(targets)
+                sums["images"] += len(images)
+                rate = sums["images"] / (time.perf_counter() - started)
+                bar.update(loss=sums["loss"] / sums["seen"], acc=sums["correct"] / sums["seen"], img_s=rate)
+                if on_step is not None:
+                    on_step(epoch * steps_per_epoch + step)
+                if stop.stop:
+                    checkpoint(epoch, step + 1)
+                    return TrunkRun(trunk, head, False, epoch)
+            start_step = 0
+            metrics = {"epoch": epoch + 1, "loss": sums["loss"] / max(sums["seen"], 1),
+                       "train_acc": sums["correct"] / max(sums["seen"], 1),
+                       "images_per_s": sums["images"] / (time.perf_counter() - started), "lr": sched.get_last_lr()[0]}
+            with open(out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            checkpoint(epoch + 1, 0)
+    return TrunkRun(trunk, head, True, config.epochs)
