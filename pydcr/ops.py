@@ -243,3 +243,156 @@ def _prelu_backward_grad(ctx, gg_x, gg_w, gg_b):
 
 torch.library.register_autograd("pydcr::prelu", _prelu_grad, setup_context=_prelu_setup)
 torch.library.register_autograd("pydcr::prelu_backward", _prelu_backward_grad, setup_context=_prelu_backward_setup)
+
+# ---- Center loss and the center update (csrc/center) ---------------------------------------------
+#
+# features are B x D, labels B class indices (int64 or int32) into the rows of centers (C x D, the
+# features' dtype). The update ops move only the classes present in the batch and cost O(B * D),
+# whatever C; their results are bitwise the same run to run.
+
+__all__ += ["center_loss", "center_update_", "center_stats", "center_apply_"]
+
+
+def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """1/2 mean over the batch of ||x_i - c_{y_i}||^2, as a 0-dim tensor (0 for an empty batch).
+
+    Differentiable with respect to ``features`` and ``centers``; the gradient to ``centers`` (a
+    dense C x D tensor) is computed only when ``centers`` requires it. No B x C temporary.
+    """
+    for name, t in (("features", features), ("labels", labels), ("centers", centers)):
+        _check_tensor("center_loss", name, t)
+    return torch.ops.pydcr.center_loss.default(features, labels, centers)
+
+
+def center_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Wen et al.'s center update, in place; returns ``centers``.
+
+    For every class j in the batch, ``c_j <- c_j - alpha * sum_{i: y_i = j} (c_j - x_i) / (1 + n_j)``
+    with n_j the count of j in the batch; other classes are untouched. One pass over the batch,
+    grouped by label; each class's sum runs over its rows in batch order, so the result does not
+    depend on threads or runs. Equals ``center_apply_(centers, *center_stats(features, labels,
+    centers), alpha)`` bitwise.
+    """
+    for name, t in (("centers", centers), ("features", features), ("labels", labels)):
+        _check_tensor("center_update_", name, t)
+    torch.ops.pydcr.center_update_.default(centers, features, labels, float(alpha))
+    return centers
+
+
+def center_stats(
+    features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's per-class statistics for the center update: ``(classes, sums, counts)``.
+
+    ``classes`` (K, int64) are the distinct labels in ascending order, ``sums`` (K x D) the sums of
+    x_i - c_j over each class's rows (float32 for float16/bfloat16 features, else their dtype) and
+    ``counts`` (K, int64) the rows per class. Sums and counts of several batches (for instance of
+    several ranks, on the union of their classes) add up to those of the combined batch, which is
+    how :class:`pydcr.losses.CenterLoss` updates centers under torch.distributed.
+    """
+    for name, t in (("features", features), ("labels", labels), ("centers", centers)):
+        _check_tensor("center_stats", name, t)
+    return tuple(torch.ops.pydcr.center_stats.default(features, labels, centers))
+
+
+def center_apply_(
+    centers: torch.Tensor, classes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Moves the listed centers in place, ``c_j <- c_j + alpha * sums_j / (1 + counts_j)``; returns ``centers``.
+
+    ``classes`` must be distinct and ascending, as :func:`center_stats` returns them.
+    """
+    for name, t in (("centers", centers), ("classes", classes), ("sums", sums), ("counts", counts)):
+        _check_tensor("center_apply_", name, t)
+    torch.ops.pydcr.center_apply_.default(centers, classes, sums, counts, float(alpha))
+    return centers
+
+
+def _sums_dtype(features: torch.Tensor) -> torch.dtype:
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+def _check_center_batch(op: str, features, labels, centers) -> None:
+    torch._check(features.dim() == 2, lambda: f"pydcr.{op}: features must be a 2-D tensor B x D, got {features.dim()}")
+    torch._check(centers.dim() == 2, lambda: f"pydcr.{op}: centers must be a 2-D tensor C x D, got {centers.dim()}")
+    torch._check(labels.dim() == 1, lambda: f"pydcr.{op}: labels must be a 1-D tensor, got {labels.dim()}")
+
+
+@torch.library.register_fake("pydcr::center_loss")
+def _center_loss_fake(features, labels, centers):
+    _check_center_batch("center_loss", features, labels, centers)
+    return features.new_empty(())
+
+
+@torch.library.register_fake("pydcr::center_loss_backward")
+def _center_loss_backward_fake(grad, features, labels, centers, centers_grad):
+    _check_center_batch("center_loss_backward", features, labels, centers)
+    return features.new_empty(features.shape), centers.new_empty(centers.shape if centers_grad else (0,))
+
+
+@torch.library.register_fake("pydcr::center_stats")
+def _center_stats_fake(features, labels, centers):
+    _check_center_batch("center_stats", features, labels, centers)
+    k = torch.library.get_ctx().new_dynamic_size()
+    return (
+        labels.new_empty((k,), dtype=torch.int64),
+        features.new_empty((k, features.shape[1]), dtype=_sums_dtype(features)),
+        labels.new_empty((k,), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("pydcr::center_apply_")
+def _center_apply_fake(centers, classes, sums, counts, alpha):
+    return None
+
+
+@torch.library.register_fake("pydcr::center_update_")
+def _center_update_fake(centers, features, labels, alpha):
+    return None
+
+
+# Autograd. center_loss_backward returns (d/dfeatures, d/dcenters) scaled by the upstream grad g:
+# (g/B) d_i and -(g/B) sum_{i: y_i = j} d_i, with d_i = x_i - c_{y_i}. It is linear in (features,
+# centers) and in g, so its own gradient is the same op applied to the incoming gradients, plus a
+# dot product for g.
+
+
+def _center_loss_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _center_loss_grad(ctx, grad):
+    features, labels, centers = ctx.saved_tensors
+    want_features, _, want_centers = ctx.needs_input_grad
+    gx, gc = torch.ops.pydcr.center_loss_backward.default(grad, features, labels, centers, want_centers)
+    return (gx if want_features else None), None, (gc if want_centers else None)
+
+
+def _center_loss_backward_setup(ctx, inputs, output):
+    grad, features, labels, centers, centers_grad = inputs
+    ctx.save_for_backward(grad, features, labels, centers)
+    ctx.centers_grad = centers_grad
+
+
+def _center_loss_backward_grad(ctx, grad_gx, grad_gc):
+    grad, features, labels, centers = ctx.saved_tensors
+    want_grad, want_features, _, want_centers, _ = ctx.needs_input_grad
+    # The incoming gradients play the roles of features and centers (zeros where none came in).
+    ux = torch.zeros_like(features) if grad_gx is None else grad_gx
+    uc = grad_gc if (ctx.centers_grad and grad_gc is not None) else torch.zeros_like(centers)
+    backward = torch.ops.pydcr.center_loss_backward.default
+    dx, dc = backward(grad, ux, labels, uc, want_centers)
+    dg = None
+    if want_grad:
+        # d/dg = 1/B sum_i <ux_i - uc_{y_i}, x_i - c_{y_i}>: both factors are the backward at g = 1, over B.
+        one = torch.ones_like(grad)
+        u, _ = backward(one, ux, labels, uc, False)
+        d, _ = backward(one, features, labels, centers, False)
+        dg = ((u * d).sum() * features.shape[0]).reshape(grad.shape)
+    return dg, (dx if want_features else None), None, (dc if want_centers else None), None
+
+
+torch.library.register_autograd("pydcr::center_loss", _center_loss_grad, setup_context=_center_loss_setup)
+torch.library.register_autograd(
+    "pydcr::center_loss_backward", _center_loss_backward_grad, setup_context=_center_loss_backward_setup
+)

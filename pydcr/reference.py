@@ -75,6 +75,43 @@ class ResidualUnit(torch.nn.Module):
         return x + self.prelu2(self.conv2(self.prelu1(self.conv1(x))))
 
 
+# ---- Center loss and the center update ---------------------------------------------------------
+
+
+def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """1/2 mean over the batch of ||x_i - c_{y_i}||^2 (0 for an empty batch), by gathering c_{y_i}."""
+    d = features - centers.index_select(0, labels.long())
+    return d.pow(2).sum() / (2 * max(features.shape[0], 1))
+
+
+def center_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Wen et al.'s center update over all C classes with index_add_ and bincount, in place."""
+    labels = labels.long()
+    counts = torch.bincount(labels, minlength=centers.shape[0]).to(centers.dtype)
+    delta = torch.zeros_like(centers).index_add_(0, labels, centers.index_select(0, labels) - features)
+    return centers.sub_(alpha * delta / (1 + counts)[:, None])
+
+
+def center_stats(
+    features: torch.Tensor, labels: torch.Tensor, centers: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(classes ascending, per-class sums of x_i - c_j, per-class counts) via torch.unique."""
+    labels = labels.long()
+    classes, inverse, counts = torch.unique(labels, sorted=True, return_inverse=True, return_counts=True)
+    acc = torch.float64 if features.dtype == torch.float64 else torch.float32
+    d = (features - centers.index_select(0, labels)).to(acc)
+    sums = d.new_zeros((classes.numel(), features.shape[1])).index_add_(0, inverse, d)
+    return classes, sums, counts
+
+
+def center_apply_(
+    centers: torch.Tensor, classes: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """c_j <- c_j + alpha * sums_j / (1 + counts_j) for the listed classes, in place."""
+    step = alpha / (1 + counts.to(sums.dtype))
+    moved = centers.index_select(0, classes.long()).to(sums.dtype) + step[:, None] * sums
+    return centers.index_copy_(0, classes.long(), moved.to(centers.dtype))
+
 #: The twin of each op in torch.ops.pydcr, by op name (used to decompose exported graphs).
 TWINS = {
     "resize": lambda x, size, antialias=True: resize(x, size, antialias=antialias),
