@@ -112,6 +112,7 @@ def center_apply_(
     moved = centers.index_select(0, classes.long()).to(sums.dtype) + step[:, None] * sums
     return centers.index_copy_(0, classes.long(), moved.to(centers.dtype))
 
+
 #: The twin of each op in torch.ops.pydcr, by op name (used to decompose exported graphs).
 TWINS = {
     "resize": lambda x, size, antialias=True: resize(x, size, antialias=antialias),
