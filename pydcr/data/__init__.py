@@ -1,22 +1,27 @@
-"""Face data: decoding, five-point alignment, landmark lists, the MTCNN detector and datasets."""
+"""Face data: decoding, five-point alignment, landmark lists, the MTCNN detector, datasets and packed crops."""
 
 from .align import REFERENCE_112x96, align, align_many, alignment_matrix, similarity_transform, template
-from .datasets import LFW, FaceDataset, IdentityFolder, Pairs, SCface
+from .datasets import LFW, FaceDataset, IdentityFolder, Pairs, SCface, open_dataset
 from .image import read_image
 from .landmarks import read_landmarks, write_landmarks
 from .mtcnn import MTCNN
+from .packed import CorruptPackError, PackedFaces, pack
 
 __all__ = [
-    "LFW",
-    "MTCNN",
+    "CorruptPackError",
     "FaceDataset",
     "IdentityFolder",
+    "LFW",
+    "MTCNN",
+    "PackedFaces",
     "Pairs",
-    "SCface",
     "REFERENCE_112x96",
+    "SCface",
     "align",
     "align_many",
     "alignment_matrix",
+    "open_dataset",
+    "pack",
     "read_image",
     "read_landmarks",
     "similarity_transform",

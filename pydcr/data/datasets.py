@@ -274,3 +274,24 @@ def load_landmarks(landmarks: Landmarks, root: Path) -> dict[str, np.ndarray] | 
     if not path.is_absolute() and (root / path).is_file():
         path = root / path
     return read_landmarks(path)
+
+
+LAYOUTS = ("auto", "lfw", "folder", "scface")
+
+
+def open_dataset(
+    root: str | os.PathLike, layout: str = "auto", landmarks: Landmarks = None, size: Sequence[int] = (112, 96)
+) -> FaceDataset:
+    """A dataset by layout name: "lfw", "folder" (one folder per identity), "scface", or "auto"
+    (LFW when root has an ``lfw/`` folder, else an identity folder). landmarks: a list or mapping;
+    for LFW, None means its own ``lfw_landmark.txt`` when present."""
+    root = Path(root)
+    if layout == "auto":
+        layout = "lfw" if (root / "lfw").is_dir() else "folder"
+    if layout == "lfw":
+        return LFW(root, pairs=None, landmarks=LFW_LANDMARKS if landmarks is None else landmarks, size=size)
+    if layout == "folder":
+        return IdentityFolder(root, landmarks, size)
+    if layout == "scface":
+        return SCface(root, landmarks=landmarks, size=size)
+    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")

@@ -16,6 +16,7 @@ has its centre at x = j, y = i -- the frame of LFW's lfw_landmark.txt.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -306,3 +307,73 @@ def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
     # The batches arrive as N x H x W x C pixels: channels-last convolutions read them without a copy
     # (and are several times faster than NCHW ones for these narrow layers on CPU).
     return net.to(device, memory_format=torch.channels_last).eval()
+
+
+def detect_landmarks(
+    dataset,
+    out: str | Path,
+    *,
+    detector: MTCNN | None = None,
+    batch_size: int = 16,
+    workers: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> list[str]:
+    """Write a landmark list for a dataset: the five points of the face nearest each image's centre.
+
+    dataset: a :class:`pydcr.data.FaceDataset` (its paths, relative to its image root, are the
+    list's keys). Images are decoded by `workers` threads ahead of the detector, which takes
+    `batch_size` at a time. Found points go to ``OUT.partial`` as they come, so an interrupted run
+    resumes where it stopped; OUT is written (atomically, in dataset order) at the end.
+    Returns the paths where no face was found or the image could not be read.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from .landmarks import format_landmark_line, read_landmarks, write_landmarks
+
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    found = _read_partial(partial, read_landmarks) if resume else {}
+    todo = [i for i, p in enumerate(dataset.paths) if p not in found]
+    detector = detector if detector is not None else MTCNN()
+    missing: list[str] = []
+
+    def read(i: int):
+        try:
+            return dataset.image(i)
+        except (OSError, ValueError):
+            return None
+
+    chunks = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
+    bar = tqdm(total=len(dataset), initial=len(dataset) - len(todo), unit="img", desc="align", disable=not progress)
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, open(partial, "a" if resume else "w", encoding="utf-8") as f:
+        pending = [pool.submit(read, i) for i in chunks[0]] if chunks else []
+        for n, chunk in enumerate(chunks):
+            images = [p.result() for p in pending]
+            pending = [pool.submit(read, i) for i in chunks[n + 1]] if n + 1 < len(chunks) else []
+            readable = [(i, im) for i, im in zip(chunk, images) if im is not None]
+            missing += [dataset.paths[i] for i, im in zip(chunk, images) if im is None]
+            for (i, image), (boxes, _, points) in zip(readable, detector.detect_batch([im for _, im in readable])):
+                face = central_face(boxes, image.shape)
+                if face is None:
+                    missing.append(dataset.paths[i])
+                    continue
+                found[dataset.paths[i]] = points[face]
+                f.write(format_landmark_line(dataset.paths[i], points[face]) + "\n")
+            f.flush()
+            bar.update(len(chunk))
+    bar.close()
+    write_landmarks(out, [(p, found[p]) for p in dataset.paths if p in found])
+    partial.unlink()
+    return missing
+
+
+def _read_partial(partial: Path, read_landmarks) -> dict[str, np.ndarray]:
+    """The whole lines of an interrupted run (a torn last line is cut off)."""
+    if not partial.is_file():
+        return {}
+    text = partial.read_bytes()
+    partial.write_bytes(text[: text.rfind(b"\n") + 1])
+    return read_landmarks(partial)
