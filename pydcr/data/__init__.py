@@ -1,6 +1,8 @@
-"""Face data: decoding, five-point alignment, landmark lists, the MTCNN detector, datasets and packed crops."""
+"""Face data: decoding, five-point alignment, landmark lists, the MTCNN detector, datasets, packed crops and
+multi-resolution batches."""
 
 from .align import REFERENCE_112x96, align, align_many, alignment_matrix, similarity_transform, template
+from .batches import MultiResolution, MultiResolutionBatch, face_loader
 from .datasets import LFW, FaceDataset, IdentityFolder, Pairs, SCface, open_dataset
 from .image import read_image
 from .landmarks import read_landmarks, write_landmarks
@@ -13,6 +15,8 @@ __all__ = [
     "IdentityFolder",
     "LFW",
     "MTCNN",
+    "MultiResolution",
+    "MultiResolutionBatch",
     "PackedFaces",
     "Pairs",
     "REFERENCE_112x96",
@@ -25,6 +29,7 @@ __all__ = [
     "read_image",
     "read_landmarks",
     "similarity_transform",
+    "face_loader",
     "template",
     "write_landmarks",
 ]
