@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -28,7 +29,72 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="how pydcr was built and what it runs with")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(func=_info)
+    _add_pack(sub)
+    _add_align(sub)
     return parser
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    from pydcr.data.datasets import LAYOUTS
+
+    p.add_argument("src", type=Path, help="dataset root")
+    p.add_argument("--layout", choices=LAYOUTS, default="auto",
+                   help="lfw (ROOT/lfw/<Name>/...), folder (ROOT/<identity>/...), scface, or auto (default)")
+    p.add_argument("--workers", type=int, default=None, help="threads (default: one per CPU core)")
+    p.add_argument("--device", default=None, help="where MTCNN runs (default: cuda if available)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_pack(sub) -> None:
+    p = sub.add_parser("pack", help="align a dataset's faces into one pack file")
+    _dataset_args(p)
+    p.add_argument("out", type=Path, help="the pack file to write")
+    p.add_argument("--size", type=int, nargs=2, default=(112, 96), metavar=("H", "W"), help="crop size (default 112 96)")
+    p.add_argument("--landmarks", type=Path, default=None,
+                   help="landmark list (paths relative to the image root; LFW: lfw_landmark.txt by default)")
+    p.add_argument("--format", choices=("jpeg", "png", "raw"), default="jpeg", help="crop encoding (default jpeg)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--detect", action="store_true", help="find the landmarks of unlisted images with MTCNN")
+    p.set_defaults(func=_pack)
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from pydcr.data import MTCNN, PackedFaces, open_dataset, pack
+
+    dataset = open_dataset(args.src, args.layout, args.landmarks, args.size)
+    detector = MTCNN(args.device) if args.detect else None
+    out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
+               detector=detector, resume=not args.fresh, progress=not args.quiet)
+    with PackedFaces(out) as faces:
+        print(f"{out}: {len(faces)} faces of {len(set(faces.labels.tolist()))} identities, "
+              f"{out.stat().st_size / 2**20:.1f} MiB, {faces.format} {faces.size[0]}x{faces.size[1]}")
+        for path, reason in faces.skipped:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _add_align(sub) -> None:
+    p = sub.add_parser("align", help="find five landmarks per image with MTCNN and write a landmark list")
+    _dataset_args(p)
+    p.add_argument("out", type=Path, help="the landmark list to write (path<TAB>x1<TAB>y1 ... x5<TAB>y5)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per detector call (default 16)")
+    p.add_argument("--min-face-size", type=float, default=20.0, help="smallest face searched for, pixels (default 20)")
+    p.set_defaults(func=_align)
+
+
+def _align(args: argparse.Namespace) -> int:
+    from pydcr.data import MTCNN, open_dataset
+    from pydcr.data.mtcnn import detect_landmarks
+
+    dataset = open_dataset(args.src, args.layout)
+    detector = MTCNN(args.device, min_face_size=args.min_face_size)
+    missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
+                               workers=args.workers, resume=not args.fresh, progress=not args.quiet)
+    print(f"{args.out}: landmarks of {len(dataset) - len(missing)} of {len(dataset)} images")
+    for path in missing:
+        print(f"no face: {path}", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

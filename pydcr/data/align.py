@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -42,6 +44,20 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def template(size: Sequence[int] = (112, 96)) -> np.ndarray:
+    """The five template points for an (h, w) crop: REFERENCE_112x96 scaled per axis."""
+    h, w = _crop_size(size)
+    return REFERENCE_112x96 * np.array([w / 96.0, h / 112.0], dtype=np.float32)
+
+
+def alignment_matrix(landmarks: np.ndarray, size: Sequence[int] = (112, 96)) -> np.ndarray:
+    """The 2 x 3 matrix that :func:`align` warps with: image points onto the template of `size`."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (5, 2):
+        raise ValueError(f"landmarks must be a 5 x 2 array of (x, y), got shape {points.shape}")
+    return similarity_transform(points, template(size))
+
+
 def align(image: np.ndarray, landmarks: np.ndarray, size: Sequence[int] = (112, 96)) -> np.ndarray:
     """Warp a face so its five points land on the template, returning an h x w x 3 crop.
 
@@ -52,12 +68,43 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: Sequence[int] = (112, 
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be H x W x 3, got shape {image.shape}")
-    points = np.asarray(landmarks, dtype=np.float64)
-    if points.shape != (5, 2):
-        raise ValueError(f"landmarks must be a 5 x 2 array of (x, y), got shape {points.shape}")
+    h, w = _crop_size(size)
+    m = alignment_matrix(landmarks, (h, w))
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def align_many(
+    images: Sequence[np.ndarray],
+    landmarks: Sequence[np.ndarray] | np.ndarray,
+    size: Sequence[int] = (112, 96),
+    *,
+    workers: int | None = None,
+) -> np.ndarray:
+    """:func:`align` over many images (of any sizes), as one N x h x w x 3 uint8 array.
+
+    landmarks: N x 5 x 2, one set per image. OpenCV's warp releases the GIL, so the images are
+    warped by `workers` threads (default: one per CPU core; 0 or 1 warps in this thread).
+    """
+    if len(images) != len(landmarks):
+        raise ValueError(f"got {len(images)} images but {len(landmarks)} landmark sets")
+    h, w = _crop_size(size)
+    out = np.empty((len(images), h, w, 3), dtype=np.uint8)
+
+    def warp(i: int) -> None:
+        out[i] = align(images[i], landmarks[i], (h, w))
+
+    workers = min(os.cpu_count() or 1, len(images)) if workers is None else workers
+    if workers <= 1 or len(images) <= 1:
+        for i in range(len(images)):
+            warp(i)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(warp, range(len(images))))
+    return out
+
+
+def _crop_size(size: Sequence[int]) -> tuple[int, int]:
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"size must be positive (h, w), got {tuple(size)}")
-    template = REFERENCE_112x96 * np.array([w / 96.0, h / 112.0])
-    m = similarity_transform(points, template)
-    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return h, w

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,3 +30,37 @@ def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 raise ValueError(f"{path}:{number}: bad coordinate ({err})") from None
             out[fields[0]] = points
     return out
+
+
+def format_landmark_line(name: str, points: np.ndarray) -> str:
+    """One line of a landmark list (without the newline); coordinates with up to 6 significant digits."""
+    if any(c in name for c in "\t\n\r"):
+        raise ValueError(f"image path {name!r} contains a tab or newline, which the list format cannot hold")
+    points = np.asarray(points, dtype=np.float64)
+    if points.shape != (5, 2):
+        raise ValueError(f"landmarks of {name!r} must be a 5 x 2 array of (x, y), got shape {points.shape}")
+    if not np.isfinite(points).all():
+        raise ValueError(f"landmarks of {name!r} are not all finite: {points.tolist()}")
+    return "\t".join([name, *(format(float(v), ".6g") for v in points.reshape(-1))])
+
+
+def write_landmarks(
+    path: str | os.PathLike, landmarks: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]]
+) -> None:
+    """Write a landmark list that :func:`read_landmarks` reads back, in the given order.
+
+    landmarks: a mapping (or pairs) from image path, as it should appear in the list (usually
+    relative to the dataset root), to a 5 x 2 (x, y) array. The file is replaced atomically, so a
+    reader never sees half a list.
+    """
+    items = landmarks.items() if isinstance(landmarks, Mapping) else landmarks
+    lines = [format_landmark_line(str(name), points) + "\n" for name, points in items]
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

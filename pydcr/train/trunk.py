@@ -12,17 +12,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .. import ops
+from ..data import MultiResolution
 from ..losses import TrunkLoss
 from ..models import Trunk
 from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
 from .presets import TrunkConfig
 from .progress import Progress
-
-
-def multi_resolution(images: torch.Tensor, low_sizes, antialias: bool = True) -> torch.Tensor:
-    """The batch at 112 x 96 followed by its copies degraded to each low size and back (float, [0, 255])."""
-    return torch.cat([images.float()] + [ops.degrade(images, k, antialias=antialias) for k in low_sizes])
 
 
 @dataclass
@@ -84,6 +79,10 @@ def train_trunk(
         })
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # Flips come from a generator reseeded at every step, so a resumed run draws what it would have.
+    flips = torch.Generator()
+    resolutions = MultiResolution(config.low_sizes, antialias=config.antialias, flip=0.5 if config.flip else 0.0,
+                                  generator=flips)
     trunk.train()
     head.train()
     with StopFlag() as stop, Progress(total, "trunk", enabled=progress, initial=start_epoch * steps_per_epoch + start_step) as bar:
@@ -91,18 +90,16 @@ def train_trunk(
             gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
             loader = DataLoader(dataset, config.batch_size, shuffle=True, generator=gen, num_workers=num_workers,
                                 pin_memory=device.type == "cuda", drop_last=False)
-            flips = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
             sums = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
             started = time.perf_counter()
             for step, (images, labels) in enumerate(loader):
-                flip = torch.rand(len(images), generator=flips) < 0.5 if config.flip else None
                 if step < (start_step if epoch == start_epoch else 0):
-                    continue  # replaying a resumed epoch: these batches were trained on
+                    continue  # resuming mid-epoch: these batches were trained on
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
-                if flip is not None:
-                    images = torch.where(flip.to(device)[:, None, None, None], images.flip(-1), images)
-                batch = multi_resolution(images, config.low_sizes, config.antialias)
+                flips.manual_seed(seed * 1_000_003 + epoch * 10_007 + step)
+                b = resolutions(images)
+                batch = torch.cat([b.hr, *b.low.values()])
                 if device.type == "cuda":
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 targets = labels.repeat(1 + len(config.low_sizes))
