@@ -31,7 +31,35 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     _add_pack(sub)
     _add_align(sub)
+    _add_demo(sub)
     return parser
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="train a small DCR on the bundled faces and compare it with its trunk")
+    p.add_argument("--out", type=Path, default=Path("pydcr-demo"), help="output folder (default: ./pydcr-demo)")
+    p.add_argument("--preset", default="demo", help="training preset (default: demo)")
+    p.add_argument("--epochs", type=int, default=None, help="trunk epochs (default: the preset's)")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pydcr.demo import run_demo
+    from pydcr.train import PRESETS
+
+    if args.preset not in PRESETS:
+        print(f"pydcr demo: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
+    run_demo(args.out, preset=args.preset, epochs=args.epochs, device=args.device, progress=not args.quiet)
+    return 0
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .. import ops
+from ..data import face_loader
 from ..losses import CMLoss
 from ..models import DCR, BranchPair, Trunk
 from .presets import BranchConfig
@@ -33,7 +34,7 @@ def trunk_features(
     device = torch.device(device)
     trunk = trunk.eval().to(device)
     hr, low, labels = [], {k: [] for k in low_sizes}, []
-    loader = DataLoader(dataset, batch_size, shuffle=False)
+    loader = face_loader(dataset, batch_size, shuffle=False, workers=0, pin_memory=device.type == "cuda")
     with Progress(len(loader), "trunk features", enabled=progress) as bar:
         for images, y in loader:
             images = images.to(device)

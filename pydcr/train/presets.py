@@ -11,6 +11,7 @@ class TrunkConfig:
 
     width: float = 1.0
     feature_dim: int = 512
+    input_size: tuple[int, int] = (112, 96)
     low_sizes: tuple[int, ...] = (40, 6)
     batch_size: int = 256  # images per batch; each is seen at 1 + len(low_sizes) resolutions
     epochs: int = 30

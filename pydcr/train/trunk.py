@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..data import MultiResolution
+from ..data import MultiResolution, face_loader
 from ..losses import TrunkLoss
 from ..models import Trunk
 from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
@@ -40,16 +40,18 @@ def train_trunk(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
 ) -> TrunkRun:
-    """Train a trunk on `dataset` (items: uint8 3 x 112 x 96 image, int label) and return it.
+    """Train a trunk on `dataset` (items: an h x w x 3 uint8 aligned crop at the trunk's input size, an
+    int label; a pydcr.data.PackedFaces, say) and return it.
 
     Writes out_dir/checkpoint.pt after every epoch and when stopped by SIGINT / SIGTERM, and resumes
     from it when present; out_dir/metrics.jsonl gets one line per epoch. With the same seed, a
-    resumed run replays the same batches (shuffling and flips come from per-epoch generators).
+    resumed run trains on the same batches (shuffling and flips come from seeded generators).
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     torch.manual_seed(seed)
-    trunk = Trunk(width=config.width, feature_dim=config.feature_dim).to(device)
+    trunk = Trunk(width=config.width, feature_dim=config.feature_dim, input_size=config.input_size).to(device)
     head = nn.Linear(config.feature_dim, num_classes).to(device)
     loss_fn = TrunkLoss(num_classes, config.feature_dim, config.beta, alpha=config.center_alpha).to(device)
     params = list(trunk.parameters()) + list(head.parameters())
@@ -87,9 +89,8 @@ def train_trunk(
     head.train()
     with StopFlag() as stop, Progress(total, "trunk", enabled=progress, initial=start_epoch * steps_per_epoch + start_step) as bar:
         for epoch in range(start_epoch, config.epochs):
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            loader = DataLoader(dataset, config.batch_size, shuffle=True, generator=gen, num_workers=num_workers,
-                                pin_memory=device.type == "cuda", drop_last=False)
+            loader = face_loader(dataset, config.batch_size, shuffle=True, workers=num_workers,
+                                 pin_memory=device.type == "cuda", seed=seed * 1_000_003 + epoch)
             sums = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
             started = time.perf_counter()
             for step, (images, labels) in enumerate(loader):
