@@ -7,7 +7,7 @@ gradients of x, slope, bias and residual via torch.autograd.grad, so nothing acc
   ours      torch.ops.pydcr.prelu / prelu_backward: one pass each way
   eager     pydcr.reference.prelu: F.prelu(x + b.view(1, -1, 1, 1), w) + r
   compiled  torch.compile of the eager formula (inductor), the strong baseline, forward +
-            backward only; None when it fails to compile (or with --no-compile)
+            backward only; "n/a" when it fails to compile (or with --no-compile)
 Stack rows: each trunk stage's residual units (1, 2, 5 and 3 units at 64, 128, 256 and 512
 channels) as pydcr.nn.ResidualUnit against reference.ResidualUnit with the same weights,
 forward + backward. On CUDA each row also gives the peak memory of one call, in MiB.
