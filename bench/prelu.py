@@ -6,8 +6,8 @@ Op rows, at the trunk's activation shapes (batch 64), forward and forward + back
 gradients of x, slope, bias and residual via torch.autograd.grad, so nothing accumulates):
   ours      torch.ops.pydcr.prelu / prelu_backward: one pass each way
   eager     pydcr.reference.prelu: F.prelu(x + b.view(1, -1, 1, 1), w) + r
-  compiled  torch.compile of the eager formula (inductor), the strong baseline; "n/a" when it
-            fails to compile (or with --no-compile)
+  compiled  torch.compile of the eager formula (inductor), the strong baseline, forward +
+            backward only; "n/a" when it fails to compile (or with --no-compile)
 Stack rows: each trunk stage's residual units (1, 2, 5 and 3 units at 64, 128, 256 and 512
 channels) as pydcr.nn.ResidualUnit against reference.ResidualUnit with the same weights,
 forward + backward. On CUDA each row also gives the peak memory of one call, in MiB.
@@ -15,9 +15,12 @@ forward + backward. On CUDA each row also gives the peak memory of one call, in 
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 
-from bench.harness import Report, common_args, peak_memory_mib, time_ms
+from bench.harness import Report, common_args, peak_memory_mib, sync
 from pydcr import nn, ops, reference
 
 TRUNK = [(64, 54, 46), (128, 26, 22), (256, 12, 10), (512, 5, 4)]
@@ -37,30 +40,44 @@ def compiled_prelu():
     return torch.compile(reference.prelu, dynamic=False)
 
 
-def try_time(fn, device, min_time):
-    """Milliseconds per call, or None when fn fails (compilation)."""
-    try:
-        return time_ms(fn, device, min_time=min_time)
-    except Exception as err:  # noqa: BLE001 - a failed baseline is reported as n/a
-        print(f"# compiled baseline failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-        return None
-
-
-def time_all(fns: dict, device, min_time, rounds: int = 2) -> dict:
-    """Each contender's best median over `rounds` alternating rounds: load from other processes
-    then hits every contender alike rather than whichever ran during it."""
-    best = {}
+def time_interleaved(fns: dict, device, min_time: float, rounds: int = 9) -> dict:
+    """Median milliseconds per call of each contender, timed in alternating rounds, so that load
+    from other processes hits every contender alike rather than whichever ran during it. A
+    "compiled" contender that fails (to compile) is left out."""
+    once = {}
+    for name, fn in fns.items():
+        try:
+            fn()  # warm up: lazy init, caches, compilation
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            once[name] = max(time.perf_counter() - start, 1e-6)
+        except Exception as err:  # noqa: BLE001 - a failed baseline is reported as n/a
+            if name != "compiled":
+                raise
+            print(f"# compiled baseline failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    calls = {name: max(1, int(min_time / rounds / t)) for name, t in once.items()}
+    samples = {name: [] for name in once}
     for _ in range(rounds):
-        for name, fn in fns.items():
-            if name in best and best[name] is None:
-                continue  # failed before
-            ms = try_time(fn, device, min_time) if name == "compiled" else time_ms(fn, device, min_time=min_time)
-            best[name] = ms if name not in best or ms is None else min(best[name], ms)
-    return best
+        for name in once:
+            fn = fns[name]
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            sync(device)
+            samples[name].append((time.perf_counter() - start) / calls[name] * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def ratio(ref, ours):
-    return None if ref is None else ref / ours
+def compiled_columns(ms: dict, attempted: bool) -> dict:
+    """compiled_ms and vs_compiled: "n/a" when compilation failed or was skipped, "-" when not timed."""
+    if not attempted:
+        return {"compiled_ms": "-", "vs_compiled": "-"}
+    if ms.get("compiled") is None:
+        return {"compiled_ms": "n/a", "vs_compiled": "n/a"}
+    return {"compiled_ms": ms["compiled"], "vs_compiled": ms["compiled"] / ms["ours"]}
 
 
 def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_time, shapes):
@@ -79,18 +96,15 @@ def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_tim
                     if name == "fwd":
                         args = (x, slope, bias, r)
                         fns = {"ours": lambda: ops.prelu(*args), "eager": lambda: reference.prelu(*args)}
-                        if compiled:
-                            fns["compiled"] = lambda: compiled(*args)
                     else:
                         args = tuple(t.detach().clone().requires_grad_() for t in (x, slope, bias, r))
                         fns = {"ours": fwd_bwd(ops.prelu, args, grad), "eager": fwd_bwd(reference.prelu, args, grad)}
                         if compiled:
                             fns["compiled"] = fwd_bwd(compiled, args, grad)
-                    ms = time_all(fns, device, min_time)
+                    ms = time_interleaved(fns, device, min_time)
                     row = dict(kind="op", shape=f"64x{c}x{h}x{w}", dtype=str(dtype).removeprefix("torch."),
                                layout=layout, **{"pass": name}, ours_ms=ms["ours"], eager_ms=ms["eager"],
-                               compiled_ms=ms.get("compiled"), vs_eager=ms["eager"] / ms["ours"],
-                               vs_compiled=ratio(ms.get("compiled"), ms["ours"]))
+                               vs_eager=ms["eager"] / ms["ours"], **compiled_columns(ms, name == "fwd+bwd"))
                     if device.type == "cuda":
                         row.update(ours_MiB=peak_memory_mib(fns["ours"], device),
                                    eager_MiB=peak_memory_mib(fns["eager"], device))
@@ -114,9 +128,10 @@ def bench_stacks(report, device, batch, layouts, min_time, stages):
             for name, model in (("ours", ours), ("eager", eager)):
                 inputs = (x, *model.parameters())
                 fns[name] = fwd_bwd(lambda x, *_, m=model: m(x), inputs, grad)
-            ms = time_all(fns, device, min_time)
+            ms = time_interleaved(fns, device, min_time)
             row = dict(kind="stack", shape=f"{batch}x{c}x{h}x{w} x{units}", dtype="float32", layout=layout,
-                       **{"pass": "fwd+bwd"}, ours_ms=ms["ours"], eager_ms=ms["eager"], vs_eager=ms["eager"] / ms["ours"])
+                       **{"pass": "fwd+bwd"}, ours_ms=ms["ours"], eager_ms=ms["eager"], vs_eager=ms["eager"] / ms["ours"],
+                       **compiled_columns(ms, False))
             if device.type == "cuda":
                 row.update(ours_MiB=peak_memory_mib(fns["ours"], device), eager_MiB=peak_memory_mib(fns["eager"], device))
             report.add(**row)

@@ -17,6 +17,12 @@ from . import ops
 __all__ = ["ConvPReLU", "ResidualUnit"]
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in `dtype`, as autocast would hand it to PReLU: under autocast, convolutions return
+    float16 or bfloat16 while parameters stay float32. The tensor itself when it already is."""
+    return t.to(dtype)
+
+
 class ConvPReLU(nn.Module):
     """A 3x3 convolution, stride 1, then a per-channel PReLU: ``PReLU(conv(x) + bias)``.
 
@@ -33,7 +39,7 @@ class ConvPReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         y = F.conv2d(x, c.weight, None, c.stride, c.padding, c.dilation, c.groups)
-        return ops.prelu(y, self.prelu.weight, c.bias)
+        return ops.prelu(y, _as(self.prelu.weight, y.dtype), None if c.bias is None else _as(c.bias, y.dtype))
 
 
 class ResidualUnit(nn.Module):
@@ -51,5 +57,8 @@ class ResidualUnit(nn.Module):
         self.prelu2 = nn.PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = ops.prelu(self.conv1(x), self.prelu1.weight)
-        return ops.prelu(self.conv2(y), self.prelu2.weight, residual=x)
+        y = self.conv1(x)
+        y = self.conv2(ops.prelu(y, _as(self.prelu1.weight, y.dtype)))
+        # The add promotes as eager's x + PReLU(...) does (float32 x, float16 branch: float32).
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        return ops.prelu(_as(y, dtype), _as(self.prelu2.weight, dtype), residual=_as(x, dtype))

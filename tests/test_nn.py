@@ -101,3 +101,17 @@ def test_cuda_compiled_residual_unit():
     x = torch.randn(4, 16, 12, 10, device="cuda").contiguous(memory_format=torch.channels_last)
     with torch.backends.cudnn.flags(allow_tf32=False):
         assert_twins_agree(torch.compile(ours, fullgraph=True, backend="aot_eager"), eager, x, 1e-4)
+
+
+@pytest.mark.cuda
+def test_cuda_autocast_matches_eager_twin():
+    unit, unit_eager = twins(lambda: nn.ResidualUnit(8), lambda: reference.ResidualUnit(8), torch.float32, "cuda")
+    first, first_eager = twins(lambda: nn.ConvPReLU(3, 8), lambda: reference.ConvPReLU(3, 8), torch.float32, "cuda")
+    ours, eager = torch.nn.Sequential(first, unit), torch.nn.Sequential(first_eager, unit_eager)
+    x = torch.randn(2, 3, 12, 10, device="cuda")
+    x8 = torch.randn(2, 8, 12, 10, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        for model, twin, inp in ((ours, eager, x), (unit, unit_eager, x8)):
+            y, y_ref = model(inp), twin(inp)
+            assert y.dtype == y_ref.dtype
+            torch.testing.assert_close(y.float(), y_ref.float(), atol=2e-2, rtol=2e-2)

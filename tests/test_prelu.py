@@ -45,6 +45,7 @@ def forward_and_grads(fn, args, grad):
 shapes = st.one_of(
     st.tuples(st.integers(0, 3), st.integers(1, 6), st.integers(1, 7), st.integers(1, 7)),
     st.tuples(st.integers(0, 9), st.integers(1, 40)),
+    st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 9)),  # N x C x L: any trailing dims
 )
 
 
@@ -53,8 +54,8 @@ shapes = st.one_of(
        residual_layout=layouts, shared=st.booleans(), slope_values=st.lists(slopes, min_size=1, max_size=6),
        bias=st.booleans(), residual=st.booleans())
 def test_matches_reference(shape, dtype, layout, residual_layout, shared, slope_values, bias, residual):
-    if len(shape) == 2:
-        layout = residual_layout = "contiguous"
+    if len(shape) != 4:
+        layout, residual_layout = layout.replace("channels_last", "contiguous"), "contiguous"
     args = make_args(shape, dtype, layout, shared=shared, slope_values=slope_values, bias=bias, residual=residual,
                      residual_layout=residual_layout)
     grad = activation(shape, dtype, seed=3)
@@ -228,8 +229,8 @@ CUDA_TOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2, torch.float32: 1e-5, torc
        slope_values=st.lists(slopes, min_size=1, max_size=6), bias=st.booleans(), residual=st.booleans(),
        offset=st.booleans())
 def test_cuda_matches_reference(shape, dtype, layout, residual_layout, shared, slope_values, bias, residual, offset):
-    if len(shape) == 2:
-        layout = residual_layout = "contiguous"
+    if len(shape) != 4:
+        layout, residual_layout = layout.replace("channels_last", "contiguous"), "contiguous"
     args = make_args(shape, dtype, layout, shared=shared, slope_values=slope_values, bias=bias, residual=residual,
                      residual_layout=residual_layout, device="cuda")
     if offset:  # unaligned data: the scalar (not vector) kernels
