@@ -69,6 +69,8 @@ def split(images: np.ndarray, labels: np.ndarray, *, folds: int = 10, seed: int 
     train_labels = np.searchsorted(np.setdiff1d(people, test_people), labels[~is_test])
     rng = np.random.default_rng(seed)
     test_labels = labels[is_test]
+    if len(test_people) < 2 * folds:
+        raise ValueError(f"{len(people)} people give {len(test_people)} test people: need two per fold, {2 * folds}")
     fold_of = {p: i % folds for i, p in enumerate(test_people)}
     pairs, same, fold = [], [], []
     for f in range(folds):

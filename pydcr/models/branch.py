@@ -35,6 +35,9 @@ class BranchPair(nn.Module):
         self.num_classes, self.in_dim, self.dim = int(num_classes), int(in_dim), int(dim)
         self.hr_branch = Branch(in_dim, dim, num_classes)
         self.lr_branch = Branch(in_dim, dim, num_classes)
+        # Both feature layers start as the same map, so x and z start out comparable; the
+        # coupling term of the CM loss keeps them close while each adapts to its resolution.
+        self.lr_branch.fc.load_state_dict(self.hr_branch.fc.state_dict())
 
     def hr(self, v: torch.Tensor) -> torch.Tensor:
         """Feature x of a high-resolution image's trunk feature v."""

@@ -1,0 +1,84 @@
+"""Training loops: the loss goes down, a stopped run resumes to the uninterrupted result, splits are disjoint."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pydcr.demo import FaceArrays, split
+from pydcr.models import DCR
+from pydcr.train import TrunkConfig, get_preset, train_branches, train_trunk
+
+TINY = TrunkConfig(width=0.125, feature_dim=16, input_size=(40, 40), batch_size=8, epochs=2, lr=0.02,
+                   low_sizes=(12, 6))
+
+
+def toy_faces(n=32, classes=4, seed=0):
+    """Images whose class sets their mean colour: a task a tiny trunk can learn in a few steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    base = rng.integers(0, 60, size=(n, 40, 40, 3))
+    images = np.clip(base + 45 * labels[:, None, None, None], 0, 255).astype(np.uint8)
+    return FaceArrays(images, labels), classes
+
+
+def test_trunk_loss_decreases(tmp_path):
+    data, classes = toy_faces()
+    train_trunk(data, classes, replace(TINY, epochs=4), tmp_path, progress=False)
+    losses = [float(l.split('"loss": ')[1].split(",")[0]) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
+    data, classes = toy_faces()
+    torch.use_deterministic_algorithms(True)
+    try:
+        whole = train_trunk(data, classes, TINY, tmp_path / "whole", progress=False)
+
+        class Stop(Exception):
+            pass
+
+        def stop_at_step_5(step):
+            if step == 5:
+                raise Stop
+
+        with pytest.raises(Stop):  # a killed process: only the epoch-end checkpoint survives
+            train_trunk(data, classes, TINY, tmp_path / "cut", progress=False, on_step=stop_at_step_5)
+        resumed = train_trunk(data, classes, TINY, tmp_path / "cut", progress=False)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert resumed.finished and resumed.epochs_done == TINY.epochs
+    for (k, a), (_, b) in zip(whole.trunk.state_dict().items(), resumed.trunk.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_branches_are_added_to_the_model(tmp_path):
+    data, classes = toy_faces()
+    run = train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False)
+    model = DCR(run.trunk)
+    train_branches(model, data, classes, [8, 12], replace(get_preset("demo").branch, dim=8, epochs=2), progress=False)
+    assert model.resolutions == [8, 12]
+    assert model.branch(8).hr_branch.classifier is None  # deployed without classifiers
+
+
+def test_demo_split_is_identity_disjoint():
+    labels = np.repeat(np.arange(100), 4)
+    images = np.zeros((len(labels), 8, 8, 3), dtype=np.uint8)
+    s = split(images, labels)
+    test_people = np.unique(labels)[::5]
+    assert len(s.train) == (~np.isin(labels, test_people)).sum()
+    assert s.num_classes == 80 and s.train.labels.max() == 79
+    test_labels = labels[np.isin(labels, test_people)]
+    for f in range(10):  # each person's pairs sit in one fold
+        people = set(test_labels[s.pairs[s.folds == f].ravel()])
+        others = set(test_labels[s.pairs[s.folds != f].ravel()])
+        assert people and not people & others
+    assert (test_labels[s.pairs[s.same, 0]] == test_labels[s.pairs[s.same, 1]]).all()
+    assert (test_labels[s.pairs[~s.same, 0]] != test_labels[s.pairs[~s.same, 1]]).all()
+
+
+def test_demo_split_needs_two_people_per_fold():
+    labels = np.repeat(np.arange(50), 4)
+    with pytest.raises(ValueError, match="need two per fold"):
+        split(np.zeros((len(labels), 8, 8, 3), dtype=np.uint8), labels)
