@@ -84,6 +84,17 @@ class Trunk(nn.Module):
         self.body = nn.Sequential(*body)
         h, w = feature_map_size(self.input_size)
         self.fc = nn.Linear(channels * h * w, self.feature_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights and zero biases, the fillers of the original Caffe model; PReLU
+        slopes 0.25. (torch's default conv initialisation lets the signal fade over the 27 layers
+        without batch norm: the features of different faces start out nearly equal.)"""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def eager_twin(self) -> "Trunk":
         """The same network built from eager layers (pydcr.reference), holding a copy of these weights."""

@@ -69,7 +69,7 @@ PRESETS = {
         Preset(
             "demo",
             "the bundled demo: a small trunk on 56 x 48 crops that trains on the demo faces in minutes on a CPU",
-            TrunkConfig(width=0.25, feature_dim=128, input_size=(56, 48), batch_size=64, epochs=4, lr=0.05),
+            TrunkConfig(width=0.25, feature_dim=128, input_size=(56, 48), batch_size=64, epochs=10, lr=0.05),
             BranchConfig(dim=128, batch_size=128, epochs=30, lr=0.05),
         ),
     )
