@@ -80,6 +80,7 @@ def _add_align(sub) -> None:
     p.add_argument("out", type=Path, help="the landmark list to write (path<TAB>x1<TAB>y1 ... x5<TAB>y5)")
     p.add_argument("--batch-size", type=int, default=16, help="images per detector call (default 16)")
     p.add_argument("--min-face-size", type=float, default=20.0, help="smallest face searched for, pixels (default 20)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for MTCNN (default 1)")
     p.set_defaults(func=_align)
 
 
@@ -88,7 +89,7 @@ def _align(args: argparse.Namespace) -> int:
     from pydcr.data.mtcnn import detect_landmarks
 
     dataset = open_dataset(args.src, args.layout)
-    detector = MTCNN(args.device, min_face_size=args.min_face_size)
+    detector = MTCNN(args.device, min_face_size=args.min_face_size, threads=args.threads)
     missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
                                workers=args.workers, resume=not args.fresh, progress=not args.quiet)
     print(f"{args.out}: landmarks of {len(dataset) - len(missing)} of {len(dataset)} images")

@@ -36,5 +36,8 @@ step info tests.log python3 -m pydcr info
 step tests tests.log python3 -m pytest -q -p no:cacheprovider tests
 step bench-resize bench.log python3 -m bench.resize --device cuda --out "$OUT/resize-cuda.json"
 step bench-degrade bench.log python3 -m bench.degrade --device cuda --out "$OUT/degrade-cuda.json"
+if [ -f "${PYDCR_SHARED:-../shared}/data/lfw/lfw_landmark.txt" ]; then  # the data benchmark needs LFW
+  step bench-data bench.log python3 -m bench.data --device cuda --quick --out "$OUT/data-cuda.json"
+fi
 echo "gpu_check: exit $status"
 exit $status

@@ -147,3 +147,15 @@ def test_flipped_image_mirrors_landmarks(detector, lfw_sample):
     face, fface = central_face(boxes, image.shape), central_face(fboxes, image.shape)
     mirrored = fpoints[fface][[1, 0, 2, 4, 3]] * [-1, 1] + [image.shape[1] - 1, 0]
     assert np.abs(mirrored - points[face]).max() < 3.0
+
+
+@pytest.mark.cuda
+@pytest.mark.data
+def test_cuda_matches_cpu(detector, lfw_sample):
+    gpu = MTCNN("cuda")
+    images = list(lfw_sample[0][:8])
+    for image, (boxes, _, points) in zip(images, gpu.detect_batch(images)):
+        cpu_boxes, _, cpu_points = detector.detect(image)
+        face, cpu_face = central_face(boxes, image.shape), central_face(cpu_boxes, image.shape)
+        np.testing.assert_allclose(points[face], cpu_points[cpu_face], atol=1.0)  # integer crops may shift by a pixel
+        np.testing.assert_allclose(boxes[face], cpu_boxes[cpu_face], atol=2.0)
