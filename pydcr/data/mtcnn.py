@@ -99,7 +99,7 @@ class MTCNN:
     thresholds: the face-score cut of P-Net, R-Net and O-Net. The defaults are the reference ones.
     threads: torch's CPU threads while detecting (set for the call, then restored). The default is
     one: the layers are small, so several threads gain little, and on a busy machine each op
-    waits for a descheduled thread (measured: 10x slower with two; see docs/data.md). Parallelise
+    waits for a descheduled thread (measured: several times slower with two; docs/data.md). Parallelise
     across images instead. None leaves torch's setting alone.
     """
 
