@@ -29,7 +29,9 @@ import torch
 from bench.harness import Report, common_args
 from pydcr.data import LFW, MTCNN, FaceDataset, PackedFaces, align, face_loader, pack, read_image
 
-DEFAULT_LFW = Path(os.environ.get("PYDCR_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data" / "lfw"
+DEFAULT_LFW = (
+    Path(os.environ.get("PYDCR_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "data" / "lfw"
+)
 
 
 def images_per_s(fn, n: int, passes: int = 2) -> float:
@@ -81,10 +83,14 @@ def main(argv=None) -> None:
     base = images_per_s(lambda: naive_cv(data, indices), len(indices))
     if importlib.util.find_spec("PIL") is not None:
         r = images_per_s(lambda: naive_pil(data, indices), len(indices))
-        report.add(task="decode+align", contender="naive_pil", workers=1, images=len(indices), img_per_s=r, vs_naive=r / base)
+        report.add(
+            task="decode+align", contender="naive_pil", workers=1, images=len(indices), img_per_s=r, vs_naive=r / base
+        )
     report.add(task="decode+align", contender="naive_cv", workers=1, images=len(indices), img_per_s=base, vs_naive=1.0)
     r = images_per_s(lambda: threaded(data, indices, cores), len(indices))
-    report.add(task="decode+align", contender="ours", workers=cores, images=len(indices), img_per_s=r, vs_naive=r / base)
+    report.add(
+        task="decode+align", contender="ours", workers=cores, images=len(indices), img_per_s=r, vs_naive=r / base
+    )
 
     m = min(len(indices), 50 if args.quick else 200)
     images = [read_image(data.path(i)) for i in indices[:m]]
@@ -98,7 +104,9 @@ def main(argv=None) -> None:
         r = images_per_s(lambda: [detector.detect_batch(images[k : k + 16]) for k in range(0, m, 16)], m)
         report.add(task="mtcnn", contender="detect_batch16", workers=threads, images=m, img_per_s=r, vs_naive=r / one)
 
-    subset = FaceDataset(data.image_root, [data.paths[i] for i in indices], data.labels[indices], data.classes, data.landmarks)
+    subset = FaceDataset(
+        data.image_root, [data.paths[i] for i in indices], data.labels[indices], data.classes, data.landmarks
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lfw.pack"
         r = images_per_s(lambda: pack(subset, out, workers=cores, resume=False, progress=False), len(indices))
@@ -109,7 +117,9 @@ def main(argv=None) -> None:
         for workers in (0, 2):
             read_pack(faces, workers)
             r = images_per_s(lambda: read_pack(faces, workers), len(faces))
-            report.add(task="read", contender="packed", workers=workers, images=len(faces), img_per_s=r, vs_naive=r / base)
+            report.add(
+                task="read", contender="packed", workers=workers, images=len(faces), img_per_s=r, vs_naive=r / base
+            )
         size_mib = out.stat().st_size / 2**20
     print(f"# pack of {len(indices)} LFW faces: {size_mib:.1f} MiB (JPEG quality 90)")
     report.write(args.out, lfw=str(args.lfw), pack_mib=size_mib)

@@ -41,8 +41,10 @@ def main(argv=None) -> None:
         errors.append(np.linalg.norm(points[face] - listed[name], axis=1))
     e = np.array(errors)
     print(f"images {len(names)}, no face {missed}, detect {len(names) / elapsed:.1f} img/s on {args.device}")
-    print(f"point error: median {np.median(e):.2f} px, 95th percentile {np.percentile(e, 95):.2f} px, "
-          f"99th percentile {np.percentile(e, 99):.2f} px")
+    print(
+        f"point error: median {np.median(e):.2f} px, 95th percentile {np.percentile(e, 95):.2f} px, "
+        f"99th percentile {np.percentile(e, 99):.2f} px"
+    )
 
 
 if __name__ == "__main__":

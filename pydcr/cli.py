@@ -50,7 +50,8 @@ def _add_pack(sub) -> None:
     p = sub.add_parser("pack", help="align a dataset's faces into one pack file")
     _dataset_args(p)
     p.add_argument("out", type=Path, help="the pack file to write")
-    p.add_argument("--size", type=int, nargs=2, default=(112, 96), metavar=("H", "W"), help="crop size (default 112 96)")
+    p.add_argument("--size", type=int, nargs=2, default=(112, 96), metavar=("H", "W"),
+                   help="crop size (default 112 96)")
     p.add_argument("--landmarks", type=Path, default=None,
                    help="landmark list (paths relative to the image root; LFW: lfw_landmark.txt by default)")
     p.add_argument("--format", choices=("jpeg", "png", "raw"), default="jpeg", help="crop encoding (default jpeg)")

@@ -206,7 +206,9 @@ class MTCNN:
             return boxes, prob.astype(np.float32), image_of, None
         # O-Net: landmarks relative to the crop, box regression, then suppression by the smaller box.
         rel = outs[2][keep]
-        points = np.stack([rel[:, :5] * size[:, :1] + boxes[:, :1] - 1, rel[:, 5:] * size[:, 1:2] + boxes[:, 1:2] - 1], 2)
+        points = np.stack(
+            [rel[:, :5] * size[:, :1] + boxes[:, :1] - 1, rel[:, 5:] * size[:, 1:2] + boxes[:, 1:2] - 1], 2
+        )
         boxes = boxes + reg * size
         order = batched_nms(boxes, prob, image_of, 0.7, mode="min")
         return boxes[order], prob[order].astype(np.float32), image_of[order], points[order].astype(np.float32)
@@ -266,8 +268,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
 
 def batched_nms(boxes, scores, groups, threshold, mode="union") -> np.ndarray:
     """:func:`nms` within each group (image), indices in increasing order."""
-    keep = [np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], threshold, mode)]
-            for g in np.unique(groups)]
+    keep = [
+        np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], threshold, mode)]
+        for g in np.unique(groups)
+    ]
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
@@ -367,7 +371,10 @@ def detect_landmarks(
 
     chunks = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
     bar = progress_bar(len(dataset), len(dataset) - len(todo), "align", progress)
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, open(partial, "a" if resume else "w", encoding="utf-8") as f:
+    with (
+        ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool,
+        open(partial, "a" if resume else "w", encoding="utf-8") as f,
+    ):
         pending = [pool.submit(read, i) for i in chunks[0]] if chunks else []
         for n, chunk in enumerate(chunks):
             images = [p.result() for p in pending]

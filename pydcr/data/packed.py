@@ -230,7 +230,9 @@ def _resume_point(partial: Path, fingerprint: str) -> list[_Record] | None:
             payload = f.read(length)
             if magic != RECORD_MAGIC or item != len(records) or len(payload) != length or zlib.crc32(payload) != crc:
                 break
-            records.append(_Record(status, item, start + RECORD.size, length, crc, np.array(rest[:10], np.float32).reshape(5, 2)))
+            records.append(
+                _Record(status, item, start + RECORD.size, length, crc, np.array(rest[:10], np.float32).reshape(5, 2))
+            )
         end = records[-1].offset + records[-1].length if records else len(MAGIC) + 4 + header["_length"]
         f.truncate(end)
     return records
