@@ -78,7 +78,8 @@ def _add_pack(sub) -> None:
     p = sub.add_parser("pack", help="align a dataset's faces into one pack file")
     _dataset_args(p)
     p.add_argument("out", type=Path, help="the pack file to write")
-    p.add_argument("--size", type=int, nargs=2, default=(112, 96), metavar=("H", "W"), help="crop size (default 112 96)")
+    p.add_argument("--size", type=int, nargs=2, default=(112, 96), metavar=("H", "W"),
+                   help="crop size (default 112 96)")
     p.add_argument("--landmarks", type=Path, default=None,
                    help="landmark list (paths relative to the image root; LFW: lfw_landmark.txt by default)")
     p.add_argument("--format", choices=("jpeg", "png", "raw"), default="jpeg", help="crop encoding (default jpeg)")
@@ -108,6 +109,7 @@ def _add_align(sub) -> None:
     p.add_argument("out", type=Path, help="the landmark list to write (path<TAB>x1<TAB>y1 ... x5<TAB>y5)")
     p.add_argument("--batch-size", type=int, default=16, help="images per detector call (default 16)")
     p.add_argument("--min-face-size", type=float, default=20.0, help="smallest face searched for, pixels (default 20)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for MTCNN (default 1)")
     p.set_defaults(func=_align)
 
 
@@ -116,7 +118,7 @@ def _align(args: argparse.Namespace) -> int:
     from pydcr.data.mtcnn import detect_landmarks
 
     dataset = open_dataset(args.src, args.layout)
-    detector = MTCNN(args.device, min_face_size=args.min_face_size)
+    detector = MTCNN(args.device, min_face_size=args.min_face_size, threads=args.threads)
     missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
                                workers=args.workers, resume=not args.fresh, progress=not args.quiet)
     print(f"{args.out}: landmarks of {len(dataset) - len(missing)} of {len(dataset)} images")

@@ -37,9 +37,12 @@ step tests tests.log python3 -m pytest -q -p no:cacheprovider tests
 # Benchmarks write JSON to a scratch folder, merged into one $OUT/bench.json at the end (the
 # machine returns only a few files).
 json=$(mktemp -d)
-for bench in resize degrade prelu trunk; do
+for bench in resize degrade prelu trunk center; do
   step "bench-$bench" bench.log python3 -m bench.$bench --device cuda --out "$json/$bench.json"
 done
+if [ -f "${PYDCR_SHARED:-../shared}/data/lfw/lfw_landmark.txt" ]; then  # the data benchmark needs LFW
+  step bench-data bench.log python3 -m bench.data --device cuda --quick --out "$json/data.json"
+fi
 step bench-trunk-compiled bench.log python3 -m bench.trunk --device cuda --compile --out "$json/trunk-compiled.json"
 python3 - "$json" "$OUT/bench.json" <<'PY'
 import json, pathlib, sys

@@ -33,9 +33,7 @@ def apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ m[:, :2].T + m[:, 2]
 
 
-similarities = st.tuples(
-    st.floats(-np.pi, np.pi), st.floats(0.2, 5.0), st.floats(-300, 300), st.floats(-300, 300)
-)
+similarities = st.tuples(st.floats(-np.pi, np.pi), st.floats(0.2, 5.0), st.floats(-300, 300), st.floats(-300, 300))
 
 
 def similarity(angle, scale, tx, ty) -> np.ndarray:
@@ -71,8 +69,11 @@ def test_template_scales_per_axis():
 
 @pytest.mark.parametrize(
     "landmarks, size, match",
-    [(np.zeros((4, 2)), (112, 96), "5 x 2"), (np.random.rand(5, 2), (0, 96), "positive"),
-     (np.ones((5, 2)), (112, 96), "all equal")],
+    [
+        (np.zeros((4, 2)), (112, 96), "5 x 2"),
+        (np.random.rand(5, 2), (0, 96), "positive"),
+        (np.ones((5, 2)), (112, 96), "all equal"),
+    ],
 )
 def test_align_errors(landmarks, size, match):
     with pytest.raises(ValueError, match=match):
@@ -106,8 +107,11 @@ def test_landmark_list_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "name, points, match",
-    [("a\tb.jpg", np.ones((5, 2)), "tab or newline"), ("a.jpg", np.ones((4, 2)), "5 x 2"),
-     ("a.jpg", np.full((5, 2), np.nan), "finite")],
+    [
+        ("a\tb.jpg", np.ones((5, 2)), "tab or newline"),
+        ("a.jpg", np.ones((4, 2)), "5 x 2"),
+        ("a.jpg", np.full((5, 2), np.nan), "finite"),
+    ],
 )
 def test_write_landmarks_errors(tmp_path, name, points, match):
     path = tmp_path / "marks.txt"

@@ -25,15 +25,25 @@ def check(transform, x, out):
     assert list(out.low) == transform.lows
     for k, low in out.low.items():
         assert low.shape == x.shape and low.dtype == torch.float32
-        torch.testing.assert_close(low, reference.degrade(out.hr, k, antialias=transform.antialias), atol=1e-3, rtol=1e-5)
+        torch.testing.assert_close(
+            low, reference.degrade(out.hr, k, antialias=transform.antialias), atol=1e-3, rtol=1e-5
+        )
     return mirrored & ~same
 
 
 @settings(max_examples=20, deadline=None)
 @given(
-    n=st.integers(0, 4), h=st.integers(8, 40), w=st.integers(8, 40),
-    lows=st.lists(st.one_of(st.integers(2, 20), st.tuples(st.integers(2, 20), st.integers(2, 20))), min_size=1, max_size=3, unique=True),
-    antialias=st.booleans(), seed=st.integers(0, 2**31),
+    n=st.integers(0, 4),
+    h=st.integers(8, 40),
+    w=st.integers(8, 40),
+    lows=st.lists(
+        st.one_of(st.integers(2, 20), st.tuples(st.integers(2, 20), st.integers(2, 20))),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    ),
+    antialias=st.booleans(),
+    seed=st.integers(0, 2**31),
 )
 def test_transform_matches_reference(n, h, w, lows, antialias, seed):
     transform = MultiResolution(lows, antialias=antialias, generator=seed)
@@ -71,8 +81,11 @@ def test_generator_object_advances():
 
 @pytest.mark.parametrize(
     "x, match",
-    [(torch.zeros(2, 3, 8, 8), "uint8 N x 3 x H x W tensor, got torch.float32"),
-     (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), r"shape \(2, 1, 8, 8\)"), (np.zeros((2, 3, 8, 8), np.uint8), "ndarray")],
+    [
+        (torch.zeros(2, 3, 8, 8), "uint8 N x 3 x H x W tensor, got torch.float32"),
+        (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), r"shape \(2, 1, 8, 8\)"),
+        (np.zeros((2, 3, 8, 8), np.uint8), "ndarray"),
+    ],
 )
 def test_transform_errors(x, match):
     with pytest.raises(ValueError, match=match):
@@ -116,7 +129,9 @@ def test_loader_over_a_pack(tmp_path):
         for k in range(5):
             cv2.imwrite(str(tmp_path / "src" / person / f"{k}.png"), rng.integers(0, 256, (60, 60, 3), dtype=np.uint8))
             marks[f"{person}/{k}.png"] = np.array([[20, 25], [40, 25], [30, 35], [22, 45], [38, 45]], np.float32)
-    faces = PackedFaces(pack(IdentityFolder(tmp_path / "src", landmarks=marks), tmp_path / "f.pack", format="raw", progress=False))
+    faces = PackedFaces(
+        pack(IdentityFolder(tmp_path / "src", landmarks=marks), tmp_path / "f.pack", format="raw", progress=False)
+    )
     in_order = list(face_loader(faces, 4, shuffle=False, workers=2))
     images = torch.cat([b for b, _ in in_order])
     assert images.shape == (15, 3, 112, 96)

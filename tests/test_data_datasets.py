@@ -46,8 +46,12 @@ def test_landmark_list_file_relative_to_root(tmp_path):
 
 @pytest.mark.parametrize(
     "text, match",
-    [("2\t1\nA\t1\t2\n", "announces 2 x 2 x 1 pairs, found 1"), ("1\nA\t1\t2\nA\t1\n", ":3: expected 3 or 4 fields"),
-     ("1\nA\t1\t2\nA\t1\tB\t9\n", r":3: B/B_0009.jpg is not in the dataset"), ("", "empty pairs file")],
+    [
+        ("2\t1\nA\t1\t2\n", "announces 2 x 2 x 1 pairs, found 1"),
+        ("1\nA\t1\t2\nA\t1\n", ":3: expected 3 or 4 fields"),
+        ("1\nA\t1\t2\nA\t1\tB\t9\n", r":3: B/B_0009.jpg is not in the dataset"),
+        ("", "empty pairs file"),
+    ],
 )
 def test_read_pairs_errors(tmp_path, text, match):
     (tmp_path / "pairs.txt").write_text(text)

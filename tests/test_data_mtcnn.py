@@ -87,16 +87,20 @@ def test_no_face_gives_empty_arrays(detector):
 
 @pytest.mark.parametrize(
     "image, match",
-    [(np.zeros((20, 20), np.uint8), r"image 0 must be an H x W x 3 uint8"),
-     (np.zeros((20, 20, 3), np.float32), r"dtype float32")],
+    [
+        (np.zeros((20, 20), np.uint8), r"image 0 must be an H x W x 3 uint8"),
+        (np.zeros((20, 20, 3), np.float32), r"dtype float32"),
+    ],
 )
 def test_bad_images(detector, image, match):
     with pytest.raises(ValueError, match=match):
         detector.detect(image)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"min_face_size": 8}, "min_face_size"), ({"factor": 1.2}, "factor"),
-                                           ({"thresholds": (0.5, 0.5)}, "thresholds")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"min_face_size": 8}, "min_face_size"), ({"factor": 1.2}, "factor"), ({"thresholds": (0.5, 0.5)}, "thresholds")],
+)
 def test_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MTCNN("cpu", **kwargs)
@@ -147,3 +151,60 @@ def test_flipped_image_mirrors_landmarks(detector, lfw_sample):
     face, fface = central_face(boxes, image.shape), central_face(fboxes, image.shape)
     mirrored = fpoints[fface][[1, 0, 2, 4, 3]] * [-1, 1] + [image.shape[1] - 1, 0]
     assert np.abs(mirrored - points[face]).max() < 3.0
+
+
+@pytest.mark.cuda
+@pytest.mark.data
+def test_cuda_matches_cpu(detector, lfw_sample):
+    gpu = MTCNN("cuda")
+    images = list(lfw_sample[0][:8])
+    for image, (boxes, _, points) in zip(images, gpu.detect_batch(images)):
+        cpu_boxes, _, cpu_points = detector.detect(image)
+        face, cpu_face = central_face(boxes, image.shape), central_face(cpu_boxes, image.shape)
+        np.testing.assert_allclose(points[face], cpu_points[cpu_face], atol=1.0)  # integer crops may shift by a pixel
+        np.testing.assert_allclose(boxes[face], cpu_boxes[cpu_face], atol=2.0)
+
+
+class FakeDetector:
+    """One face per image, its points recognisable by the image's fill value; counts the images seen."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def detect_batch(self, images):
+        self.seen += len(images)
+        out = []
+        for image in images:
+            value = float(image[0, 0, 0])
+            if value == 0:  # no face in black images
+                out.append((np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
+            else:
+                out.append((np.array([[0.0, 0.0, 9.0, 9.0]]), np.ones(1), np.full((1, 5, 2), value)))
+        return out
+
+
+def test_detect_landmarks_writes_and_resumes(tmp_path):
+    import cv2
+
+    from pydcr.data import IdentityFolder
+    from pydcr.data.mtcnn import detect_landmarks
+
+    for k in range(7):
+        (tmp_path / "src" / f"p{k % 2}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "src" / f"p{k % 2}" / f"{k}.png"), np.full((10, 10, 3), k * 10, np.uint8))
+    (tmp_path / "src" / "p1" / "bad.jpg").write_bytes(b"broken")
+    data = IdentityFolder(tmp_path / "src")
+    out = tmp_path / "marks.txt"
+    # An interrupted earlier run: two whole lines and a torn one.
+    (tmp_path / "marks.txt.partial").write_text(
+        "p0/2.png" + "\t20" * 10 + "\n" + "p0/4.png" + "\t40" * 10 + "\np0/6.png\t6"
+    )
+    fake = FakeDetector()
+    missing = detect_landmarks(data, out, detector=fake, batch_size=3, workers=2, progress=False)
+    assert fake.seen == 5  # the seven images less the two done; the broken file is never decoded
+    assert sorted(missing) == ["p0/0.png", "p1/bad.jpg"]
+    marks = read_landmarks(out)
+    assert list(marks) == [p for p in data.paths if p not in missing]  # dataset order
+    for path, points in marks.items():
+        np.testing.assert_array_equal(points, np.full((5, 2), int(path.split("/")[1][0]) * 10))
+    assert not (tmp_path / "marks.txt.partial").exists()

@@ -96,8 +96,17 @@ class MultiResolution:
         self.generator = torch.Generator().manual_seed(generator) if isinstance(generator, int) else generator
 
     def __call__(self, images: torch.Tensor) -> MultiResolutionBatch:
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            got = f"{images.dtype} of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.dtype != torch.uint8
+            or images.dim() != 4
+            or images.shape[1] != 3
+        ):
+            got = (
+                f"{images.dtype} of shape {tuple(images.shape)}"
+                if isinstance(images, torch.Tensor)
+                else type(images).__name__
+            )
             raise ValueError(f"images must be a uint8 N x 3 x H x W tensor, got {got}")
         flipped = torch.rand(images.shape[0], generator=self.generator) < self.flip
         hr = torch.where(flipped.to(images.device)[:, None, None, None], images.flip(-1), images)

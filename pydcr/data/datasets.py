@@ -96,7 +96,9 @@ class IdentityFolder(FaceDataset):
         paths, labels = [], []
         for label, name in enumerate(classes):
             with os.scandir(root / name) as entries:
-                files = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
+                files = sorted(
+                    e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
+                )
             paths += [f"{name}/{f}" for f in files]
             labels += [label] * len(files)
         super().__init__(root, paths, labels, classes, landmarks, size)
@@ -221,7 +223,9 @@ class SCface(FaceDataset):
         if not subjects:
             raise ValueError(f"no SCface images (<id>_frontal.JPG, <id>_cam<c>_<d>.jpg) under {root}")
         if not 0 <= train_subjects < len(subjects):
-            raise ValueError(f"train_subjects must be in [0, {len(subjects)}) for {len(subjects)} subjects, got {train_subjects}")
+            raise ValueError(
+                f"train_subjects must be in [0, {len(subjects)}) for {len(subjects)} subjects, got {train_subjects}"
+            )
         label = {s: i for i, s in enumerate(subjects)}
         paths = sorted(files, key=lambda p: (files[p], p))
         super().__init__(root, paths, [label[files[p][0]] for p in paths], subjects, landmarks, size)

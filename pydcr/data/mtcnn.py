@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -96,6 +97,10 @@ class MTCNN:
     device: where the networks run (default: CUDA when available, else CPU). min_face_size: the
     smallest face searched for, in pixels; factor: the scale step of the image pyramid;
     thresholds: the face-score cut of P-Net, R-Net and O-Net. The defaults are the reference ones.
+    threads: torch's CPU threads while detecting (set for the call, then restored). The default is
+    one: the layers are small, so several threads gain little, and on a busy machine each op
+    waits for a descheduled thread (measured: several times slower with two; docs/data.md). Parallelise
+    across images instead. None leaves torch's setting alone.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class MTCNN:
         factor: float = 0.709,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         weights_dir: str | Path = WEIGHTS_DIR,
+        threads: int | None = 1,
     ) -> None:
         if min_face_size < 12:
             raise ValueError(f"min_face_size must be at least 12 (P-Net's window), got {min_face_size}")
@@ -120,6 +126,7 @@ class MTCNN:
             for name, net in (("pnet", PNet), ("rnet", RNet), ("onet", ONet))
         )
         self.batch_size = 1024  # crops per R-Net / O-Net call, bounding memory
+        self.threads = threads
 
     def detect(self, image) -> Detections:
         """Faces in one H x W x 3 uint8 RGB image: boxes (N x 4, x1 y1 x2 y2), scores (N), landmarks (N x 5 x 2)."""
@@ -133,9 +140,10 @@ class MTCNN:
         for i, a in enumerate(arrays):
             groups.setdefault(a.shape[:2], []).append(i)
         out: list[Detections | None] = [None] * len(arrays)
-        for indices in groups.values():
-            for i, found in zip(indices, self._cascade([arrays[i] for i in indices])):
-                out[i] = found
+        with _cpu_threads(self.threads if self.device.type == "cpu" else None):
+            for indices in groups.values():
+                for i, found in zip(indices, self._cascade([arrays[i] for i in indices])):
+                    out[i] = found
         return out  # type: ignore[return-value]
 
     def _cascade(self, images: list[np.ndarray]) -> list[Detections]:
@@ -198,10 +206,24 @@ class MTCNN:
             return boxes, prob.astype(np.float32), image_of, None
         # O-Net: landmarks relative to the crop, box regression, then suppression by the smaller box.
         rel = outs[2][keep]
-        points = np.stack([rel[:, :5] * size[:, :1] + boxes[:, :1] - 1, rel[:, 5:] * size[:, 1:2] + boxes[:, 1:2] - 1], 2)
+        points = np.stack(
+            [rel[:, :5] * size[:, :1] + boxes[:, :1] - 1, rel[:, 5:] * size[:, 1:2] + boxes[:, 1:2] - 1], 2
+        )
         boxes = boxes + reg * size
         order = batched_nms(boxes, prob, image_of, 0.7, mode="min")
         return boxes[order], prob[order].astype(np.float32), image_of[order], points[order].astype(np.float32)
+
+
+@contextmanager
+def _cpu_threads(threads: int | None):
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(before)
 
 
 def pyramid_scales(h: int, w: int, min_face_size: float, factor: float) -> list[float]:
@@ -246,8 +268,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
 
 def batched_nms(boxes, scores, groups, threshold, mode="union") -> np.ndarray:
     """:func:`nms` within each group (image), indices in increasing order."""
-    keep = [np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], threshold, mode)]
-            for g in np.unique(groups)]
+    keep = [
+        np.flatnonzero(groups == g)[nms(boxes[groups == g], scores[groups == g], threshold, mode)]
+        for g in np.unique(groups)
+    ]
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
@@ -329,8 +353,7 @@ def detect_landmarks(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
-
+    from ._progress import progress_bar
     from .landmarks import format_landmark_line, read_landmarks, write_landmarks
 
     out = Path(out)
@@ -347,8 +370,11 @@ def detect_landmarks(
             return None
 
     chunks = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]
-    bar = tqdm(total=len(dataset), initial=len(dataset) - len(todo), unit="img", desc="align", disable=not progress)
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool, open(partial, "a" if resume else "w", encoding="utf-8") as f:
+    bar = progress_bar(len(dataset), len(dataset) - len(todo), "align", progress)
+    with (
+        ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool,
+        open(partial, "a" if resume else "w", encoding="utf-8") as f,
+    ):
         pending = [pool.submit(read, i) for i in chunks[0]] if chunks else []
         for n, chunk in enumerate(chunks):
             images = [p.result() for p in pending]

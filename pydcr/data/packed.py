@@ -24,7 +24,6 @@ import json
 import mmap
 import os
 import struct
-import sys
 import threading
 import zlib
 from collections import deque
@@ -36,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ._progress import progress_bar
 from .align import align
 from .datasets import FaceDataset
 
@@ -97,7 +97,7 @@ def pack(
             done = []
         f.seek(0, os.SEEK_END)
         work = _ItemPacker(dataset, settings, detector)
-        bar = _progress(len(dataset), len(done), progress)
+        bar = progress_bar(len(dataset), len(done), "pack", progress)
         for result in _ordered(work, range(len(done), len(dataset)), workers):
             done.append(_write_record(f, *result))
             bar.update(1)
@@ -191,12 +191,6 @@ def _ordered(fn: Callable, items: range, workers: int | None) -> Iterator:
             yield pending.popleft().result()
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc="pack", disable=not enabled, file=sys.stderr)
-
-
 def _write_header(f, settings: PackSettings, fingerprint: str) -> None:
     meta = json.dumps({"version": 1, **_settings_json(settings), "fingerprint": fingerprint}).encode()
     f.write(MAGIC + struct.pack("<I", len(meta)) + meta)
@@ -236,7 +230,9 @@ def _resume_point(partial: Path, fingerprint: str) -> list[_Record] | None:
             payload = f.read(length)
             if magic != RECORD_MAGIC or item != len(records) or len(payload) != length or zlib.crc32(payload) != crc:
                 break
-            records.append(_Record(status, item, start + RECORD.size, length, crc, np.array(rest[:10], np.float32).reshape(5, 2)))
+            records.append(
+                _Record(status, item, start + RECORD.size, length, crc, np.array(rest[:10], np.float32).reshape(5, 2))
+            )
         end = records[-1].offset + records[-1].length if records else len(MAGIC) + 4 + header["_length"]
         f.truncate(end)
     return records
