@@ -11,7 +11,7 @@ from .. import ops
 from ..data import face_loader
 from ..losses import CMLoss
 from ..models import DCR, BranchPair, Trunk
-from .presets import BranchConfig
+from .presets import make_optimizer, BranchConfig
 from .progress import Progress
 
 
@@ -64,7 +64,7 @@ def train_branch_pair(
     pair = BranchPair(num_classes, in_dim=hr.shape[1], dim=config.dim).to(device)
     loss_fn = CMLoss(num_classes, config.dim, config.lam, config.alpha, shared_centers=config.shared_centers,
                      center_alpha=config.center_alpha).to(device)
-    opt = torch.optim.SGD(pair.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    opt = make_optimizer(pair.parameters(), config)
     steps = -(-len(labels) // config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * config.epochs)
     hr, lr, labels = hr.to(device), lr.to(device), labels.to(device)

@@ -16,7 +16,7 @@ from ..data import MultiResolution, face_loader
 from ..losses import TrunkLoss
 from ..models import Trunk
 from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
-from .presets import TrunkConfig
+from .presets import make_optimizer, TrunkConfig
 from .progress import Progress
 
 
@@ -55,7 +55,7 @@ def train_trunk(
     head = nn.Linear(config.feature_dim, num_classes).to(device)
     loss_fn = TrunkLoss(num_classes, config.feature_dim, config.beta, alpha=config.center_alpha).to(device)
     params = list(trunk.parameters()) + list(head.parameters())
-    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    opt = make_optimizer(params, config)
     steps_per_epoch = -(-len(dataset) // config.batch_size)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m * total) for m in config.milestones], config.gamma)
