@@ -36,5 +36,6 @@ step info tests.log python3 -m pydcr info
 step tests tests.log python3 -m pytest -q -p no:cacheprovider tests
 step bench-resize bench.log python3 -m bench.resize --device cuda --out "$OUT/resize-cuda.json"
 step bench-degrade bench.log python3 -m bench.degrade --device cuda --out "$OUT/degrade-cuda.json"
+step bench-center bench.log python3 -m bench.center --device cuda --out "$OUT/center-cuda.json"
 echo "gpu_check: exit $status"
 exit $status

@@ -266,8 +266,8 @@ __device__ void for_each_class_column(const BatchView<T>& b, OnClass on_class, W
     if (threadIdx.x == 0) on_class(k, j, end - k);
     for (int64_t d = threadIdx.x; d < b.dim; d += blockDim.x) {
       const Acc c = to_acc<Acc>(b.centers[j * b.c_stride + d]);
-      Acc sum = 0;
-      for (int64_t r = k; r < end; ++r) sum += deviation<Acc>(to_acc<Acc>(b.x[b.rows[r] * b.x_stride + d]), c);
+      Acc sum = deviation<Acc>(to_acc<Acc>(b.x[b.rows[k] * b.x_stride + d]), c);
+      for (int64_t r = k + 1; r < end; ++r) sum += deviation<Acc>(to_acc<Acc>(b.x[b.rows[r] * b.x_stride + d]), c);
       write(k, j, end - k, d, c, sum);
     }
   }
