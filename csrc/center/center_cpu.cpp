@@ -150,8 +150,10 @@ Tensor with_unit_columns(const Tensor& t) {
 
 // Columns per task at most: a task's deviation sums live in a stack buffer of this size.
 constexpr int64_t kMaxColumns = 1024;
-// Elements read per parallel chunk at least: below this a thread's start-up costs more than it saves.
-constexpr int64_t kMinChunkWork = 65536;
+// Elements read per parallel chunk at least (1 MiB of float32, ~0.1 ms on one core). Waking a
+// second thread costs microseconds on an idle machine but can cost a scheduler time slice
+// (milliseconds) on a busy one, so only work that is long next to that is split.
+constexpr int64_t kMinChunkWork = int64_t{1} << 18;
 
 // Runs task(k, c0, width) for every class row k < classes and column block [c0, c0 + width) of
 // dim columns, in parallel; `reads` is the number of elements the tasks read in all. Each task
