@@ -211,7 +211,7 @@ Tensor center_loss_cpu(Tensor features_in, Tensor labels, Tensor centers_in) {
     using T = decltype(tag);
     const Rows<T> r = rows_of<T>(features, centers);
     std::vector<T> squares(s.batch);
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(s.dim, 1));
+    const int64_t grain = std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(s.dim, 1));
     torch::stable::parallel_for(0, s.batch, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         squares[i] = squared_deviation(r.x + i * r.x_stride, r.c + y[i] * r.c_stride, s.dim);
@@ -238,7 +238,7 @@ std::tuple<Tensor, Tensor> center_loss_backward_cpu(Tensor grad, Tensor features
     const Rows<T> r = rows_of<T>(features, centers);
     const T scale = gradient_scale<T>(*torch::stable::contiguous(grad).const_data_ptr<T>(), s.batch);
     T* gx = grad_features.mutable_data_ptr<T>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(s.dim, 1));
+    const int64_t grain = std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(s.dim, 1));
     torch::stable::parallel_for(0, s.batch, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         write_feature_gradient(gx + i * s.dim, r.x + i * r.x_stride, r.c + y[i] * r.c_stride, scale, s.dim);
