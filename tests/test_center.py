@@ -342,6 +342,22 @@ def test_cuda_update_matches_loop_and_cpu(b, c, d, alpha, dtype, label_dtype, la
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("b", [1, 1024, 1025, 5000])  # one block groups up to 1024 labels; torch's sort beyond
+def test_cuda_small_and_large_batches(b):
+    features, labels, centers = make_batch(b, 37, 130, torch.float32, seed=b, device="cuda")
+    labels[: b // 3] = 5  # one large class
+    expected = update_by_loop(centers.cpu(), features.cpu(), labels.cpu(), 0.5)
+    got = ops.center_update_(centers.clone(), features, labels, 0.5)
+    torch.testing.assert_close(got.cpu().double(), expected, atol=1e-4, rtol=1e-4)
+    stats = ops.center_stats(features, labels, centers)
+    for ours, ref in zip(stats, reference.center_stats(features.cpu(), labels.cpu(), centers.cpu())):
+        torch.testing.assert_close(ours.cpu(), ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(ops.center_apply_(centers.clone(), *stats, 0.5), got)
+    with pytest.raises(RuntimeError, match=rf"labels must lie in \[0, C\).*got 37 at index {b - 1}"):
+        ops.center_update_(centers, features, torch.cat([labels[:-1], labels.new_tensor([37])]), 0.5)
+
+
+@pytest.mark.cuda
 @settings(max_examples=40, deadline=None)
 @given(b=st.integers(0, 600), c=st.integers(1, 40), d=st.integers(1, 300),
        dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),

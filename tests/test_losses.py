@@ -218,3 +218,19 @@ def test_distributed_update_matches_single_process(tmp_path):
     for x in features:  # the whole batch in one process
         ops.center_update_(expected, x, labels, ALPHA)
     torch.testing.assert_close(rank0, expected, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.cuda
+def test_cuda_center_loss_matches_cpu():
+    features, labels = batch(b=300, c=40, d=64, dtype=torch.float32)
+    crit_cpu = with_centers(CenterLoss(40, 64))
+    crit_gpu = CenterLoss(40, 64, device="cuda")
+    crit_gpu.centers.copy_(crit_cpu.centers)
+    x_cpu, x_gpu = features.clone().requires_grad_(), features.cuda().half().requires_grad_()
+    loss_cpu, loss_gpu = crit_cpu(x_cpu, labels), crit_gpu(x_gpu, labels.cuda())
+    torch.testing.assert_close(loss_gpu.cpu(), loss_cpu, atol=1e-2, rtol=1e-3)
+    loss_cpu.backward()
+    loss_gpu.backward()
+    assert x_gpu.grad.dtype == torch.float16  # the cast to the centers' dtype is differentiated through
+    torch.testing.assert_close(x_gpu.grad.float().cpu(), x_cpu.grad, atol=1e-4, rtol=1e-2)
+    torch.testing.assert_close(crit_gpu.centers.cpu(), crit_cpu.centers, atol=2e-3, rtol=1e-3)

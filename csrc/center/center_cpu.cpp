@@ -28,14 +28,15 @@ constexpr const char* kWhere = "on CPU";
 
 // Hot loops, written once as templates and cloned per instruction set below.
 
-// acc[c] = sum_r (x[rows[r]][c] - center[c]), rows in the given order.
+// acc[c] = sum_r (x[rows[r]][c] - center[c]), rows in the given order (n >= 1).
 template <typename T>
 __attribute__((always_inline)) inline void sum_deviations_impl(T* __restrict acc, const T* __restrict x,
                                                                int64_t x_stride, const int64_t* __restrict rows,
                                                                int64_t n, const T* __restrict center, int64_t width) {
+  const T* __restrict first = x + rows[0] * x_stride;
 #pragma omp simd
-  for (int64_t c = 0; c < width; ++c) acc[c] = 0;
-  for (int64_t r = 0; r < n; ++r) {
+  for (int64_t c = 0; c < width; ++c) acc[c] = deviation<T>(first[c], center[c]);
+  for (int64_t r = 1; r < n; ++r) {
     const T* __restrict xr = x + rows[r] * x_stride;
 #pragma omp simd
     for (int64_t c = 0; c < width; ++c) acc[c] += deviation<T>(xr[c], center[c]);
@@ -99,7 +100,7 @@ PYDCR_CENTER_LOOPS(double)
 
 // A 1-D int64 or int32 tensor as an int64 vector.
 std::vector<int64_t> to_int64_vector(const Tensor& t) {
-  const Tensor c = torch::stable::contiguous(t);
+  const Tensor c = t.is_contiguous() ? t : torch::stable::contiguous(t);
   const int64_t n = c.numel();
   if (c.scalar_type() == ScalarType::Int) {
     const int32_t* v = c.const_data_ptr<int32_t>();
@@ -147,23 +148,32 @@ Tensor with_unit_columns(const Tensor& t) {
   return (t.size(1) <= 1 || t.stride(1) == 1) ? t : torch::stable::contiguous(t);
 }
 
-// Columns per task: the block's deviation sums stay in L1.
-constexpr int64_t kColumns = 128;
+// Columns per task at most: a task's deviation sums live in a stack buffer of this size.
+constexpr int64_t kMaxColumns = 1024;
+// Elements read per parallel chunk at least (1 MiB of float32, ~0.1 ms on one core). Waking a
+// second thread costs microseconds on an idle machine but can cost a scheduler time slice
+// (milliseconds) on a busy one, so only work that is long next to that is split.
+constexpr int64_t kMinChunkWork = int64_t{1} << 18;
 
-// Calls task(k, c0, width) for every (class group, column block), in parallel. Each task owns its
-// class row and columns, so tasks never write the same memory.
+// Runs task(k, c0, width) for every class row k < classes and column block [c0, c0 + width) of
+// dim columns, in parallel; `reads` is the number of elements the tasks read in all. Each task
+// owns its columns of its class row, so tasks never write the same memory, and a column's
+// arithmetic is the same however the columns are split.
 template <typename F>
-void for_each_block(const Groups& g, int64_t dim, F&& task) {
-  const int64_t blocks = (dim + kColumns - 1) / kColumns;
-  const int64_t tasks = g.size() * blocks;
-  if (tasks == 0) return;
-  const int64_t rows_per_class = std::max<int64_t>(1, static_cast<int64_t>(g.rows.size()) / g.size());
-  // Enough tasks per thread that each thread reads ~16k elements or more.
-  const int64_t grain = std::max<int64_t>(1, 16384 / (rows_per_class * std::min(dim, kColumns)));
+void for_each_block(int64_t classes, int64_t dim, int64_t reads, F&& task) {
+  if (classes == 0 || dim == 0) return;
+  const int64_t threads = torch::stable::get_num_threads();
+  int64_t blocks = (dim + kMaxColumns - 1) / kMaxColumns;
+  // Few classes (down to one): narrower blocks, so that every thread has a share.
+  while (classes * blocks < 2 * threads && dim / (2 * blocks) >= 64) blocks *= 2;
+  const int64_t width = ((dim + blocks - 1) / blocks + 15) / 16 * 16;
+  blocks = (dim + width - 1) / width;
+  const int64_t tasks = classes * blocks;
+  const int64_t grain = std::max<int64_t>(1, kMinChunkWork * tasks / std::max<int64_t>(reads, 1));
   torch::stable::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t k = t / blocks, c0 = (t % blocks) * kColumns;
-      task(k, c0, std::min(kColumns, dim - c0));
+      const int64_t k = t / blocks, c0 = (t % blocks) * width;
+      task(k, c0, std::min(width, dim - c0));
     }
   });
 }
@@ -201,7 +211,7 @@ Tensor center_loss_cpu(Tensor features_in, Tensor labels, Tensor centers_in) {
     using T = decltype(tag);
     const Rows<T> r = rows_of<T>(features, centers);
     std::vector<T> squares(s.batch);
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(s.dim, 1));
+    const int64_t grain = std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(s.dim, 1));
     torch::stable::parallel_for(0, s.batch, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         squares[i] = squared_deviation(r.x + i * r.x_stride, r.c + y[i] * r.c_stride, s.dim);
@@ -228,7 +238,7 @@ std::tuple<Tensor, Tensor> center_loss_backward_cpu(Tensor grad, Tensor features
     const Rows<T> r = rows_of<T>(features, centers);
     const T scale = gradient_scale<T>(*torch::stable::contiguous(grad).const_data_ptr<T>(), s.batch);
     T* gx = grad_features.mutable_data_ptr<T>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(s.dim, 1));
+    const int64_t grain = std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(s.dim, 1));
     torch::stable::parallel_for(0, s.batch, grain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         write_feature_gradient(gx + i * s.dim, r.x + i * r.x_stride, r.c + y[i] * r.c_stride, scale, s.dim);
@@ -236,8 +246,8 @@ std::tuple<Tensor, Tensor> center_loss_backward_cpu(Tensor grad, Tensor features
     if (!centers_grad) return;
     const Groups g = group_by_label(y);
     T* gc = grad_centers.mutable_data_ptr<T>();
-    for_each_block(g, s.dim, [&](int64_t k, int64_t c0, int64_t width) {
-      T sum[kColumns];
+    for_each_block(g.size(), s.dim, s.batch * s.dim, [&](int64_t k, int64_t c0, int64_t width) {
+      T sum[kMaxColumns];
       const int64_t j = g.classes[k];
       sum_deviations(sum, r.x + c0, r.x_stride, g.rows.data() + g.start[k], g.count(k), r.c + j * r.c_stride + c0,
                      width);
@@ -265,7 +275,7 @@ std::tuple<Tensor, Tensor, Tensor> center_stats_cpu(Tensor features_in, Tensor l
     using T = decltype(tag);
     const Rows<T> r = rows_of<T>(features, centers);
     T* out = sums.mutable_data_ptr<T>();
-    for_each_block(g, s.dim, [&](int64_t q, int64_t c0, int64_t width) {
+    for_each_block(g.size(), s.dim, s.batch * s.dim, [&](int64_t q, int64_t c0, int64_t width) {
       sum_deviations(out + q * s.dim + c0, r.x + c0, r.x_stride, g.rows.data() + g.start[q], g.count(q),
                      r.c + g.classes[q] * r.c_stride + c0, width);
     });
@@ -287,8 +297,8 @@ void center_update_cpu(Tensor centers, Tensor features_in, Tensor labels, double
   dispatch_float(features, [&](auto tag) {
     using T = decltype(tag);
     const Rows<T> r = rows_of<T>(features, work);
-    for_each_block(g, s.dim, [&](int64_t k, int64_t c0, int64_t width) {
-      T sum[kColumns];
+    for_each_block(g.size(), s.dim, s.batch * s.dim, [&](int64_t k, int64_t c0, int64_t width) {
+      T sum[kMaxColumns];
       T* center = r.c + g.classes[k] * r.c_stride + c0;
       sum_deviations(sum, r.x + c0, r.x_stride, g.rows.data() + g.start[k], g.count(k), center, width);
       move_center(center, sum, update_step<T>(static_cast<T>(alpha), g.count(k)), width);
@@ -323,14 +333,9 @@ void center_apply_cpu(Tensor centers, Tensor classes, Tensor sums_in, Tensor cou
     const int64_t sum_stride = sums.stride(0);
     T* c = static_cast<T*>(work.mutable_data_ptr());
     const int64_t c_stride = work.stride(0);
-    const int64_t blocks = (dim + kColumns - 1) / kColumns;
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::min(std::max<int64_t>(dim, 1), kColumns));
-    torch::stable::parallel_for(0, k * blocks, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t q = t / blocks, c0 = (t % blocks) * kColumns;
-        move_center(c + g.classes[q] * c_stride + c0, sum + q * sum_stride + c0,
-                    update_step<T>(static_cast<T>(alpha), g.count(q)), std::min(kColumns, dim - c0));
-      }
+    for_each_block(k, dim, 2 * k * dim, [&](int64_t q, int64_t c0, int64_t width) {
+      move_center(c + g.classes[q] * c_stride + c0, sum + q * sum_stride + c0,
+                  update_step<T>(static_cast<T>(alpha), g.count(q)), width);
     });
   });
   write_back(centers, work);

@@ -1,7 +1,8 @@
 // CUDA kernels of the center family: center loss and its backward, and the center update.
 //
-// The batch is grouped by label with a stable sort of its B labels (torch's sort; rows of a class
-// stay in batch order). One block per sorted position: the block at the first row of a class
+// The batch is grouped by label: a stable sort of its B labels, rows of a class in batch order
+// (one block ranking them in shared memory up to kSmallBatch labels, torch's sort beyond), with
+// the labels checked in the same pass. Then one block per sorted position: the block at the first row of a class
 // reduces that class's rows column by column, in batch order, and writes the class's result; the
 // other blocks exit. Every output element has one writer and one summation order, so results
 // are bitwise the same run to run, with no atomics on floats and nothing of size C allocated.
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <tuple>
 
 #include "center/center_ops.h"
@@ -131,19 +133,20 @@ void raise_if_bad_labels(const char* op, uint64_t first_bad, const Tensor& label
 
 // ---- the batch grouped by label -----------------------------------------------------------------
 
-// group_of[k] = the index of the class at sorted position k among the batch's distinct classes;
-// *total = their number. One block scans the head flags chunk by chunk (B is small).
-__global__ void number_groups_kernel(const int64_t* __restrict__ sorted, int64_t batch, int64_t* __restrict__ group_of,
-                                     unsigned long long* total) {
-  using Scan = cub::BlockScan<int64_t, kScanThreads>;
+// group_of[k] = the index, among the batch's distinct classes, of the class at sorted position k;
+// *total = their number. Run by one block of kScanThreads threads, scanning the class heads chunk
+// by chunk (B is small). `sorted` may be in shared or global memory.
+__device__ void number_groups(const int64_t* sorted, int64_t batch, int64_t* __restrict__ group_of,
+                              unsigned long long* total) {
+  using Scan = cub::BlockScan<int, kScanThreads>;  // per chunk: at most kScanThreads heads
   __shared__ typename Scan::TempStorage temp;
   __shared__ int64_t carry;
   if (threadIdx.x == 0) carry = 0;
   __syncthreads();
   for (int64_t base = 0; base < batch; base += kScanThreads) {
     const int64_t k = base + threadIdx.x;
-    const int64_t head = (k < batch && (k == 0 || sorted[k] != sorted[k - 1])) ? 1 : 0;
-    int64_t inclusive = 0, chunk_total = 0;
+    const int head = (k < batch && (k == 0 || sorted[k] != sorted[k - 1])) ? 1 : 0;
+    int inclusive = 0, chunk_total = 0;
     Scan(temp).InclusiveSum(head, inclusive, chunk_total);
     if (k < batch) group_of[k] = carry + inclusive - 1;
     __syncthreads();  // all have read carry and temp before either changes
@@ -153,14 +156,77 @@ __global__ void number_groups_kernel(const int64_t* __restrict__ sorted, int64_t
   if (threadIdx.x == 0) *total = static_cast<unsigned long long>(carry);
 }
 
-// The batch sorted by label: sorted labels and their rows (batch order within a class).
-struct Sorted {
-  Tensor labels, rows;
+__global__ void __launch_bounds__(kScanThreads)
+    number_groups_kernel(const int64_t* __restrict__ sorted, int64_t batch, int64_t* __restrict__ group_of,
+                         unsigned long long* total) {
+  number_groups(sorted, batch, group_of, total);
+}
+
+// Batches up to this size are grouped by one block, in shared memory, without a sort call.
+constexpr int64_t kSmallBatch = 1024;
+
+// One block: checks the labels (*first_bad = the first index outside [0, C), or kNone), sorts
+// them by rank (label, then row; O(B^2 / threads) shared-memory reads, a few microseconds at
+// B <= kSmallBatch) and numbers the classes.
+__global__ void __launch_bounds__(kScanThreads)
+    group_small_batch_kernel(const int64_t* __restrict__ labels, int64_t batch, int64_t num_classes,
+                             int64_t* __restrict__ sorted, int64_t* __restrict__ rows, int64_t* __restrict__ group_of,
+                             unsigned long long* first_bad, unsigned long long* total) {
+  __shared__ int64_t in[kSmallBatch];
+  __shared__ int64_t out[kSmallBatch];
+  __shared__ unsigned long long bad;
+  if (threadIdx.x == 0) bad = kNone;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < batch; i += blockDim.x) {
+    const int64_t y = labels[i];
+    in[i] = y;
+    if (y < 0 || y >= num_classes) atomicMin(&bad, static_cast<unsigned long long>(i));
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < batch; i += blockDim.x) {
+    const int64_t y = in[i];
+    int64_t rank = 0;
+    for (int64_t r = 0; r < batch; ++r) rank += (in[r] < y || (in[r] == y && r < i)) ? 1 : 0;
+    out[rank] = y;
+    sorted[rank] = y;
+    rows[rank] = i;
+  }
+  __syncthreads();
+  number_groups(out, batch, group_of, total);
+  if (threadIdx.x == 0) *first_bad = bad;
+}
+
+// The batch sorted by label (rows of a class in batch order) and its classes numbered.
+struct Groups {
+  Tensor sorted;    // labels ascending
+  Tensor rows;      // the row of each sorted label
+  Tensor group_of;  // the class number of each sorted position
+  int64_t count;    // distinct classes
 };
 
-Sorted sort_batch(const Tensor& labels64) {
-  auto [values, indices] = stable_sort(labels64);
-  return {values, indices};
+// Validates labels (raising op's error) and groups the batch, with one read-back to the host.
+Groups group_batch(const char* op, const Tensor& labels, int64_t num_classes, cudaStream_t stream) {
+  const int64_t batch = labels.numel();
+  Groups g{Tensor(), Tensor(), torch::stable::new_empty(labels, {batch}), 0};
+  Status status(labels, stream);
+  if (batch <= kSmallBatch) {
+    g.sorted = torch::stable::new_empty(labels, {batch});
+    g.rows = torch::stable::new_empty(labels, {batch});
+    group_small_batch_kernel<<<1, kScanThreads, 0, stream>>>(
+        labels.const_data_ptr<int64_t>(), batch, num_classes, g.sorted.mutable_data_ptr<int64_t>(),
+        g.rows.mutable_data_ptr<int64_t>(), g.group_of.mutable_data_ptr<int64_t>(), status.word(0), status.word(1));
+    PYDCR_CUDA_CHECK(cudaGetLastError());
+  } else {
+    launch_find_bad_labels(labels, num_classes, status, stream);
+    std::tie(g.sorted, g.rows) = stable_sort(labels);
+    number_groups_kernel<<<1, kScanThreads, 0, stream>>>(g.sorted.const_data_ptr<int64_t>(), batch,
+                                                         g.group_of.mutable_data_ptr<int64_t>(), status.word(1));
+    PYDCR_CUDA_CHECK(cudaGetLastError());
+  }
+  const std::array<uint64_t, 2> words = status.read();
+  raise_if_bad_labels(op, words[0], labels, num_classes);
+  g.count = static_cast<int64_t>(words[1]);
+  return g;
 }
 
 template <typename T>
@@ -175,8 +241,8 @@ struct BatchView {
 };
 
 template <typename T>
-BatchView<T> view_of(const Sorted& s, const Tensor& features, const Tensor& centers) {
-  return {s.labels.const_data_ptr<int64_t>(),
+BatchView<T> view_of(const Groups& s, const Tensor& features, const Tensor& centers) {
+  return {s.sorted.const_data_ptr<int64_t>(),
           s.rows.const_data_ptr<int64_t>(),
           features.size(0),
           features.size(1),
@@ -200,8 +266,8 @@ __device__ void for_each_class_column(const BatchView<T>& b, OnClass on_class, W
     if (threadIdx.x == 0) on_class(k, j, end - k);
     for (int64_t d = threadIdx.x; d < b.dim; d += blockDim.x) {
       const Acc c = to_acc<Acc>(b.centers[j * b.c_stride + d]);
-      Acc sum = 0;
-      for (int64_t r = k; r < end; ++r) sum += deviation<Acc>(to_acc<Acc>(b.x[b.rows[r] * b.x_stride + d]), c);
+      Acc sum = deviation<Acc>(to_acc<Acc>(b.x[b.rows[k] * b.x_stride + d]), c);
+      for (int64_t r = k + 1; r < end; ++r) sum += deviation<Acc>(to_acc<Acc>(b.x[b.rows[r] * b.x_stride + d]), c);
       write(k, j, end - k, d, c, sum);
     }
   }
@@ -212,15 +278,16 @@ struct Nothing {
 };
 
 template <typename T, typename Acc>
-__global__ void update_kernel(BatchView<T> b, Acc alpha) {
+__global__ void __launch_bounds__(kThreads) update_kernel(BatchView<T> b, Acc alpha) {
   for_each_class_column<T, Acc>(b, Nothing{}, [&](int64_t, int64_t j, int64_t n, int64_t d, Acc c, Acc sum) {
     b.centers[j * b.c_stride + d] = from_acc<T>(moved_center<Acc>(c, sum, update_step<Acc>(alpha, n)));
   });
 }
 
 template <typename T, typename Acc>
-__global__ void stats_kernel(BatchView<T> b, const int64_t* __restrict__ group_of, int64_t* __restrict__ classes,
-                             Acc* __restrict__ sums, int64_t* __restrict__ counts) {
+__global__ void __launch_bounds__(kThreads)
+    stats_kernel(BatchView<T> b, const int64_t* __restrict__ group_of, int64_t* __restrict__ classes,
+                 Acc* __restrict__ sums, int64_t* __restrict__ counts) {
   auto on_class = [&](int64_t k, int64_t j, int64_t n) {
     classes[group_of[k]] = j;
     counts[group_of[k]] = n;
@@ -231,7 +298,8 @@ __global__ void stats_kernel(BatchView<T> b, const int64_t* __restrict__ group_o
 }
 
 template <typename T, typename Acc>
-__global__ void center_gradient_kernel(BatchView<T> b, const T* __restrict__ grad, T* __restrict__ grad_centers) {
+__global__ void __launch_bounds__(kThreads)
+    center_gradient_kernel(BatchView<T> b, const T* __restrict__ grad, T* __restrict__ grad_centers) {
   const Acc scale = gradient_scale<Acc>(to_acc<Acc>(*grad), b.batch);
   for_each_class_column<T, Acc>(b, Nothing{}, [&](int64_t, int64_t j, int64_t, int64_t d, Acc, Acc sum) {
     grad_centers[j * b.dim + d] = from_acc<T>(center_gradient<Acc>(sum, scale));
@@ -240,9 +308,10 @@ __global__ void center_gradient_kernel(BatchView<T> b, const T* __restrict__ gra
 
 // One block per listed class: c_j moved by its sums row.
 template <typename T, typename Acc>
-__global__ void apply_kernel(T* __restrict__ centers, int64_t c_stride, int64_t dim, const int64_t* __restrict__ classes,
-                             const Acc* __restrict__ sums, int64_t sum_stride, const int64_t* __restrict__ counts,
-                             int64_t k, Acc alpha) {
+__global__ void __launch_bounds__(kThreads)
+    apply_kernel(T* __restrict__ centers, int64_t c_stride, int64_t dim, const int64_t* __restrict__ classes,
+                 const Acc* __restrict__ sums, int64_t sum_stride, const int64_t* __restrict__ counts, int64_t k,
+                 Acc alpha) {
   for (int64_t q = blockIdx.x; q < k; q += gridDim.x) {
     const Acc step = update_step<Acc>(alpha, counts[q]);
     T* c = centers + classes[q] * c_stride;
@@ -255,9 +324,10 @@ __global__ void apply_kernel(T* __restrict__ centers, int64_t c_stride, int64_t 
 
 // squares[i] = ||x_i - c_{y_i}||^2, one block per row.
 template <typename T, typename Acc>
-__global__ void squares_kernel(const T* __restrict__ x, int64_t x_stride, const int64_t* __restrict__ labels,
-                               const T* __restrict__ centers, int64_t c_stride, int64_t batch, int64_t dim,
-                               Acc* __restrict__ squares) {
+__global__ void __launch_bounds__(kThreads)
+    squares_kernel(const T* __restrict__ x, int64_t x_stride, const int64_t* __restrict__ labels,
+                   const T* __restrict__ centers, int64_t c_stride, int64_t batch, int64_t dim,
+                   Acc* __restrict__ squares) {
   using Reduce = cub::BlockReduce<Acc, kThreads>;
   __shared__ typename Reduce::TempStorage temp;
   for (int64_t i = blockIdx.x; i < batch; i += gridDim.x) {
@@ -276,7 +346,8 @@ __global__ void squares_kernel(const T* __restrict__ x, int64_t x_stride, const 
 
 // loss = loss_from_squares(sum_i squares[i]): one block, a fixed summation tree.
 template <typename T, typename Acc>
-__global__ void loss_kernel(const Acc* __restrict__ squares, int64_t batch, T* __restrict__ loss) {
+__global__ void __launch_bounds__(kScanThreads)
+    loss_kernel(const Acc* __restrict__ squares, int64_t batch, T* __restrict__ loss) {
   using Reduce = cub::BlockReduce<Acc, kScanThreads>;
   __shared__ typename Reduce::TempStorage temp;
   Acc part = 0;
@@ -313,9 +384,9 @@ Prepared prepare(const char* op, const Tensor& features, const Tensor& labels, c
 }
 
 // Validates labels with one round trip to the host.
-void validate_labels(const char* op, const Prepared& p, const Tensor& like) {
+void validate_labels(const char* op, const Prepared& p) {
   if (p.shape.batch == 0) return;
-  Status status(like, p.stream);
+  Status status(p.labels, p.stream);
   launch_find_bad_labels(p.labels, p.shape.classes, status, p.stream);
   raise_if_bad_labels(op, status.read()[0], p.labels, p.shape.classes);
 }
@@ -330,7 +401,7 @@ Tensor center_loss_cuda(Tensor features_in, Tensor labels, Tensor centers_in) {
     torch::stable::zero_(loss);
     return loss;
   }
-  validate_labels(op, p, p.labels);
+  validate_labels(op, p);
   dispatch(p.features, [&](auto t_tag, auto acc_tag) {
     using T = decltype(t_tag);
     using Acc = decltype(acc_tag);
@@ -361,7 +432,10 @@ std::tuple<Tensor, Tensor> center_loss_backward_cuda(Tensor grad_in, Tensor feat
   Tensor grad_centers = centers_grad ? torch::stable::new_zeros(centers, {s.classes, s.dim})
                                      : torch::stable::new_empty(centers, std::vector<int64_t>{0});
   if (s.batch == 0 || s.dim == 0) return {grad_features, grad_centers};
-  validate_labels(op, p, p.labels);
+  // Labels are checked before any kernel indexes centers with them.
+  std::optional<Groups> groups;
+  if (centers_grad) groups = group_batch(op, p.labels, s.classes, p.stream);
+  else validate_labels(op, p);
   dispatch(p.features, [&](auto t_tag, auto acc_tag) {
     using T = decltype(t_tag);
     using Acc = decltype(acc_tag);
@@ -372,9 +446,8 @@ std::tuple<Tensor, Tensor> center_loss_backward_cuda(Tensor grad_in, Tensor feat
         static_cast<T*>(grad_features.mutable_data_ptr()));
     PYDCR_CUDA_CHECK(cudaGetLastError());
     if (!centers_grad) return;
-    const Sorted sorted = sort_batch(p.labels);
     center_gradient_kernel<T, Acc><<<grid_for(s.batch), kThreads, 0, p.stream>>>(
-        view_of<T>(sorted, p.features, centers), g, static_cast<T*>(grad_centers.mutable_data_ptr()));
+        view_of<T>(*groups, p.features, centers), g, static_cast<T*>(grad_centers.mutable_data_ptr()));
     PYDCR_CUDA_CHECK(cudaGetLastError());
   });
   return {grad_features, grad_centers};
@@ -397,17 +470,8 @@ std::tuple<Tensor, Tensor, Tensor> center_stats_cuda(Tensor features_in, Tensor 
     return {torch::stable::new_empty(p.labels, {0}), torch::stable::new_empty(p.features, {0, s.dim}, acc_type),
             torch::stable::new_empty(p.labels, {0})};
   }
-  // Labels checked and classes numbered, then one read-back for both.
-  Status status(p.labels, p.stream);
-  launch_find_bad_labels(p.labels, s.classes, status, p.stream);
-  const Sorted sorted = sort_batch(p.labels);
-  Tensor group_of = torch::stable::new_empty(p.labels, {s.batch});
-  number_groups_kernel<<<1, kScanThreads, 0, p.stream>>>(sorted.labels.const_data_ptr<int64_t>(), s.batch,
-                                                         group_of.mutable_data_ptr<int64_t>(), status.word(1));
-  PYDCR_CUDA_CHECK(cudaGetLastError());
-  const std::array<uint64_t, 2> words = status.read();
-  raise_if_bad_labels(op, words[0], p.labels, s.classes);
-  const int64_t k = static_cast<int64_t>(words[1]);
+  const Groups g = group_batch(op, p.labels, s.classes, p.stream);
+  const int64_t k = g.count;
   Tensor classes = torch::stable::new_empty(p.labels, {k});
   Tensor sums = torch::stable::new_empty(p.features, {k, s.dim}, acc_type);
   Tensor counts = torch::stable::new_empty(p.labels, {k});
@@ -415,7 +479,7 @@ std::tuple<Tensor, Tensor, Tensor> center_stats_cuda(Tensor features_in, Tensor 
     using T = decltype(t_tag);
     using Acc = decltype(acc_tag);
     stats_kernel<T, Acc><<<grid_for(s.batch), kThreads, 0, p.stream>>>(
-        view_of<T>(sorted, p.features, centers), group_of.const_data_ptr<int64_t>(), classes.mutable_data_ptr<int64_t>(),
+        view_of<T>(g, p.features, centers), g.group_of.const_data_ptr<int64_t>(), classes.mutable_data_ptr<int64_t>(),
         static_cast<Acc*>(sums.mutable_data_ptr()), counts.mutable_data_ptr<int64_t>());
     PYDCR_CUDA_CHECK(cudaGetLastError());
   });
@@ -428,13 +492,12 @@ void center_update_cuda(Tensor centers, Tensor features_in, Tensor labels, doubl
   const Prepared p = prepare(op, features_in, labels, centers);
   const Shape& s = p.shape;
   if (s.batch == 0 || s.dim == 0) return;
-  validate_labels(op, p, p.labels);
+  const Groups g = group_batch(op, p.labels, s.classes, p.stream);
   Tensor work = with_unit_columns(centers);
-  const Sorted sorted = sort_batch(p.labels);
   dispatch(p.features, [&](auto t_tag, auto acc_tag) {
     using T = decltype(t_tag);
     using Acc = decltype(acc_tag);
-    update_kernel<T, Acc><<<grid_for(s.batch), kThreads, 0, p.stream>>>(view_of<T>(sorted, p.features, work),
+    update_kernel<T, Acc><<<grid_for(s.batch), kThreads, 0, p.stream>>>(view_of<T>(g, p.features, work),
                                                                         static_cast<Acc>(alpha));
     PYDCR_CUDA_CHECK(cudaGetLastError());
   });
