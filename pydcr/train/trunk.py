@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +19,18 @@ from ..models import Trunk
 from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
 from .presets import make_optimizer, TrunkConfig
 from .progress import Progress
+
+
+@contextlib.contextmanager
+def denormals_flushed(enabled: bool):
+    """Flush denormal floats to zero inside the block (CPU). Activations of the plain, batch-norm-free
+    network drift into denormal range as it trains, and CPUs compute on denormals many times slower."""
+    flushed = enabled and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
 
 
 @dataclass
@@ -87,7 +100,9 @@ def train_trunk(
                                   generator=flips)
     trunk.train()
     head.train()
-    with StopFlag() as stop, Progress(total, "trunk", enabled=progress, initial=start_epoch * steps_per_epoch + start_step) as bar:
+    initial = start_epoch * steps_per_epoch + start_step
+    with StopFlag() as stop, denormals_flushed(device.type == "cpu"), Progress(total, "trunk", enabled=progress,
+                                                                             initial=initial) as bar:
         for epoch in range(start_epoch, config.epochs):
             loader = face_loader(dataset, config.batch_size, shuffle=True, workers=num_workers,
                                  pin_memory=device.type == "cuda", seed=seed * 1_000_003 + epoch)
