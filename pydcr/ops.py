@@ -48,11 +48,16 @@ def degrade(x: torch.Tensor, low: Size2, size: Size2 | None = None, *, antialias
 # Fake kernels: shape, dtype and memory format of the result, for torch.compile and meta tensors.
 
 
+def _result_layout(x: torch.Tensor) -> torch.memory_format:
+    """The layout the kernels give results: channels_last when x is (and is not also plain
+    contiguous), else contiguous. The C++ twin is is_channels_last in csrc/common/tensor_checks.h."""
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _like_image_batch(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     dtype = torch.float32 if x.dtype == torch.uint8 else x.dtype
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.new_empty((x.shape[0], x.shape[1], h, w), dtype=dtype).contiguous(memory_format=fmt)
+    return x.new_empty((x.shape[0], x.shape[1], h, w), dtype=dtype).contiguous(memory_format=_result_layout(x))
 
 
 @torch.library.register_fake("pydcr::resize")
@@ -146,12 +151,6 @@ def prelu(
     return torch.ops.pydcr.prelu.default(x, weight, bias, residual)
 
 
-def _prelu_layout(x: torch.Tensor) -> torch.memory_format:
-    """The layout the kernels give results: channels_last when x is, else contiguous."""
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def _check_prelu_args(op: str, x, weight, bias, others) -> None:
     torch._check(x.dim() >= 2, lambda: f"pydcr.{op}: x must be N x C or N x C x H x W (at least 2 dimensions), got {x.dim()}")
     c = x.shape[1]
@@ -173,13 +172,13 @@ def _check_prelu_args(op: str, x, weight, bias, others) -> None:
 @torch.library.register_fake("pydcr::prelu")
 def _prelu_fake(x, weight, bias=None, residual=None):
     _check_prelu_args("prelu", x, weight, bias, [] if residual is None else [("residual", residual)])
-    return torch.empty_like(x, memory_format=_prelu_layout(x))
+    return torch.empty_like(x, memory_format=_result_layout(x))
 
 
 @torch.library.register_fake("pydcr::prelu_backward")
 def _prelu_backward_fake(grad, x, weight, bias=None):
     _check_prelu_args("prelu_backward", x, weight, bias, [("grad", grad)])
-    return torch.empty_like(x, memory_format=_prelu_layout(x)), torch.empty_like(weight), x.new_empty(x.shape[1])
+    return torch.empty_like(x, memory_format=_result_layout(x)), torch.empty_like(weight), x.new_empty(x.shape[1])
 
 
 def _prelu_setup(ctx, inputs, output):
