@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_train import UsageError, add_train_parser
+
 
 def _info(args: argparse.Namespace) -> int:
     import pydcr
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pack(sub)
     _add_align(sub)
     _add_demo(sub)
+    add_train_parser(sub)
     return parser
 
 
@@ -129,7 +132,11 @@ def _align(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"pydcr {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,124 @@
+"""`pydcr train trunk` and `pydcr train branch`: the two training steps from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A bad argument: reported on stderr, exit status 2."""
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a DCR model: the trunk (step 1), then branch pairs (step 2)")
+    steps = p.add_subparsers(dest="step", required=True)
+    t = steps.add_parser("trunk", help="step 1: the trunk on multi-resolution faces")
+    t.add_argument("--data", type=Path, required=True, help="a pack file (pydcr pack) or a dataset folder")
+    t.add_argument("--out", type=Path, required=True, help="run folder; a run stopped there resumes")
+    t.add_argument("--width", type=float, default=None, help="trunk width (default: the preset's)")
+    t.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the preset's)")
+    _common(t)
+    t.set_defaults(func=run_trunk)
+    b = steps.add_parser("branch", help="step 2: branch pairs on the frozen trunk, added to its model file")
+    b.add_argument("--trunk", type=Path, required=True, help="the run folder of step 1, or a model file")
+    b.add_argument("--data", type=Path, required=True, help="the faces to train on (as for step 1)")
+    b.add_argument("--size", type=int, nargs="+", required=True, help="low resolutions k (one pair per k)")
+    _common(b)
+    b.set_defaults(func=run_branch)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu", help="paper, cpu or demo (default: cpu)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    p.add_argument("--device", default=None, help="default: cuda when available")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _preset(name: str):
+    from .train import get_preset
+
+    try:
+        return get_preset(name)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _faces(path: Path, size: tuple[int, int]):
+    """The training faces: a pack, or a dataset folder aligned on the fly; crops must be `size`."""
+    from .data import CorruptPackError, PackedFaces, open_dataset
+
+    if path.is_file():
+        try:
+            faces = PackedFaces(path)
+        except CorruptPackError as err:
+            raise UsageError(str(err)) from None
+    elif path.is_dir():
+        faces = open_dataset(path, size=size)
+    else:
+        raise UsageError(f"no such pack file or dataset folder: {path}")
+    if tuple(faces.size) != tuple(size):
+        raise UsageError(f"{path} holds {faces.size[0]}x{faces.size[1]} crops; the preset trains on "
+                         f"{size[0]}x{size[1]}: pack the faces at that size or choose another preset")
+    if len(faces) == 0:
+        raise UsageError(f"{path} holds no faces")
+    return faces, len(faces.classes)
+
+
+def run_trunk(args: argparse.Namespace) -> int:
+    from .models import DCR, save
+    from .train import train_trunk
+
+    preset = _preset(args.preset)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width), ("batch_size", args.batch_size))
+                 if v is not None}
+    for key, value in overrides.items():
+        if value <= 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
+    config = replace(preset.trunk, **overrides)
+    faces, classes = _faces(args.data, config.input_size)
+    run = train_trunk(faces, classes, config, args.out, device=_device(args.device), seed=args.seed,
+                      num_workers=args.workers, progress=not args.quiet)
+    if not run.finished:
+        print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)
+        return 130
+    path = save(DCR(run.trunk, antialias=config.antialias), args.out / "model.safetensors", provenance={
+        "data": str(args.data), "preset": args.preset, "trunk": config.to_dict(), "seed": args.seed,
+        "command": " ".join(sys.argv)})
+    print(f"pydcr train trunk: {path}")
+    return 0
+
+
+def run_branch(args: argparse.Namespace) -> int:
+    from .models import load, save
+    from .train import train_branches
+
+    preset = _preset(args.preset)
+    if any(k <= 0 for k in args.size):
+        raise UsageError(f"--size must be positive resolutions, got {args.size}")
+    if args.epochs is not None and args.epochs <= 0:
+        raise UsageError(f"--epochs must be positive, got {args.epochs}")
+    config = preset.branch if args.epochs is None else replace(preset.branch, epochs=args.epochs)
+    path = args.trunk / "model.safetensors" if args.trunk.is_dir() else args.trunk
+    if not path.is_file():
+        raise UsageError(f"no trained model at {path}: run `pydcr train trunk` first")
+    model = load(path)
+    faces, classes = _faces(args.data, model.trunk.input_size)
+    device = _device(args.device)
+    train_branches(model.to(device), faces, classes, args.size, config, seed=args.seed, device=device,
+                   progress=not args.quiet)
+    model.provenance.setdefault("branches", {}).update(
+        {str(k): {"data": str(args.data), "preset": args.preset, "branch": config.to_dict()} for k in args.size})
+    save(model.cpu(), path)
+    print(f"pydcr train branch: pairs for {', '.join(map(str, args.size))} added to {path}")
+    return 0

@@ -1,0 +1,55 @@
+"""`pydcr train trunk` / `pydcr train branch`: a tiny run end to end, and argument errors."""
+
+import cv2
+import numpy as np
+import pytest
+
+from pydcr.cli import main
+from pydcr.data import REFERENCE_112x96, FaceDataset, pack
+from pydcr.models import load
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tmp_path_factory):
+    """16 synthetic 112 x 96 'faces' of 4 people, packed as pydcr pack would."""
+    root = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for person in range(4):
+        (root / f"p{person}").mkdir()
+        for i in range(4):
+            image = np.clip(rng.integers(0, 80, (112, 96, 3)) + 40 * person, 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / f"p{person}" / f"{i}.png"), image)
+            paths.append(f"p{person}/{i}.png")
+            labels.append(person)
+    dataset = FaceDataset(root, paths, labels, [f"p{p}" for p in range(4)],
+                          {p: REFERENCE_112x96 for p in paths}, size=(112, 96))
+    return pack(dataset, root / "tiny.pack", progress=False)
+
+
+def test_trunk_then_branches(tiny_pack, tmp_path):
+    run = tmp_path / "run"
+    common = ["--data", str(tiny_pack), "--preset", "cpu", "--epochs", "1", "--quiet"]
+    assert main(["train", "trunk", "--out", str(run), "--width", "0.125", "--batch-size", "8", *common]) == 0
+    model = load(run / "model.safetensors")
+    assert model.resolutions == [] and model.provenance["preset"] == "cpu"
+    assert main(["train", "branch", "--trunk", str(run), "--size", "8", "12", *common]) == 0
+    model = load(run / "model.safetensors")
+    assert model.resolutions == [8, 12] and set(model.provenance["branches"]) == {"8", "12"}
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "trunk", "--data", "/no/such/pack", "--out", "OUT"], "no such pack file or dataset folder"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--preset", "huge"], "unknown preset 'huge'"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--preset", "demo"], "holds 112x96 crops"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--epochs", "0"], "--epochs must be positive"),
+        (["train", "branch", "--trunk", "OUT", "--data", "PACK", "--size", "0"], "--size must be positive"),
+        (["train", "branch", "--trunk", "OUT", "--data", "PACK", "--size", "8"], "no trained model"),
+    ],
+)
+def test_argument_errors(argv, message, tiny_pack, tmp_path, capsys):
+    argv = [str(tiny_pack) if a == "PACK" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
