@@ -198,3 +198,17 @@ def test_export_runs_without_pydcr_ops(model, kind, resolution, shape):
     expected = {"hr": lambda: model.embed_hr(x, resolution), "lr": lambda: model.embed_lr(x),
                 "trunk": lambda: model.embed_trunk(x)}[kind]()
     torch.testing.assert_close(exported.module()(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,resolution,shape", [("hr", 12, (112, 96)), ("lr", 12, (12, 12))])
+def test_onnx_export_matches(model, kind, resolution, shape, tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from pydcr.models.export import export_onnx
+
+    export_onnx(tmp_path / "m.onnx", model, kind, resolution, torch.zeros(2, 3, *shape, dtype=torch.uint8))
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    x = torch.randint(0, 256, (3, 3, *shape), dtype=torch.uint8)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    expected = model.embed_hr(x, resolution) if kind == "hr" else model.embed_lr(x)
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4)

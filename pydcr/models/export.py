@@ -22,8 +22,9 @@ def reference_decompositions() -> dict:
 
 
 class _Embedding(nn.Module):
-    def __init__(self, embed: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, model: DCR, embed: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
+        self.model = model  # registered, so its weights export as parameters, not constants
         self.embed = embed
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -64,5 +65,18 @@ def export_embedding(
     if example is None:
         example = torch.zeros(2, 3, h, w, dtype=torch.uint8, device=next(model.parameters()).device)
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    exported = torch.export.export(_Embedding(embed), (example,), dynamic_shapes=shapes)
+    exported = torch.export.export(_Embedding(model, embed), (example,), dynamic_shapes=shapes)
     return exported.run_decompositions(reference_decompositions())
+
+
+
+def export_onnx(path, model: DCR, kind: str = "hr", resolution: int | None = None,
+                example: torch.Tensor | None = None, *, flip: bool = False) -> None:
+    """Export an embedding path (arguments as export_embedding) as an ONNX model at `path`.
+
+    Needs the optional packages onnx and onnxscript (``pip install "pydcr[export]"``); the
+    resampling becomes ONNX Resize (cubic, antialiased where the model's convention is).
+    """
+    exported = export_embedding(model, kind, resolution, example, flip=flip)
+    args, _ = exported.example_inputs
+    torch.onnx.export(exported, args, dynamo=True).save(str(path))
