@@ -117,5 +117,5 @@ def center_apply_(
 TWINS = {
     "resize": lambda x, size, antialias=True: resize(x, size, antialias=antialias),
     "degrade": lambda x, low, size, antialias=True: degrade(x, low, size, antialias=antialias),
-    "prelu": lambda x, weight, bias=None, residual=None: prelu(x, weight, bias, residual),
+    "prelu": prelu,
 }
