@@ -13,11 +13,11 @@ OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 status=0
-step() {  # step NAME LOG COMMAND...: run, tee to LOG, remember the first failure
-  local name=$1 log=$2
-  shift 2
+step() {  # step NAME LOG SECONDS COMMAND...: run with a time limit, tee to LOG, remember the first failure
+  local name=$1 log=$2 limit=$3
+  shift 3
   echo "== $name" | tee -a "$OUT/$log"
-  "$@" 2>&1 | tee -a "$OUT/$log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
   local rc=${PIPESTATUS[0]}
   echo "== $name: exit $rc" | tee -a "$OUT/$log"
   [ "$status" -ne 0 ] || status=$rc
@@ -30,20 +30,22 @@ fi
 
 { nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
   >"$OUT/machine.txt" 2>&1
-step build build.log env PYDCR_CUDA=ON PYDCR_CUDA_ARCHS="${PYDCR_CUDA_ARCHS:-90}" \
+step build build.log 300 env PYDCR_CUDA=ON PYDCR_CUDA_ARCHS="${PYDCR_CUDA_ARCHS:-90}" \
   python3 -m pip install --no-build-isolation --no-deps -v -e .
-step info tests.log python3 -m pydcr info
-step tests tests.log python3 -m pytest -q -p no:cacheprovider tests
+step info tests.log 60 python3 -m pydcr info
+# pytest-xdist spreads the suite over the machine's cores when it is installed.
+xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+step tests tests.log 240 python3 -m pytest -q -p no:cacheprovider $xdist -rf tests
 # Benchmarks write JSON to a scratch folder, merged into one $OUT/bench.json at the end (the
 # machine returns only a few files).
 json=$(mktemp -d)
-for bench in resize degrade prelu trunk center; do
-  step "bench-$bench" bench.log python3 -m bench.$bench --device cuda --out "$json/$bench.json"
+for bench in resize degrade prelu center; do
+  step "bench-$bench" bench.log 90 python3 -m bench.$bench --device cuda --quick --out "$json/$bench.json"
 done
+step bench-trunk bench.log 240 python3 -m bench.trunk --device cuda --quick --compile --out "$json/trunk.json"
 if [ -f "${PYDCR_SHARED:-../shared}/data/lfw/lfw_landmark.txt" ]; then  # the data benchmark needs LFW
-  step bench-data bench.log python3 -m bench.data --device cuda --quick --out "$json/data.json"
+  step bench-data bench.log 90 python3 -m bench.data --device cuda --quick --out "$json/data.json"
 fi
-step bench-trunk-compiled bench.log python3 -m bench.trunk --device cuda --compile --out "$json/trunk-compiled.json"
 python3 - "$json" "$OUT/bench.json" <<'PY'
 import json, pathlib, sys
 merged = {p.stem: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))}
