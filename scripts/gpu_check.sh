@@ -31,7 +31,7 @@ fi
 { nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
   >"$OUT/machine.txt" 2>&1
 step build build.log 300 env PYDCR_CUDA=ON PYDCR_CUDA_ARCHS="${PYDCR_CUDA_ARCHS:-90}" \
-  python3 -m pip install --no-build-isolation --no-deps -v -e .
+  python3 -m pip install --no-build-isolation --no-deps -v --config-settings=build.tool-args=-k0 -e .
 step info tests.log 60 python3 -m pydcr info
 # pytest-xdist spreads the suite over the machine's cores when it is installed.
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")

@@ -10,12 +10,14 @@
 // (the error is then worded by the same host check the CPU kernels use).
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -63,13 +65,32 @@ Tensor to_cpu(const Tensor& t) {
   return torch::stable::to(t, torch::stable::Device(torch::headeronly::DeviceType::CPU));
 }
 
-// (values, indices) of a stable ascending sort of a 1-D tensor.
-std::tuple<Tensor, Tensor> stable_sort(const Tensor& t) {
-  std::array<StableIValue, 4> stack{torch::stable::detail::from(t),
-                                    torch::stable::detail::from(std::optional<bool>(true)),
-                                    torch::stable::detail::from(int64_t{0}), torch::stable::detail::from(false)};
-  STABLE_TORCH_ERROR_CODE_CHECK(torch_call_dispatcher("aten::sort", "stable", stack.data(), TORCH_ABI_VERSION));
-  return {torch::stable::detail::to<Tensor>(stack[0]), torch::stable::detail::to<Tensor>(stack[1])};
+__global__ void iota_kernel(int64_t* out, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = i;
+}
+
+// (labels ascending, their rows): a stable radix sort over the bits a class id below num_classes
+// has. A label outside [0, num_classes) sorts wrongly, but it is reported before the order is used.
+std::tuple<Tensor, Tensor> sort_labels(const Tensor& labels, int64_t num_classes, cudaStream_t stream) {
+  const int64_t n = labels.numel();
+  Tensor sorted = torch::stable::new_empty(labels, {n});
+  Tensor rows = torch::stable::new_empty(labels, {n});
+  Tensor order = torch::stable::new_empty(labels, {n});
+  constexpr int64_t kThreads = 256;
+  iota_kernel<<<pydcr::cuda::blocks_for(n, kThreads), kThreads, 0, stream>>>(order.mutable_data_ptr<int64_t>(), n);
+  PYDCR_CUDA_CHECK(cudaGetLastError());
+  const int end_bit = std::max(1, static_cast<int>(std::bit_width(static_cast<uint64_t>(num_classes - 1))));
+  auto sort = [&](void* temp, size_t& temp_bytes) {
+    return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, labels.const_data_ptr<int64_t>(),
+                                           sorted.mutable_data_ptr<int64_t>(), order.const_data_ptr<int64_t>(),
+                                           rows.mutable_data_ptr<int64_t>(), n, 0, end_bit, stream);
+  };
+  size_t temp_bytes = 0;
+  PYDCR_CUDA_CHECK(sort(nullptr, temp_bytes));
+  Tensor temp = torch::stable::new_empty(labels, {static_cast<int64_t>(temp_bytes)}, ScalarType::Byte);
+  PYDCR_CUDA_CHECK(sort(temp.mutable_data_ptr(), temp_bytes));
+  return {sorted, rows};
 }
 
 // A few int64 words on the device, read back by one copy: the per-call status of the kernels.
@@ -218,7 +239,7 @@ Groups group_batch(const char* op, const Tensor& labels, int64_t num_classes, cu
     PYDCR_CUDA_CHECK(cudaGetLastError());
   } else {
     launch_find_bad_labels(labels, num_classes, status, stream);
-    std::tie(g.sorted, g.rows) = stable_sort(labels);
+    std::tie(g.sorted, g.rows) = sort_labels(labels, num_classes, stream);
     number_groups_kernel<<<1, kScanThreads, 0, stream>>>(g.sorted.const_data_ptr<int64_t>(), batch,
                                                          g.group_of.mutable_data_ptr<int64_t>(), status.word(1));
     PYDCR_CUDA_CHECK(cudaGetLastError());
