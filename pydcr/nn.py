@@ -59,6 +59,16 @@ class ResidualUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(x)
         y = self.conv2(ops.prelu(y, _as(self.prelu1.weight, y.dtype)))
-        # The add promotes as eager's x + PReLU(...) does (float32 x, float16 branch: float32).
+        # The add promotes as eager's x + PReLU(...) does (float32 x, float16 branch: float32), and
+        # its result takes x's layout, as eager's does: the conv may have returned another one
+        # (cuDNN does for some channel counts), and the fused op keeps the layout of its input.
         dtype = torch.promote_types(x.dtype, y.dtype)
+        if x.dim() == 4:
+            y = y.contiguous(memory_format=_memory_format(x))
         return ops.prelu(_as(y, dtype), _as(self.prelu2.weight, dtype), residual=_as(x, dtype))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
