@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_reproduce import add_reproduce_parser
 from .cli_train import UsageError, add_train_parser
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_align(sub)
     _add_demo(sub)
     add_train_parser(sub)
+    add_reproduce_parser(sub)
     return parser
 
 

@@ -31,7 +31,7 @@ def add_train_parser(sub) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", help="paper, cpu or demo (default: cpu)")
+    p.add_argument("--preset", default="cpu", help="paper, cpu, small or demo (default: cpu)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
@@ -39,7 +39,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _preset(name: str):
+def preset_named(name: str):
+    """The preset called `name`, or a UsageError naming the choices."""
     from .train import get_preset
 
     try:
@@ -48,7 +49,7 @@ def _preset(name: str):
         raise UsageError(err.args[0]) from None
 
 
-def _device(name: str | None) -> str:
+def device_or_default(name: str | None) -> str:
     import torch
 
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,7 +80,7 @@ def run_trunk(args: argparse.Namespace) -> int:
     from .models import DCR, save
     from .train import train_trunk
 
-    preset = _preset(args.preset)
+    preset = preset_named(args.preset)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width), ("batch_size", args.batch_size))
                  if v is not None}
     for key, value in overrides.items():
@@ -87,7 +88,7 @@ def run_trunk(args: argparse.Namespace) -> int:
             raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
     config = replace(preset.trunk, **overrides)
     faces, classes = _faces(args.data, config.input_size)
-    run = train_trunk(faces, classes, config, args.out, device=_device(args.device), seed=args.seed,
+    run = train_trunk(faces, classes, config, args.out, device=device_or_default(args.device), seed=args.seed,
                       num_workers=args.workers, progress=not args.quiet)
     if not run.finished:
         print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)
@@ -103,7 +104,7 @@ def run_branch(args: argparse.Namespace) -> int:
     from .models import load, save
     from .train import train_branches
 
-    preset = _preset(args.preset)
+    preset = preset_named(args.preset)
     if any(k <= 0 for k in args.size):
         raise UsageError(f"--size must be positive resolutions, got {args.size}")
     if args.epochs is not None and args.epochs <= 0:
@@ -114,7 +115,7 @@ def run_branch(args: argparse.Namespace) -> int:
         raise UsageError(f"no trained model at {path}: run `pydcr train trunk` first")
     model = load(path)
     faces, classes = _faces(args.data, model.trunk.input_size)
-    device = _device(args.device)
+    device = device_or_default(args.device)
     train_branches(model.to(device), faces, classes, args.size, config, seed=args.seed, device=device,
                    progress=not args.quiet)
     model.provenance.setdefault("branches", {}).update(

@@ -9,7 +9,6 @@ for the trunk alone and for DCR at each k, and for the trunk on HR pairs.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,26 +17,14 @@ import numpy as np
 import torch
 
 from . import ops
-from .data import PackedFaces
-from .eval import verify_10fold
+from .data import FaceArrays, PackedFaces
+from .eval.report import write_report
+from .eval.table import verification_table
 from .models import DCR, save
 from .train import get_preset, train_branches, train_trunk
 
 DEMO_PACK = Path(__file__).parent / "demo_data" / "lfw-demo.pack"
 SIZES = (8, 12, 16, 20)
-
-
-class FaceArrays(torch.utils.data.Dataset):
-    """Decoded crops held in memory: items are (h x w x 3 uint8, label), as a pack's are."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.images[i], int(self.labels[i])
 
 
 @dataclass
@@ -86,37 +73,6 @@ def split(images: np.ndarray, labels: np.ndarray, *, folds: int = 10, seed: int 
                  np.array(pairs), np.array(same), np.array(fold))
 
 
-@torch.no_grad()
-def evaluate(model: DCR, s: Split, sizes=SIZES, batch: int = 256) -> dict[str, dict[str, float]]:
-    """10-fold accuracy of the trunk alone and of DCR at each probe size, and of the trunk on HR pairs."""
-    model.eval()
-    x = torch.from_numpy(s.test_images).permute(0, 3, 1, 2).contiguous()
-
-    def embed(fn, images):
-        return torch.cat([fn(images[i : i + batch]) for i in range(0, len(images), batch)])
-
-    v_hr = embed(model.embed_trunk, x)
-    g, p = s.pairs[:, 0], s.pairs[:, 1]
-    table = {"HR": {"trunk": verify_10fold(v_hr[g], v_hr[p], s.same, s.folds).mean}}
-    for k in sizes:
-        v_low = embed(lambda t: model.embed_trunk(ops.degrade(t, k, antialias=model.antialias)), x)
-        pair = model.branch(k)
-        table[f"{k}x{k}"] = {
-            "trunk": verify_10fold(v_hr[g], v_low[p], s.same, s.folds).mean,
-            "DCR": verify_10fold(pair.hr(v_hr[g]), pair.lr(v_low[p]), s.same, s.folds).mean,
-        }
-    return table
-
-
-def format_table(table: dict) -> str:
-    cols = list(table)
-    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for name in ("trunk", "DCR"):
-        cells = [f"{100 * table[c][name]:.1f}" if name in table[c] else "-" for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs: int | None = None,
              pack: Path = DEMO_PACK, device: str = "cpu", seed: int = 0, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
@@ -134,18 +90,16 @@ def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs
         return {}
     model = DCR(run.trunk, antialias=trunk_cfg.antialias)
     train_branches(model, s.train, s.num_classes, SIZES, p.branch, seed=seed, device=device, progress=progress)
-    table = evaluate(model, s)
+    x = torch.from_numpy(s.test_images).permute(0, 3, 1, 2).contiguous()
+    table = verification_table(model, x, s.pairs[:, 0], s.pairs[:, 1], s.same, s.folds, SIZES, device=device)
     minutes = (time.perf_counter() - started) / 60
     save(model, out_dir / "model.safetensors", provenance={
         "data": f"pydcr demo faces ({pack.name}), {len(s.train)} images of {s.num_classes} people",
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
     })
-    report = {"table": table, "minutes": minutes, "preset": preset, "train_images": len(s.train),
-              "test_pairs": len(s.pairs), "device": device}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    text = format_table(table)
-    (out_dir / "report.md").write_text(f"# pydcr demo\n\n10-fold verification accuracy (%)\n\n{text}\n\n"
-                                       f"{minutes:.1f} minutes, preset {preset}, {device}\n")
-    print("\n10-fold verification accuracy (%), probe degraded to k x k:\n" + text)
+    meta = {"minutes": round(minutes, 1), "preset": preset, "device": device, "train_images": len(s.train),
+            "train_people": s.num_classes, "test_pairs": len(s.pairs), "folds": len(np.unique(s.folds))}
+    write_report(out_dir, "pydcr demo", table, meta)
+    print("\n10-fold verification accuracy (%), probe degraded to k x k:\n" + table.markdown())
     print(f"\ndemo: {minutes:.1f} minutes; model and report in {out_dir}")
-    return report
+    return {"table": table.to_dict(), **meta}

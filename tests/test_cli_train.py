@@ -53,3 +53,22 @@ def test_argument_errors(argv, message, tiny_pack, tmp_path, capsys):
     argv = [str(tiny_pack) if a == "PACK" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def lfw_like_root(tmp_path):
+    (tmp_path / "lfw").mkdir()
+    (tmp_path / "pairs.txt").write_text("10 300\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--root", "/nonexistent"], "is not an LFW root"),
+    (["--preset", "nope"], "unknown preset"),
+    (["--test-folds", "6", "11"], "--test-folds"),
+    (["--sizes", "0", "8"], "--sizes must be positive"),
+])
+def test_reproduce_argument_errors(args, message, lfw_like_root, capsys):
+    argv = ["reproduce", "lfw", "--root", str(lfw_like_root), *args]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

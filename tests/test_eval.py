@@ -96,3 +96,24 @@ def test_identify_matches_brute_force():
         assert result.top_ids.shape == (200, k)
     with pytest.raises(ValueError, match="k must be"):
         identify(gallery, gallery_ids, probes, probe_ids, k=51)
+
+
+def test_scores_are_the_test_fold_scores_behind_the_accuracies():
+    g, p, same, folds = synthetic_pairs(seed=2)
+    result = verify_10fold(g, p, same, folds, pca_dim=8)
+    for f, (acc, t) in enumerate(zip(result.accuracies, result.thresholds)):
+        assert acc == ((result.scores[folds == f] > t) == same[folds == f]).mean()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(-4, 4), st.booleans()), min_size=2, max_size=30))
+def test_roc_curve_matches_brute_force(pairs):
+    from pydcr.eval.report import roc_curve
+
+    scores = np.array([s for s, _ in pairs], dtype=np.float64)
+    same = np.array([y for _, y in pairs])
+    fpr, tpr = roc_curve(scores, same)
+    points = {(0.0, 0.0)} | {(((scores >= t) & ~same).sum() / max((~same).sum(), 1),
+                              ((scores >= t) & same).sum() / max(same.sum(), 1)) for t in np.unique(scores)}
+    assert set(zip(fpr.tolist(), tpr.tolist())) == {(float(a), float(b)) for a, b in points}
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)

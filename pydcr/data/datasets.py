@@ -80,6 +80,19 @@ class FaceDataset(torch.utils.data.Dataset):
         return [self.classes[label] for label in self.labels]
 
 
+class FaceArrays(torch.utils.data.Dataset):
+    """Decoded crops held in memory: items are (h x w x 3 uint8, label), as a pack's are."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i], int(self.labels[i])
+
+
 class IdentityFolder(FaceDataset):
     """One folder per identity (``root/<identity>/<image>``, the CASIA-WebFace layout).
 

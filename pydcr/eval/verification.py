@@ -14,6 +14,7 @@ class VerificationResult:
     std: float  # standard deviation over the folds (numpy's default, ddof = 0)
     accuracies: np.ndarray  # per test fold
     thresholds: np.ndarray  # cosine threshold chosen on each fold's training folds
+    scores: np.ndarray  # each pair's cosine score, computed while its fold was the test fold (for ROC curves)
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} +- {100 * self.std:.2f} % over {len(self.accuracies)} folds"
@@ -75,6 +76,7 @@ def verify_10fold(gallery_feats, probe_feats, same, folds, pca_dim: int | None =
         raise ValueError("need at least two folds")
 
     accuracies, thresholds = [], []
+    scores = np.empty(len(g))
     for f in fold_ids:
         test, train = folds == f, folds != f
         fit = np.concatenate([g[train], p[train]])
@@ -86,8 +88,8 @@ def verify_10fold(gallery_feats, probe_feats, same, folds, pca_dim: int | None =
             components = vt[:pca_dim].T
             project = lambda x: (x - mean) @ components  # noqa: E731
         threshold = best_threshold(_cosine(project(g[train]), project(p[train])), same[train])
-        predicted = _cosine(project(g[test]), project(p[test])) > threshold
-        accuracies.append(float((predicted == same[test]).mean()))
+        scores[test] = _cosine(project(g[test]), project(p[test]))
+        accuracies.append(float(((scores[test] > threshold) == same[test]).mean()))
         thresholds.append(threshold)
     acc = np.array(accuracies)
-    return VerificationResult(float(acc.mean()), float(acc.std()), acc, np.array(thresholds))
+    return VerificationResult(float(acc.mean()), float(acc.std()), acc, np.array(thresholds), scores)

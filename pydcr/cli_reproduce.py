@@ -1,0 +1,52 @@
+"""`pydcr reproduce lfw`: the offline reproduction of the paper's Table I."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from .cli_train import UsageError, device_or_default, preset_named
+
+
+def add_reproduce_parser(sub) -> None:
+    p = sub.add_parser("reproduce", help="reproduce the paper's comparison offline")
+    data = p.add_subparsers(dest="dataset", required=True)
+    lfw = data.add_parser("lfw", help="Table I on LFW, training only on people outside the test folds")
+    lfw.add_argument("--root", type=Path, required=True, help="LFW root (lfw/, pairs.txt, lfw_landmark.txt)")
+    lfw.add_argument("--out", type=Path, default=Path("pydcr-reproduce-lfw"), help="run folder (a stopped run resumes)")
+    lfw.add_argument("--preset", default="small", help="paper, cpu, small or demo (default: small)")
+    lfw.add_argument("--test-folds", type=int, nargs="+", default=[6, 7, 8, 9, 10],
+                     help="View 2 folds to test on, 1-10 (default: 6 7 8 9 10)")
+    lfw.add_argument("--min-images", type=int, default=2, help="train on people with at least this many images")
+    lfw.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16, 20], help="probe resolutions k")
+    lfw.add_argument("--pca-dim", type=int, default=None, help="PCA components (default: all, centering only)")
+    lfw.add_argument("--epochs", type=int, default=None, help="trunk epochs (default: the preset's)")
+    lfw.add_argument("--pack", type=Path, default=None, help="a pack of this LFW at the preset's input size")
+    lfw.add_argument("--device", default=None, help="default: cuda when available")
+    lfw.add_argument("--seed", type=int, default=0)
+    lfw.add_argument("--quiet", action="store_true", help="no progress bars")
+    lfw.set_defaults(func=run_reproduce_lfw)
+
+
+def run_reproduce_lfw(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce_lfw
+
+    preset_named(args.preset)
+    if not (args.root / "pairs.txt").is_file() or not (args.root / "lfw").is_dir():
+        raise UsageError(f"{args.root} is not an LFW root: it needs lfw/ and pairs.txt")
+    bad = [f for f in args.test_folds if not 1 <= f <= 10]
+    if bad or len(set(args.test_folds)) < 2:
+        raise UsageError(f"--test-folds must name at least two folds in 1-10, got {args.test_folds}")
+    if min(args.sizes) < 1:
+        raise UsageError(f"--sizes must be positive, got {args.sizes}")
+    if args.min_images < 1:
+        raise UsageError(f"--min-images must be >= 1, got {args.min_images}")
+    if args.pack is not None and not args.pack.is_file():
+        raise UsageError(f"no such pack: {args.pack}")
+    reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=[f - 1 for f in args.test_folds],
+                  min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
+                  pack_path=args.pack, device=device_or_default(args.device), seed=args.seed, progress=not args.quiet,
+                  command=shlex.join(["pydcr", *sys.argv[1:]]))
+    return 0

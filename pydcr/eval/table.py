@@ -1,0 +1,91 @@
+"""The paper's Table I: verification of HR gallery faces against probes degraded to k x k.
+
+Each pair's first face is the HR gallery image; the second is degraded to k x k and brought back to
+the input size (the probe). Columns are the probe sizes and "HR" (probes left alone); rows are the
+trunk alone and DCR (the branch pair trained for that size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import ops
+from ..models import DCR
+from .verification import VerificationResult, verify_10fold
+
+
+@dataclass
+class VerificationTable:
+    cells: dict[str, dict[str, VerificationResult]]  # column ("HR", "8x8", ...) -> row ("trunk", "DCR") -> result
+    same: np.ndarray  # the pairs' ground truth, for ROC curves of the cells' scores
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.cells)
+
+    @property
+    def rows(self) -> list[str]:
+        return [r for r in ("trunk", "DCR") if any(r in c for c in self.cells.values())]
+
+    def to_dict(self) -> dict:
+        """Mean, std and per-fold accuracies of every cell (JSON-ready)."""
+        return {col: {row: {"mean": r.mean, "std": r.std, "folds": r.accuracies.tolist()} for row, r in cells.items()}
+                for col, cells in self.cells.items()}
+
+    def markdown(self) -> str:
+        """Mean accuracy in percent, a row per model and a column per probe size."""
+        lines = ["| model | " + " | ".join(self.columns) + " |", "|---|" + "---|" * len(self.columns)]
+        for row in self.rows:
+            cells = [f"{100 * c[row].mean:.1f}" if row in c else "-" for c in self.cells.values()]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _embed(fn, images: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.cat([fn(images[i : i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
+def verification_table(
+    model: DCR,
+    images: torch.Tensor,
+    first: np.ndarray,
+    second: np.ndarray,
+    same: np.ndarray,
+    folds: np.ndarray,
+    sizes: Sequence[int] = (8, 12, 16, 20),
+    *,
+    pca_dim: int | None = None,
+    batch: int = 256,
+    device: str | torch.device | None = None,
+) -> VerificationTable:
+    """Table I over pairs (images[first[i]], images[second[i]]) with verify_10fold's protocol.
+
+    images: N x 3 x H x W aligned faces at the model's input size (uint8 or float in [0, 255]).
+    A size without a branch pair in `model` gets the trunk row only.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.eval().to(device)
+    first, second = np.asarray(first), np.asarray(second)
+    probes = images[torch.from_numpy(np.unique(second))]
+    probe_row = np.searchsorted(np.unique(second), second)  # row of each pair's probe in `probes`
+    v_hr = _embed(model.embed_trunk, images, batch, device)
+    g = v_hr[first]
+
+    def verify(a, b):
+        return verify_10fold(a, b, same, folds, pca_dim)
+
+    cells = {"HR": {"trunk": verify(g, v_hr[second])}}
+    for k in sizes:
+        v_low = _embed(lambda t: model.embed_trunk(ops.degrade(t, k, antialias=model.antialias)), probes, batch, device)
+        p = v_low[probe_row]
+        cells[f"{k}x{k}"] = {"trunk": verify(g, p)}
+        if k in model.resolutions:
+            pair = model.branch(k)
+            x, z = pair.hr(g.to(device)).float().cpu(), pair.lr(p.to(device)).float().cpu()
+            cells[f"{k}x{k}"]["DCR"] = verify(x, z)
+    return VerificationTable(cells, np.asarray(same, dtype=bool))
