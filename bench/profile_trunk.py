@@ -1,0 +1,62 @@
+"""Where a trunk training step spends its time: the top kernels of ours and of the eager twin.
+
+    python -m bench.profile_trunk [--device cuda] [--batch N] [--width W] [--rows 12]
+
+A companion to bench.trunk (which gives the ratio): torch.profiler over a few steps, self time per
+op or kernel on the device, ours and eager printed one after the other, and the totals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.harness import common_args, sync
+from pydcr._machine import describe, machine
+from pydcr.models import Trunk
+
+
+def main(argv=None) -> None:
+    p = common_args(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=None, help="default: 32 on CPU, 256 on CUDA")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--rows", type=int, default=12, help="ops shown per model")
+    p.add_argument("--steps", type=int, default=3, help="profiled steps")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch or (256 if cuda else 32)
+    torch.manual_seed(0)
+    ours = Trunk(width=args.width).to(device)
+    eager = ours.eager_twin()
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
+    x = torch.randint(0, 256, (batch, 3, 112, 96), dtype=torch.uint8, device=device).contiguous(memory_format=fmt)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(f"# trunk train step profile on {describe(machine(device))}, batch {batch}, width {args.width}")
+
+    def step(model):
+        with autocast():
+            loss = model(x).float().sum()
+        loss.backward()
+
+    for name, model in (("ours", ours), ("eager", eager)):
+        for _ in range(2):  # warm up: cuDNN autotuning, allocator
+            step(model)
+        sync(device)
+        with profile(activities=activities) as prof:
+            for _ in range(args.steps):
+                step(model)
+            sync(device)
+        events = prof.key_averages()
+        total = sum(getattr(e, "self_device_time_total" if cuda else "self_cpu_time_total") for e in events)
+        print(f"\n## {name}: {total / 1e3 / args.steps:.2f} ms of {'device' if cuda else 'CPU'} time per step")
+        print(events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
