@@ -73,7 +73,7 @@ def train_branch_pair(
             raise ValueError(f"the pair to fine-tune takes {init.in_dim}-d features, got {hr.shape[1]}-d")
         pair.hr_branch.fc.load_state_dict(init.hr_branch.fc.state_dict())
         pair.lr_branch.fc.load_state_dict(init.lr_branch.fc.state_dict())
-    loss_fn = CMLoss(num_classes, config.dim, config.lam, config.alpha, shared_centers=config.shared_centers,
+    loss_fn = CMLoss(num_classes, dim, config.lam, config.alpha, shared_centers=config.shared_centers,
                      center_alpha=config.center_alpha).to(device)
     opt = make_optimizer(pair.parameters(), config)
     steps = -(-len(labels) // config.batch_size)
