@@ -250,3 +250,16 @@ def test_cli_needs_a_protocol(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.data
+def test_paper_split_on_the_lfw_stand_in(lfw_root, tmp_path):
+    """The stand-in the data tests build (130 subjects, real faces and landmarks): 80 tested, 50 tuned."""
+    from test_data_datasets import build_scface
+
+    landmarks = build_scface(lfw_root, tmp_path, 130)
+    data = SCface(tmp_path, seed=3, landmarks=landmarks, size=SIZE)
+    result = evaluate_scface(tiny_model(), data, finetune=replace(FINETUNE, epochs=1), progress=False)
+    assert len(result.train_subjects) == 50 and len(result.gallery) == 80
+    assert {d: len(p) for d, p in result.probes.items()} == {1: 400, 2: 400, 3: 400}
+    assert all(0.0 <= result.rank1[d][m] <= 1.0 for d in result.rank1 for m in ("trunk", "DCR"))

@@ -127,7 +127,7 @@ def train_trunk(
 
     model = TrunkWithHead(trunk, head)
     if world.distributed:  # after loading the checkpoint: DDP broadcasts rank 0's parameters
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     # Flips come from a generator reseeded at every step, so a resumed run draws what it would have.
