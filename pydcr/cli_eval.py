@@ -83,7 +83,7 @@ def run_scface(args: argparse.Namespace) -> int:
                              seed=args.seed, batch_size=args.batch_size, device=device_or_default(args.device),
                              progress=not args.quiet)
     table = format_table(result)
-    print(f"SCface rank-1 identification (%): {len(result.gallery)} test subjects, "
+    print(f"SCface rank-1 identification (%): {len(result.test_subjects)} test subjects, "
           f"{len(result.train_subjects)} for fine-tuning and PCA\n\n{table}")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def run_scface(args: argparse.Namespace) -> int:
         (args.out / "scface.json").write_text(json.dumps(report, indent=2) + "\n")
         tuned = "not fine-tuned" if finetune is None else f"fine-tuned {finetune.epochs} epochs at lr {finetune.lr:g}"
         (args.out / "scface.md").write_text(
-            f"# SCface rank-1 identification (%)\n\nModel {args.model}; {len(result.gallery)} test subjects, "
+            f"# SCface rank-1 identification (%)\n\nModel {args.model}; {len(result.test_subjects)} test subjects, "
             f"{len(result.train_subjects)} training subjects (seed {args.seed}); branch pairs "
             f"{', '.join(f'd{d}: {k}' for d, k in resolutions.items())}, {tuned}.\n\n{table}\n")
         print(f"\npydcr eval scface: {args.out / 'scface.json'}, {args.out / 'scface.md'}")
