@@ -1,4 +1,8 @@
-"""`pydcr train trunk` and `pydcr train branch`: the two training steps from the command line."""
+"""`pydcr train trunk` and `pydcr train branch`: the two training steps from the command line.
+
+`pydcr train trunk` also runs data parallel under torchrun
+(``torchrun --nproc_per_node=N -m pydcr train trunk ...``): one process per GPU (or N CPU processes).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--data", type=Path, required=True, help="a pack file (pydcr pack) or a dataset folder")
     t.add_argument("--out", type=Path, required=True, help="run folder; a run stopped there resumes")
     t.add_argument("--width", type=float, default=None, help="trunk width (default: the preset's)")
-    t.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the preset's)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch, over all processes under torchrun (default: the preset's)")
     _common(t)
     t.set_defaults(func=run_trunk)
     b = steps.add_parser("branch", help="step 2: branch pairs on the frozen trunk, added to its model file")
@@ -76,10 +81,19 @@ def _faces(path: Path, size: tuple[int, int]):
     return faces, len(faces.classes)
 
 
-def run_trunk(args: argparse.Namespace) -> int:
-    from .models import DCR, save
-    from .train import train_trunk
+def _torchrun_world():
+    from .train import distributed
 
+    try:
+        return distributed.from_environment()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def run_trunk(args: argparse.Namespace) -> int:
+    from .train import distributed
+
+    world = _torchrun_world()
     preset = preset_named(args.preset)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width), ("batch_size", args.batch_size))
                  if v is not None}
@@ -88,15 +102,36 @@ def run_trunk(args: argparse.Namespace) -> int:
             raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
     config = replace(preset.trunk, **overrides)
     faces, classes = _faces(args.data, config.input_size)
-    run = train_trunk(faces, classes, config, args.out, device=device_or_default(args.device), seed=args.seed,
+    if world is None:
+        return _train_and_save(args, config, faces, classes, device_or_default(args.device))
+    if config.batch_size % world.size:
+        raise UsageError(f"a batch of {config.batch_size} images does not split over {world.size} processes: "
+                         "give a --batch-size that is a multiple of --nproc_per_node")
+    try:
+        device = distributed.local_device(world, device_or_default(args.device))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    with distributed.process_group(world, device):
+        return _train_and_save(args, config, faces, classes, device, world)
+
+
+def _train_and_save(args, config, faces, classes, device, world=None) -> int:
+    """Train, and on rank 0 write the model file; every rank returns the same status."""
+    from .models import DCR, save
+    from .train import train_trunk
+
+    main = world is None or world.is_main
+    run = train_trunk(faces, classes, config, args.out, device=device, seed=args.seed,
                       num_workers=args.workers, progress=not args.quiet)
     if not run.finished:
-        print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)
+        if main:
+            print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)
         return 130
-    path = save(DCR(run.trunk, antialias=config.antialias), args.out / "model.safetensors", provenance={
-        "data": str(args.data), "preset": args.preset, "trunk": config.to_dict(), "seed": args.seed,
-        "command": " ".join(sys.argv)})
-    print(f"pydcr train trunk: {path}")
+    if main:
+        path = save(DCR(run.trunk, antialias=config.antialias), args.out / "model.safetensors", provenance={
+            "data": str(args.data), "preset": args.preset, "trunk": config.to_dict(), "seed": args.seed,
+            "processes": 1 if world is None else world.size, "command": " ".join(sys.argv)})
+        print(f"pydcr train trunk: {path}")
     return 0
 
 
@@ -104,6 +139,10 @@ def run_branch(args: argparse.Namespace) -> int:
     from .models import load, save
     from .train import train_branches
 
+    world = _torchrun_world()
+    if world is not None and world.size > 1:
+        raise UsageError("branch training runs in one process (seconds on cached trunk features): "
+                         "run it without torchrun")
     preset = preset_named(args.preset)
     if any(k <= 0 for k in args.size):
         raise UsageError(f"--size must be positive resolutions, got {args.size}")

@@ -69,6 +69,15 @@ def test_flip_probability_extremes(p):
     torch.testing.assert_close(out.hr, (x.flip(-1) if p else x).float())
 
 
+def test_given_flip_mask():
+    x = random_batch(6)
+    mask = torch.tensor([True, False, False, True, True, False])
+    out = MultiResolution([12], flip=0.0)(x, mask)  # the mask, not the probability, decides
+    torch.testing.assert_close(out.hr, torch.where(mask[:, None, None, None], x.flip(-1), x).float())
+    with pytest.raises(ValueError, match="one bool per image"):
+        MultiResolution([12])(x, mask[:5])
+
+
 def test_generator_object_advances():
     g = torch.Generator().manual_seed(3)
     transform = MultiResolution([8], generator=g)
@@ -139,3 +148,16 @@ def test_loader_over_a_pack(tmp_path):
     assert torch.cat([y for _, y in in_order]).tolist() == faces.labels.tolist()
     first = [torch.cat([y for _, y in face_loader(faces, 4, seed=1, workers=0)]).tolist() for _ in range(2)]
     assert first[0] == first[1] and sorted(first[0]) == sorted(faces.labels.tolist())
+
+
+def test_loader_with_a_sampler():
+    from torch.utils.data.distributed import DistributedSampler
+
+    items = [(np.full((4, 3, 3), i, np.uint8), i) for i in range(10)]
+    halves = []
+    for rank in (0, 1):  # two ranks' samplers deal out one permutation
+        sampler = DistributedSampler(items, num_replicas=2, rank=rank, seed=5)
+        halves.append(torch.cat([y for _, y in face_loader(items, 2, shuffle=False, sampler=sampler, workers=0)]))
+    assert sorted(torch.cat(halves).tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="either shuffle=True or a sampler"):
+        face_loader(items, 2, sampler=sampler)

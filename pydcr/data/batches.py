@@ -38,18 +38,23 @@ def face_loader(
     pin_memory: bool | None = None,
     seed: int | None = None,
     drop_last: bool = False,
+    sampler: torch.utils.data.Sampler | None = None,
 ) -> DataLoader:
     """A DataLoader of (N x 3 x h x w uint8 images, N labels) from a dataset of (crop, label) items.
 
     dataset: a :class:`pydcr.data.PackedFaces` (fast) or any :class:`pydcr.data.FaceDataset`.
     workers: background processes that decode; pin_memory defaults to whether CUDA is available;
-    seed fixes the shuffling order.
+    seed fixes the shuffling order. sampler (a DistributedSampler, say) chooses the order instead of
+    shuffle and seed.
     """
+    if sampler is not None and shuffle:
+        raise ValueError("face_loader: give either shuffle=True or a sampler, not both")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate_faces,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
@@ -73,8 +78,8 @@ class MultiResolution:
     resized back to H x W, as the networks take it. The default is the trunk's 40 x 40 and 6 x 6;
     a branch pair uses one k. antialias: the bicubic kernel (see :func:`pydcr.ops.degrade`).
     flip: the probability of a horizontal flip per image, drawn from `generator` (a
-    torch.Generator on the CPU, or a seed) so runs repeat; every resolution of an image shares its
-    flip.
+    torch.Generator on the CPU, or a seed) so runs repeat, unless the call gives the mask; every
+    resolution of an image shares its flip.
     """
 
     def __init__(
@@ -95,7 +100,8 @@ class MultiResolution:
         self.antialias, self.flip = antialias, float(flip)
         self.generator = torch.Generator().manual_seed(generator) if isinstance(generator, int) else generator
 
-    def __call__(self, images: torch.Tensor) -> MultiResolutionBatch:
+    def __call__(self, images: torch.Tensor, flipped: torch.Tensor | None = None) -> MultiResolutionBatch:
+        """flipped: N booleans, the images to flip, instead of drawing them with probability `flip`."""
         if (
             not isinstance(images, torch.Tensor)
             or images.dtype != torch.uint8
@@ -108,7 +114,11 @@ class MultiResolution:
                 else type(images).__name__
             )
             raise ValueError(f"images must be a uint8 N x 3 x H x W tensor, got {got}")
-        flipped = torch.rand(images.shape[0], generator=self.generator) < self.flip
+        if flipped is None:
+            flipped = torch.rand(images.shape[0], generator=self.generator) < self.flip
+        elif flipped.dtype != torch.bool or flipped.shape != images.shape[:1]:
+            raise ValueError(f"flipped must hold one bool per image ({images.shape[0]}), got {flipped.dtype} "
+                             f"of shape {tuple(flipped.shape)}")
         hr = torch.where(flipped.to(images.device)[:, None, None, None], images.flip(-1), images)
         low = {k: ops.degrade(hr, k, antialias=self.antialias) for k in self.lows}
         return MultiResolutionBatch(hr.float(), low)

@@ -37,4 +37,4 @@ def identify(gallery_feats, gallery_ids, probe_feats, probe_ids, k: int = 1, chu
     top_ids_t = torch.cat(top_ids) if top_ids else gid.new_empty(0, k)
     top_scores_t = torch.cat(top_scores) if top_scores else g.new_empty(0, k)
     hit = (top_ids_t == pid[:, None]).any(dim=1)
-    return IdentificationResult(float(hit.float().mean()) if len(hit) else 0.0, k, top_ids_t, top_scores_t)
+    return IdentificationResult(float(hit.double().mean()) if len(hit) else 0.0, k, top_ids_t, top_scores_t)

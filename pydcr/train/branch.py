@@ -57,12 +57,23 @@ def train_branch_pair(
     device: str | torch.device = "cpu",
     progress: bool = True,
     desc: str = "branch",
+    init: BranchPair | None = None,
 ) -> BranchPair:
-    """One branch pair from cached HR and LR trunk features of the same images (row i = image i)."""
+    """One branch pair from cached HR and LR trunk features of the same images (row i = image i).
+
+    init: fine-tune this pair's feature layers instead of starting afresh (its classifiers, if any,
+    are not used: the new ones are sized for `num_classes`, the identities of these labels).
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
-    pair = BranchPair(num_classes, in_dim=hr.shape[1], dim=config.dim).to(device)
-    loss_fn = CMLoss(num_classes, config.dim, config.lam, config.alpha, shared_centers=config.shared_centers,
+    dim = config.dim if init is None else init.dim
+    pair = BranchPair(num_classes, in_dim=hr.shape[1], dim=dim).to(device)
+    if init is not None:
+        if init.in_dim != hr.shape[1]:
+            raise ValueError(f"the pair to fine-tune takes {init.in_dim}-d features, got {hr.shape[1]}-d")
+        pair.hr_branch.fc.load_state_dict(init.hr_branch.fc.state_dict())
+        pair.lr_branch.fc.load_state_dict(init.lr_branch.fc.state_dict())
+    loss_fn = CMLoss(num_classes, dim, config.lam, config.alpha, shared_centers=config.shared_centers,
                      center_alpha=config.center_alpha).to(device)
     opt = make_optimizer(pair.parameters(), config)
     steps = -(-len(labels) // config.batch_size)

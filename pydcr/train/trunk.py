@@ -11,12 +11,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
 
 from ..data import MultiResolution, face_loader
 from ..losses import TrunkLoss
 from ..models import Trunk
 from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
+from .distributed import current_world
 from .presets import make_optimizer, TrunkConfig
 from .progress import Progress
 
@@ -31,6 +34,18 @@ def denormals_flushed(enabled: bool):
     finally:
         if flushed:
             torch.set_flush_denormal(False)
+
+
+class TrunkWithHead(nn.Module):
+    """The trunk and its training classifier as one module, so one DDP wrapper covers both."""
+
+    def __init__(self, trunk: Trunk, head: nn.Linear):
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.trunk(images)
+        return v, self.head(v)
 
 
 @dataclass
@@ -59,9 +74,22 @@ def train_trunk(
     Writes out_dir/checkpoint.pt after every epoch and when stopped by SIGINT / SIGTERM, and resumes
     from it when present; out_dir/metrics.jsonl gets one line per epoch. With the same seed, a
     resumed run trains on the same batches (shuffling and flips come from seeded generators).
+
+    Data parallel when a torch.distributed process group is initialised (see
+    :mod:`pydcr.train.distributed`): each of the W processes trains on config.batch_size / W images
+    of every batch on its `device`, gradients are averaged by DistributedDataParallel and the
+    center update sums the class statistics of all processes, so the W processes together take
+    the steps one process would take with the whole batch. Only rank 0 shows progress and writes
+    to out_dir (which every rank reads when resuming: a shared folder).
     """
+    world = current_world()
+    if config.batch_size % world.size:
+        raise ValueError(f"the batch of {config.batch_size} images does not split evenly over {world.size} "
+                         "processes: choose a batch size that is a multiple of the number of processes")
+    local_batch = config.batch_size // world.size
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     torch.manual_seed(seed)
     trunk = Trunk(width=config.width, feature_dim=config.feature_dim, input_size=config.input_size).to(device)
@@ -69,7 +97,9 @@ def train_trunk(
     loss_fn = TrunkLoss(num_classes, config.feature_dim, config.beta, alpha=config.center_alpha).to(device)
     params = list(trunk.parameters()) + list(head.parameters())
     opt = make_optimizer(params, config)
-    steps_per_epoch = -(-len(dataset) // config.batch_size)
+    # One process: a plain permutation per epoch. W processes: rank r takes every W-th image of it.
+    sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed * 1_000_003)
+    steps_per_epoch = -(-len(sampler) // local_batch)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m * total) for m in config.milestones], config.gamma)
     if device.type == "cuda":
@@ -87,25 +117,31 @@ def train_trunk(
         start_epoch, start_step = state["epoch"], state["step"]
 
     def checkpoint(epoch: int, step: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "trunk": trunk.state_dict(), "head": head.state_dict(), "loss": loss_fn.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-            "config": config.to_dict(), "seed": seed,
-        })
+        if world.is_main:  # every rank holds the same state
+            save_checkpoint(ckpt_path, {
+                "trunk": trunk.state_dict(), "head": head.state_dict(), "loss": loss_fn.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
+                "config": config.to_dict(), "seed": seed, "world_size": world.size,
+            })
+        world.barrier()  # no rank runs ahead of, or returns before, the checkpoint on disk
+
+    model = TrunkWithHead(trunk, head)
+    if world.distributed:  # after loading the checkpoint: DDP broadcasts rank 0's parameters
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     # Flips come from a generator reseeded at every step, so a resumed run draws what it would have.
     flips = torch.Generator()
-    resolutions = MultiResolution(config.low_sizes, antialias=config.antialias, flip=0.5 if config.flip else 0.0,
-                                  generator=flips)
-    trunk.train()
-    head.train()
+    flip_probability = 0.5 if config.flip else 0.0
+    resolutions = MultiResolution(config.low_sizes, antialias=config.antialias)
+    model.train()
     initial = start_epoch * steps_per_epoch + start_step
-    with StopFlag() as stop, denormals_flushed(device.type == "cpu"), Progress(total, "trunk", enabled=progress,
-                                                                             initial=initial) as bar:
+    with StopFlag() as stop, denormals_flushed(device.type == "cpu"), Progress(
+            total, "trunk", enabled=progress and world.is_main, initial=initial) as bar:
         for epoch in range(start_epoch, config.epochs):
-            loader = face_loader(dataset, config.batch_size, shuffle=True, workers=num_workers,
-                                 pin_memory=device.type == "cuda", seed=seed * 1_000_003 + epoch)
+            sampler.set_epoch(epoch)
+            loader = face_loader(dataset, local_batch, shuffle=False, sampler=sampler, workers=num_workers,
+                                 pin_memory=device.type == "cuda")
             sums = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
             started = time.perf_counter()
             for step, (images, labels) in enumerate(loader):
@@ -114,14 +150,14 @@ def train_trunk(
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 flips.manual_seed(seed * 1_000_003 + epoch * 10_007 + step)
-                b = resolutions(images)
+                flipped = world.shard(torch.rand(len(images) * world.size, generator=flips)) < flip_probability
+                b = resolutions(images, flipped)
                 batch = torch.cat([b.hr, *b.low.values()])
                 if device.type == "cuda":
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 targets = labels.repeat(1 + len(config.low_sizes))
                 with autocast:
-                    v = trunk(batch)
-                    logits = head(v)
+                    v, logits = model(batch)
                 loss = loss_fn(logits.float(), v.float(), targets)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -135,14 +171,16 @@ def train_trunk(
                 bar.update(loss=sums["loss"] / sums["seen"], acc=sums["correct"] / sums["seen"], img_s=rate)
                 if on_step is not None:
                     on_step(epoch * steps_per_epoch + step)
-                if stop.stop:
+                if world.any(stop.stop):  # a signal reaches the ranks at different steps
                     checkpoint(epoch, step + 1)
                     return TrunkRun(trunk, head, False, epoch)
             start_step = 0
-            metrics = {"epoch": epoch + 1, "loss": sums["loss"] / max(sums["seen"], 1),
-                       "train_acc": sums["correct"] / max(sums["seen"], 1),
-                       "images_per_s": sums["images"] / (time.perf_counter() - started), "lr": sched.get_last_lr()[0]}
-            with open(out_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            loss_sum, correct, seen, images_seen = world.sum(
+                [sums["loss"], sums["correct"], sums["seen"], sums["images"]])
+            metrics = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                       "images_per_s": images_seen / (time.perf_counter() - started), "lr": sched.get_last_lr()[0]}
+            if world.is_main:
+                with open(out_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
             checkpoint(epoch + 1, 0)
     return TrunkRun(trunk, head, True, config.epochs)

@@ -1,0 +1,98 @@
+"""`pydcr eval <protocol>`: the paper's evaluation protocols from the command line (`scface`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from .cli_train import UsageError
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained model with one of the paper's protocols")
+    protocols = p.add_subparsers(dest="protocol", required=True)
+    _add_scface(protocols)
+
+
+def _add_scface(protocols) -> None:
+    s = protocols.add_parser("scface", help="SCface: rank-1 identification of surveillance probes per distance",
+                             description="Gallery: the test subjects' frontal mugshots; probes: their surveillance "
+                                         "images at d1 (4.20 m), d2 (2.60 m), d3 (1.00 m). The branch pairs are "
+                                         "fine-tuned and the PCA fitted on the other (training) subjects.")
+    s.add_argument("model", type=Path, help="a model file with branch pairs (pydcr train branch)")
+    s.add_argument("--root", type=Path, required=True, help="the SCface folder (its published file names)")
+    s.add_argument("--landmarks", type=Path, default=None,
+                   help="five-point landmark list of its images (make one with "
+                        "`pydcr align ROOT LIST --layout scface`)")
+    s.add_argument("--sizes", type=int, nargs=3, default=(20, 30, 112), metavar=("D1", "D2", "D3"),
+                   help="the branch pair of each distance (default: the paper's 20 30 112)")
+    s.add_argument("--train-subjects", type=int, default=50,
+                   help="subjects for fine-tuning and PCA; the rest are tested (default 50)")
+    s.add_argument("--seed", type=int, default=0, help="the subject split and fine-tuning seed (default 0)")
+    s.add_argument("--preset", default="cpu",
+                   help="whose branch settings fine-tune the pairs (default: cpu); the pair keeps its size")
+    s.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs; 0: none (default 10)")
+    s.add_argument("--finetune-lr", type=float, default=None,
+                   help="fine-tuning learning rate (default: a tenth of the preset's branch rate)")
+    s.add_argument("--pca-dim", type=int, default=None, help="PCA components kept (default: all, centring only)")
+    s.add_argument("--batch-size", type=int, default=64, help="images per trunk pass (default 64)")
+    s.add_argument("--device", default=None, help="default: cuda when available")
+    s.add_argument("--out", type=Path, default=None, help="folder for scface.json and scface.md")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=run_scface)
+
+
+def run_scface(args: argparse.Namespace) -> int:
+    from .cli_train import device_or_default, preset_named
+    from .data import SCface
+    from .eval.scface import check_protocol, evaluate_scface, format_table
+    from .models import load
+
+    if args.finetune_epochs < 0:
+        raise UsageError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
+    for name, value in (("--batch-size", args.batch_size), ("--pca-dim", args.pca_dim),
+                        ("--finetune-lr", args.finetune_lr), *(("--sizes", k) for k in args.sizes)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be positive, got {value}")
+    preset = preset_named(args.preset)
+    if not args.model.is_file():
+        raise UsageError(f"no such model file: {args.model}")
+    if not args.root.is_dir():
+        raise UsageError(f"no such SCface folder: {args.root}")
+    if args.landmarks is None:
+        raise UsageError("SCface has no landmark list of its own: make one with "
+                         f"`pydcr align {args.root} LIST --layout scface` and give it with --landmarks")
+    if not args.landmarks.is_file():
+        raise UsageError(f"no such landmark list: {args.landmarks}")
+    try:
+        model = load(args.model)
+        dataset = SCface(args.root, seed=args.seed, train_subjects=args.train_subjects, landmarks=args.landmarks,
+                         size=model.trunk.input_size)
+        resolutions = dict(zip((1, 2, 3), args.sizes))
+        check_protocol(model, dataset, resolutions, args.pca_dim)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+    finetune = None
+    if args.finetune_epochs:
+        lr = args.finetune_lr if args.finetune_lr is not None else preset.branch.lr / 10
+        finetune = replace(preset.branch, epochs=args.finetune_epochs, lr=lr)
+    result = evaluate_scface(model, dataset, resolutions=resolutions, finetune=finetune, pca_dim=args.pca_dim,
+                             seed=args.seed, batch_size=args.batch_size, device=device_or_default(args.device),
+                             progress=not args.quiet)
+    table = format_table(result)
+    print(f"SCface rank-1 identification (%): {len(result.test_subjects)} test subjects, "
+          f"{len(result.train_subjects)} for fine-tuning and PCA\n\n{table}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = {**result.to_dict(), "model": str(args.model), "root": str(args.root), "seed": args.seed}
+        (args.out / "scface.json").write_text(json.dumps(report, indent=2) + "\n")
+        tuned = "not fine-tuned" if finetune is None else f"fine-tuned {finetune.epochs} epochs at lr {finetune.lr:g}"
+        (args.out / "scface.md").write_text(
+            f"# SCface rank-1 identification (%)\n\nModel {args.model}; {len(result.test_subjects)} test subjects, "
+            f"{len(result.train_subjects)} training subjects (seed {args.seed}); branch pairs "
+            f"{', '.join(f'd{d}: {k}' for d, k in resolutions.items())}, {tuned}.\n\n{table}\n")
+        print(f"\npydcr eval scface: {args.out / 'scface.json'}, {args.out / 'scface.md'}")
+    return 0
