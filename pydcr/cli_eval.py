@@ -1,4 +1,4 @@
-"""`pydcr eval <protocol>`: the paper's evaluation protocols from the command line (`scface`)."""
+"""`pydcr eval <protocol>`: the paper's evaluation protocols from the command line (`lfw`, `scface`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,60 @@ from .cli_train import UsageError
 def add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model with one of the paper's protocols")
     protocols = p.add_subparsers(dest="protocol", required=True)
+    _add_lfw(protocols)
     _add_scface(protocols)
+
+
+def _add_lfw(protocols) -> None:
+    s = protocols.add_parser("lfw", help="LFW: 10-fold verification, HR gallery against probes degraded to k x k",
+                             description="Each View 2 pair's first image is the HR gallery face, the second is "
+                                         "degraded to k x k (the probe); the trunk alone and DCR at each k, and the "
+                                         "trunk on HR pairs. Writes report.md, report.json and plots with --out.")
+    s.add_argument("model", type=Path, help="a model file (pydcr train / demo / reproduce)")
+    s.add_argument("--root", type=Path, required=True, help="LFW root (lfw/, pairs.txt, lfw_landmark.txt)")
+    s.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16, 20], help="probe resolutions k")
+    s.add_argument("--folds", type=int, nargs="+", default=None, help="View 2 folds, 1-10 (default: all)")
+    s.add_argument("--pca-dim", type=int, default=None, help="PCA components kept (default: all, centring only)")
+    s.add_argument("--pack", type=Path, default=None, help="read the aligned faces from this pack of LFW")
+    s.add_argument("--device", default=None, help="default: cuda when available")
+    s.add_argument("--out", type=Path, default=None, help="folder for the report")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=run_lfw)
+
+
+def run_lfw(args: argparse.Namespace) -> int:
+    from .cli_train import device_or_default
+    from .data import LFW, PackedFaces
+    from .eval.lfw import evaluate_lfw
+    from .eval.report import write_report
+    from .models import load
+
+    if not args.model.is_file():
+        raise UsageError(f"no such model file: {args.model}")
+    if not (args.root / "pairs.txt").is_file() or not (args.root / "lfw").is_dir():
+        raise UsageError(f"{args.root} is not an LFW root: it needs lfw/ and pairs.txt")
+    if min(args.sizes) < 1 or (args.pca_dim is not None and args.pca_dim < 1):
+        raise UsageError(f"--sizes and --pca-dim must be positive, got {args.sizes} and {args.pca_dim}")
+    if args.folds is not None and (len(set(args.folds)) < 2 or not all(1 <= f <= 10 for f in args.folds)):
+        raise UsageError(f"--folds must name at least two folds in 1-10, got {args.folds}")
+    if args.pack is not None and not args.pack.is_file():
+        raise UsageError(f"no such pack: {args.pack}")
+    try:
+        model = load(args.model)
+        lfw = LFW(args.root, size=model.trunk.input_size)
+        folds = None if args.folds is None else [f - 1 for f in args.folds]
+        pack = PackedFaces(args.pack) if args.pack is not None else None
+        table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
+                             device=device_or_default(args.device), progress=not args.quiet)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(table.markdown())
+    if args.out is not None:
+        meta = {"model": str(args.model), "root": str(args.root), "folds": args.folds or "1-10",
+                "pca_dim": args.pca_dim if args.pca_dim is not None else "none (centering only)"}
+        for path in write_report(args.out, f"LFW verification of {args.model.name}", table, meta):
+            print(f"wrote {path}")
+    return 0
 
 
 def _add_scface(protocols) -> None:

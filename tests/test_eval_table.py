@@ -76,3 +76,21 @@ def test_lfw_disjoint_split_keeps_test_people_out(lfw_root):
     counts = np.bincount(split.train_labels)
     assert len(counts) == split.num_classes and counts.min() >= 2
     assert len(train_people) == split.num_classes
+
+
+@pytest.mark.data
+def test_eval_lfw_command_reports_the_library_table(lfw_root, tiny_model, tmp_path, capsys):
+    from pydcr.cli import main
+    from pydcr.data import LFW
+    from pydcr.eval.lfw import evaluate_lfw
+    from pydcr.models import save
+
+    save(tiny_model, tmp_path / "m.safetensors")
+    argv = ["eval", "lfw", str(tmp_path / "m.safetensors"), "--root", str(lfw_root), "--folds", "1", "2",
+            "--sizes", "8", "--out", str(tmp_path / "report"), "--quiet"]
+    assert main(argv) == 0
+    expected = evaluate_lfw(tiny_model, LFW(lfw_root, size=(40, 36)), [0, 1], [8], progress=False)
+    assert expected.markdown() in capsys.readouterr().out
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["table"]["8x8"]["DCR"]["folds"] == pytest.approx(expected.cells["8x8"]["DCR"].accuracies.tolist())
+    assert main(["eval", "lfw", str(tmp_path / "m.safetensors"), "--root", str(tmp_path)]) == 2
