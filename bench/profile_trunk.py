@@ -8,14 +8,12 @@ op or kernel on the device, ours and eager printed one after the other, and the 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.harness import common_args, sync
+from bench.trunk import setup
 from pydcr._machine import describe, machine
-from pydcr.models import Trunk
 
 
 def main(argv=None) -> None:
@@ -27,14 +25,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    batch = args.batch or (256 if cuda else 32)
-    torch.manual_seed(0)
-    ours = Trunk(width=args.width).to(device)
-    eager = ours.eager_twin()
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
-    x = torch.randint(0, 256, (batch, 3, 112, 96), dtype=torch.uint8, device=device).contiguous(memory_format=fmt)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    ours, eager, x, autocast = setup(device, args.batch, args.width)
+    batch = len(x)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(f"# trunk train step profile on {describe(machine(device))}, batch {batch}, width {args.width}")

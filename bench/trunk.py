@@ -17,6 +17,21 @@ from bench.harness import Report, common_args, peak_memory_mib, time_ms
 from pydcr.models import Trunk
 
 
+def setup(device: torch.device, batch: int | None, width: float):
+    """The trunk, its eager twin with the same weights, a uint8 batch, and the autocast to run them in:
+    bf16 and channels_last on CUDA (default batch 256), float32 NCHW on the CPU (batch 32)."""
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    ours = Trunk(width=width).to(device)
+    eager = ours.eager_twin()
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
+    shape = (batch or (256 if cuda else 32), 3, 112, 96)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, device=device).contiguous(memory_format=fmt)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    return ours, eager, x, autocast
+
+
 def main(argv=None) -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="default: 32 on CPU, 256 on CUDA")
@@ -24,15 +39,8 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of both")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    batch = args.batch or (256 if cuda else 32)
-    torch.manual_seed(0)
-    ours = Trunk(width=args.width).to(device)
-    eager = ours.eager_twin()
-    fmt = torch.channels_last if cuda else torch.contiguous_format
-    ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
-    x = torch.randint(0, 256, (batch, 3, 112, 96), dtype=torch.uint8, device=device).contiguous(memory_format=fmt)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    ours, eager, x, autocast = setup(device, args.batch, args.width)
+    batch = len(x)
 
     contenders = {"ours": ours, "eager": eager}
     if args.compile:

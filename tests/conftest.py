@@ -24,3 +24,29 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def lfw_root() -> Path:
     return LFW_ROOT
+
+
+@pytest.fixture(scope="session")
+def synthetic_pack(tmp_path_factory):
+    """make(size) -> a pack of 16 synthetic 'faces' of 4 people (brightness tells them apart) at crop size `size`."""
+    import cv2
+    import numpy as np
+
+    from pydcr.data import REFERENCE_112x96, FaceDataset, pack
+
+    def make(size: tuple[int, int]) -> Path:
+        root = tmp_path_factory.mktemp("faces")
+        rng = np.random.default_rng(0)
+        paths, labels = [], []
+        for person in range(4):
+            (root / f"p{person}").mkdir()
+            for i in range(4):
+                image = np.clip(rng.integers(0, 80, (112, 96, 3)) + 40 * person, 0, 255).astype(np.uint8)
+                cv2.imwrite(str(root / f"p{person}" / f"{i}.png"), image)
+                paths.append(f"p{person}/{i}.png")
+                labels.append(person)
+        dataset = FaceDataset(root, paths, labels, [f"p{p}" for p in range(4)],
+                              {p: REFERENCE_112x96 for p in paths}, size=size)
+        return pack(dataset, root / "faces.pack", progress=False)
+
+    return make

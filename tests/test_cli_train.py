@@ -1,30 +1,15 @@
 """`pydcr train trunk` / `pydcr train branch`: a tiny run end to end, and argument errors."""
 
-import cv2
-import numpy as np
 import pytest
 
 from pydcr.cli import main
-from pydcr.data import REFERENCE_112x96, FaceDataset, pack
 from pydcr.models import load
 
 
 @pytest.fixture(scope="module")
-def tiny_pack(tmp_path_factory):
-    """16 synthetic 112 x 96 'faces' of 4 people, packed as pydcr pack would."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    paths, labels = [], []
-    for person in range(4):
-        (root / f"p{person}").mkdir()
-        for i in range(4):
-            image = np.clip(rng.integers(0, 80, (112, 96, 3)) + 40 * person, 0, 255).astype(np.uint8)
-            cv2.imwrite(str(root / f"p{person}" / f"{i}.png"), image)
-            paths.append(f"p{person}/{i}.png")
-            labels.append(person)
-    dataset = FaceDataset(root, paths, labels, [f"p{p}" for p in range(4)],
-                          {p: REFERENCE_112x96 for p in paths}, size=(112, 96))
-    return pack(dataset, root / "tiny.pack", progress=False)
+def tiny_pack(synthetic_pack):
+    """16 synthetic 112 x 96 'faces' of 4 people."""
+    return synthetic_pack((112, 96))
 
 
 def test_trunk_then_branches(tiny_pack, tmp_path):

@@ -9,15 +9,12 @@ import sys
 import time
 from dataclasses import replace
 
-import cv2
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pydcr.cli import main
-from pydcr.data import REFERENCE_112x96, FaceDataset, pack
 from pydcr.models import load
 from pydcr.train import distributed, train_trunk
 from pydcr.train import trunk as trunk_module
@@ -117,21 +114,9 @@ def test_two_processes_take_the_steps_of_one_process(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_pack(tmp_path_factory):
+def small_pack(synthetic_pack):
     """16 synthetic 56 x 48 crops of 4 people (the demo preset's size)."""
-    root = tmp_path_factory.mktemp("faces")
-    rng = np.random.default_rng(0)
-    paths, labels = [], []
-    for person in range(4):
-        for i in range(4):
-            image = np.clip(rng.integers(0, 80, (112, 96, 3)) + 40 * person, 0, 255).astype(np.uint8)
-            (root / f"p{person}").mkdir(exist_ok=True)
-            cv2.imwrite(str(root / f"p{person}" / f"{i}.png"), image)
-            paths.append(f"p{person}/{i}.png")
-            labels.append(person)
-    dataset = FaceDataset(root, paths, labels, [f"p{p}" for p in range(4)],
-                          {p: REFERENCE_112x96 for p in paths}, size=(56, 48))
-    return pack(dataset, root / "small.pack", progress=False)
+    return synthetic_pack((56, 48))
 
 
 def test_torchrun_command(small_pack, tmp_path):
