@@ -28,6 +28,7 @@ from ..models import DCR, BranchPair
 from ..train import BranchConfig, train_branch_pair
 from ..train.progress import Progress
 from .identification import identify
+from .verification import fit_pca
 
 #: The paper's branch pair per distance (its probe resolution): d1 20 x 20, d2 30 x 30, d3 full size.
 PAPER_RESOLUTIONS = {1: 20, 2: 30, 3: 112}
@@ -203,18 +204,6 @@ def finetune_pairs(
                                     progress=progress, desc=f"fine-tune d{d}", init=pair)
         tuned[d] = trained.without_classifiers()
     return tuned
-
-
-def fit_pca(fit: torch.Tensor, dim: int | None):
-    """The projection of a PCA fitted on the rows of `fit` (float64): centring, then the first `dim`
-    principal components (None keeps every direction, i.e. centring only; no whitening)."""
-    fit = fit.double()
-    mean = fit.mean(0)
-    if dim is None:
-        return lambda x: x.double() - mean
-    _, _, vt = torch.linalg.svd(fit - mean, full_matrices=False)
-    components = vt[:dim].T
-    return lambda x: (x.double() - mean) @ components
 
 
 def format_table(result: SCfaceResult) -> str:

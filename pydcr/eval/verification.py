@@ -46,6 +46,19 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return float(candidates[int(np.argmax(accuracies))])  # argmax takes the first (lowest) of ties
 
 
+def fit_pca(fit, dim: int | None):
+    """The projection of a PCA fitted on the rows of `fit`, in float64: centring, then the first `dim`
+    principal components (None keeps every direction, i.e. centring only; no whitening). The
+    returned function takes arrays or tensors and returns arrays."""
+    fit = _as_numpy(fit, np.float64)
+    mean = fit.mean(axis=0)
+    if dim is None:
+        return lambda x: _as_numpy(x, np.float64) - mean
+    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
+    components = vt[:dim].T
+    return lambda x: (_as_numpy(x, np.float64) - mean) @ components
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
@@ -79,14 +92,7 @@ def verify_10fold(gallery_feats, probe_feats, same, folds, pca_dim: int | None =
     scores = np.empty(len(g))
     for f in fold_ids:
         test, train = folds == f, folds != f
-        fit = np.concatenate([g[train], p[train]])
-        mean = fit.mean(axis=0)
-        if pca_dim is None:
-            project = lambda x: x - mean  # noqa: E731
-        else:
-            _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-            components = vt[:pca_dim].T
-            project = lambda x: (x - mean) @ components  # noqa: E731
+        project = fit_pca(np.concatenate([g[train], p[train]]), pca_dim)
         threshold = best_threshold(_cosine(project(g[train]), project(p[train])), same[train])
         scores[test] = _cosine(project(g[test]), project(p[test]))
         accuracies.append(float(((scores[test] > threshold) == same[test]).mean()))
