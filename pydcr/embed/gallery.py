@@ -227,9 +227,10 @@ def _write_chunk(embedder, source, heads, dtype, flip, lo, hi, path, bar) -> Non
     features = {h: [] for h in heads}
     index, failures = [], []
     for b in embedder.stream(source, heads, ranges=batch_ranges(lo, hi, embedder.batch_size), flip=flip):
-        for h in heads:
-            features[h].append(b.features[h].to(DTYPES[dtype]))
-        index.append(b.index)
+        if len(b.index):
+            for h in heads:
+                features[h].append(b.features[h].to(DTYPES[dtype]))
+            index.append(b.index)
         failures += [(source.names[i], reason) for i, reason in b.failures]
         bar.update(b.size)
     rows = np.concatenate(index) if index else np.zeros(0, np.int64)
