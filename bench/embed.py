@@ -1,0 +1,132 @@
+"""End-to-end gallery embedding throughput: the Embedder against the model alone and a naive loop.
+
+    python -m bench.embed [--device cuda] [--width W] [--batch B ...] [--images N] [--quick]
+
+Images/s of gallery features (trunk + HR branch) for
+  - model: the model alone on preloaded uint8 tensors (the upper bound),
+  - pack: the Embedder reading a pack file (JPEG crops decoded in background threads),
+  - files: the Embedder reading JPEG files (LFW photos aligned with their landmarks when
+    ../shared/data/lfw is present, else the demo pack's crops written out as JPEGs),
+  - naive: read one file, align it, forward it alone, for each image,
+with the ratios end-to-end / model and end-to-end / naive. CUDA runs in bf16 autocast,
+channels_last, as the Embedder does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+import pydcr
+from bench.harness import Report, common_args, sync
+from pydcr.data import PackedFaces, align, read_image, read_landmarks
+from pydcr.demo import DEMO_PACK
+from pydcr.embed.embedder import hr_head
+from pydcr.embed.items import ItemSource
+from pydcr.embed.stream import batch_ranges
+from pydcr.models import DCR, BranchPair, Trunk
+
+LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
+RESOLUTION = 12
+
+
+def jpeg_inputs(n: int, tmp: Path) -> tuple[list[str], list | None, str]:
+    """n JPEG paths, their landmarks (None for aligned crops) and what they are."""
+    if (LFW / "lfw_landmark.txt").is_file():
+        marks = read_landmarks(LFW / "lfw_landmark.txt")
+        names = sorted(marks)[:n]
+        return [str(LFW / "lfw" / k) for k in names], [marks[k] for k in names], "LFW 250x250 JPEGs, aligned by landmarks"
+    faces = PackedFaces(DEMO_PACK)
+    paths = []
+    for i in range(n):
+        path = tmp / f"{i:05d}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(faces.image(i), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(str(path))
+    return paths, None, "112x96 aligned JPEG crops (demo pack)"
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    p = common_args(__doc__.splitlines()[0])
+    p.add_argument("--width", type=float, default=1.0, help="trunk width (default 1.0, the full Face-ResNet)")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 32 64 128 256 512)")
+    p.add_argument("--images", type=int, default=None, help="images per measurement (default: 4 batches)")
+    p.add_argument("--workers", type=int, default=None, help="Embedder threads (default: its own)")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batches = args.batch or ([32, 64] if args.quick and not cuda else [64, 256] if args.quick else [32, 64, 128, 256, 512])
+    torch.manual_seed(0)
+    model = DCR(Trunk(width=args.width), {RESOLUTION: BranchPair(0)})
+    embedder = pydcr.Embedder(model, device=device, workers=args.workers)
+    model = embedder.model  # on the device, eval, channels_last on CUDA
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    pack = PackedFaces(DEMO_PACK)
+    head = [hr_head(RESOLUTION)]
+
+    report = Report("embed", device, ["input", "batch", "images", "s", "images_per_s", "vs_model", "vs_naive"])
+    with tempfile.TemporaryDirectory() as tmp:
+        most = args.images or 4 * max(batches)
+        paths, marks, files_kind = jpeg_inputs(most, Path(tmp))
+        print(f"# files: {files_kind}; pack: {DEMO_PACK.name} (JPEG crops); width {args.width}; "
+              f"Embedder workers {embedder.workers or 'default'}")
+
+        @torch.inference_mode()
+        def naive(n: int) -> None:
+            for i in range(n):
+                image = read_image(paths[i])
+                crop = align(image, marks[i]) if marks is not None else image
+                x = torch.from_numpy(crop).permute(2, 0, 1)[None].to(device).contiguous(memory_format=fmt)
+                with autocast():
+                    model.embed_hr(x, RESOLUTION).float().cpu()
+
+        naive(2)  # warm up
+        n_naive = min(most, 64 if not cuda else 512)
+        naive_rate = n_naive / timed(lambda: naive(n_naive), device)
+        report.add(input="naive", batch=1, images=n_naive, s=n_naive / naive_rate, images_per_s=naive_rate)
+
+        for batch in batches:
+            n = args.images or 4 * batch
+            embedder.batch_size = batch
+            preloaded = torch.from_numpy(pack.images(range(n))).permute(0, 3, 1, 2).to(device)
+            preloaded = preloaded.contiguous(memory_format=fmt)
+
+            @torch.inference_mode()
+            def model_alone() -> None:
+                for x in preloaded.split(batch):
+                    with autocast():
+                        model.embed_hr(x, RESOLUTION).float().cpu()
+
+            pack_source = ItemSource(pack, embedder.crop_size)
+            file_source = ItemSource(paths[:n], embedder.crop_size, landmarks=marks[:n] if marks else None)
+
+            def run(source, count: int = n) -> None:
+                for _ in embedder.stream(source, head, ranges=batch_ranges(0, count, batch)):
+                    pass
+
+            run(file_source, batch)  # warm up
+            rates = {}
+            for name, fn in (("model", model_alone), ("pack", lambda: run(pack_source)), ("files", lambda: run(file_source))):
+                rates[name] = n / timed(fn, device)
+            for name, rate in rates.items():
+                report.add(input=name, batch=batch, images=n, s=n / rate, images_per_s=rate,
+                           vs_model=rate / rates["model"], vs_naive=rate / naive_rate)
+    report.write(args.out, width=args.width, files=files_kind)
+
+
+if __name__ == "__main__":
+    main()
