@@ -63,7 +63,7 @@ class Embedder:
     CUDA when available. batch_size: faces per forward (default 256 on CUDA, 64 on CPU). amp:
     bfloat16 autocast (default on CUDA, off on CPU). workers: threads that decode and align
     (default: half the cores, at most 8). On CUDA batches are pinned and copied asynchronously and
-    the model runs channels_last.
+    the model runs channels_last. The model is moved to the device and put in eval mode.
 
     Inputs (``items``): a list of image paths, of H x W x 3 uint8 RGB arrays or 3 x H x W tensors,
     an N x 3 x H x W tensor, a :class:`pydcr.data.PackedFaces` or a :class:`pydcr.data.FaceDataset`.

@@ -74,21 +74,24 @@ class ItemSource:
         except (OSError, ValueError) as err:  # missing, empty, corrupt, truncated, damaged pack record
             raise BadItem(f"unreadable: {err}") from None
         points = self._points(index)
-        if points is not None:
-            try:
-                return align(image, points, self.crop_size)
-            except (ValueError, cv2.error) as err:
-                raise BadItem(f"cannot align: {err}") from None
-        if self.detector is not None:
-            return align(image, self._detect(image), self.crop_size)
-        return self._check_crop(image)
+        if points is None and self.detector is None:
+            return self._check_crop(image)
+        if points is None:
+            points = self._detect(image)
+        try:
+            return align(image, points, self.crop_size)
+        except (ValueError, cv2.error) as err:  # degenerate landmarks
+            raise BadItem(f"cannot align: {err}") from None
 
     def _detect(self, image: np.ndarray) -> np.ndarray:
         from ..data.mtcnn import central_face
 
         pixels = image if image.dtype == np.uint8 else np.clip(image, 0, 255).astype(np.uint8)
-        with self._detector_lock:  # the detector's networks are not shared between threads
-            boxes, _, points = self.detector.detect(pixels)
+        try:
+            with self._detector_lock:  # the detector's networks are not shared between threads
+                boxes, _, points = self.detector.detect(pixels)
+        except (ValueError, RuntimeError, cv2.error) as err:  # e.g. an image smaller than its smallest window
+            raise BadItem(f"face detection failed: {err}") from None
         face = central_face(boxes, image.shape)
         if face is None:
             raise BadItem("no face found")
