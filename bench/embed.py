@@ -9,19 +9,20 @@ Images/s of gallery features (trunk + HR branch) for
     ../shared/data/lfw is present, else the demo pack's crops written out as JPEGs),
   - naive: read one file, align it, forward it alone, for each image,
 with the ratios end-to-end / model and end-to-end / naive. Each case runs --repeats times,
-interleaved with the others, and keeps its best rate. CUDA runs in bf16 autocast,
+interleaved with the others; its rate is the median batch's (naive: the median image's). CUDA runs in bf16 autocast,
 channels_last, as the Embedder does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 
 import pydcr
@@ -52,12 +53,30 @@ def jpeg_inputs(n: int, tmp: Path) -> tuple[list[str], list | None, str]:
     return paths, None, "112x96 aligned JPEG crops (demo pack)"
 
 
-def timed(fn, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
+@torch.inference_mode()
+def model_alone(model, preloaded: torch.Tensor, batch: int, autocast, device) -> list[float]:
+    """Seconds of each batch."""
+    times = []
+    for x in preloaded.split(batch):
+        start = time.perf_counter()
+        with autocast():
+            model.embed_hr(x, RESOLUTION).float().cpu()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def end_to_end(embedder, source, n: int, batch: int) -> list[float]:
+    """Seconds between consecutive batches coming out of the Embedder (the first one's wait, which
+    includes starting the threads, is left out: a gallery run amortises it)."""
+    times, last = [], None
+    for _ in embedder.stream(source, [hr_head(RESOLUTION)], ranges=batch_ranges(0, n, batch)):
+        now = time.perf_counter()
+        if last is not None:
+            times.append(now - last)
+        last = now
+    # On CUDA the Embedder hands back a batch once the next one is launched: the last comes at once.
+    return times[:-1] if embedder.device.type == "cuda" else times
 
 
 def main(argv=None) -> None:
@@ -79,9 +98,9 @@ def main(argv=None) -> None:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     fmt = torch.channels_last if cuda else torch.contiguous_format
     pack = PackedFaces(DEMO_PACK)
-    head = [hr_head(RESOLUTION)]
 
-    report = Report("embed", device, ["input", "batch", "images", "s", "images_per_s", "vs_model", "vs_naive"])
+    report = Report("embed", device, ["input", "batch", "images", "batches_timed", "images_per_s", "vs_model",
+                                      "vs_naive", "whole_run_per_s"])
     with tempfile.TemporaryDirectory() as tmp:
         most = args.images or 4 * max(batches)
         paths, marks, files_kind = jpeg_inputs(most, Path(tmp))
@@ -89,18 +108,23 @@ def main(argv=None) -> None:
               f"Embedder workers {embedder.workers or 'default'}")
 
         @torch.inference_mode()
-        def naive(n: int) -> None:
+        def naive(n: int) -> list[float]:
+            times = []
             for i in range(n):
+                start = time.perf_counter()
                 image = read_image(paths[i])
                 crop = align(image, marks[i]) if marks is not None else image
                 x = torch.from_numpy(crop).permute(2, 0, 1)[None].to(device).contiguous(memory_format=fmt)
                 with autocast():
                     model.embed_hr(x, RESOLUTION).float().cpu()
+                times.append(time.perf_counter() - start)
+            return times
 
         naive(2)  # warm up
         n_naive = min(most, 32 if not cuda else 512)
-        naive_rate = max(n_naive / timed(lambda: naive(n_naive), device) for _ in range(args.repeats))
-        report.add(input="naive", batch=1, images=n_naive, s=n_naive / naive_rate, images_per_s=naive_rate)
+        naive_times = [t for _ in range(args.repeats) for t in naive(n_naive)]
+        naive_rate = 1 / statistics.median(naive_times)
+        report.add(input="naive", batch=1, images=n_naive, batches_timed=len(naive_times), images_per_s=naive_rate)
 
         for batch in batches:
             n = args.images or 4 * batch
@@ -108,29 +132,27 @@ def main(argv=None) -> None:
             preloaded = torch.from_numpy(pack.images(range(n))).permute(0, 3, 1, 2).to(device)
             preloaded = preloaded.contiguous(memory_format=fmt)
 
-            @torch.inference_mode()
-            def model_alone() -> None:
-                for x in preloaded.split(batch):
-                    with autocast():
-                        model.embed_hr(x, RESOLUTION).float().cpu()
-
             pack_source = ItemSource(pack, embedder.crop_size)
             file_source = ItemSource(paths[:n], embedder.crop_size, landmarks=marks[:n] if marks else None)
-
-            def run(source, count: int = n) -> None:
-                for _ in embedder.stream(source, head, ranges=batch_ranges(0, count, batch)):
-                    pass
-
-            run(file_source, batch)  # warm up
-            # Interleaved repeats, best of each: other load on a shared machine slows single runs.
-            rates = {"model": 0.0, "pack": 0.0, "files": 0.0}
+            end_to_end(embedder, file_source, 2 * batch, batch)  # warm up
+            cases = {
+                "model": partial(model_alone, model, preloaded, batch, autocast, device),
+                "pack": partial(end_to_end, embedder, pack_source, n, batch),
+                "files": partial(end_to_end, embedder, file_source, n, batch),
+            }
+            # Interleaved repeats; the rate is the median batch's, so a burst of other load on a
+            # shared machine during one batch does not decide the figure.
+            times = {name: [] for name in cases}
+            whole = dict.fromkeys(cases, 0.0)
             for _ in range(args.repeats):
-                for name, fn in (("model", model_alone), ("pack", lambda: run(pack_source)),
-                                 ("files", lambda: run(file_source))):
-                    rates[name] = max(rates[name], n / timed(fn, device))
+                for name, fn in cases.items():
+                    start = time.perf_counter()
+                    times[name] += fn()
+                    whole[name] = max(whole[name], n / (time.perf_counter() - start))
+            rates = {name: batch / statistics.median(t) for name, t in times.items()}
             for name, rate in rates.items():
-                report.add(input=name, batch=batch, images=n, s=n / rate, images_per_s=rate,
-                           vs_model=rate / rates["model"], vs_naive=rate / naive_rate)
+                report.add(input=name, batch=batch, images=n, batches_timed=len(times[name]), images_per_s=rate,
+                           vs_model=rate / rates["model"], vs_naive=rate / naive_rate, whole_run_per_s=whole[name])
     report.write(args.out, width=args.width, files=files_kind)
 
 

@@ -327,7 +327,7 @@ def run_identify(args: argparse.Namespace) -> int:
             if not len(batch.index):
                 continue
             routes = batch.routes if batch.routes is not None else [0] * len(batch.index)
-            for r in sorted(set(int(r) for r in routes)):
+            for r in sorted({int(r) for r in routes}):
                 rows = [j for j, rj in enumerate(routes) if rj == r]
                 scores, hits = index_of(TRUNK if trunk_only else hr_head(r)).search(
                     batch.features[head][rows], args.top_k)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pydcr
-from pydcr.data import REFERENCE_112x96, FaceDataset, PackedFaces, align, pack, read_image, read_landmarks
+from pydcr.data import FaceDataset, PackedFaces, REFERENCE_112x96, align, pack, read_image, read_landmarks
 from pydcr.demo import DEMO_PACK
 from pydcr.embed import ExactIndex, Gallery, Shard, embed_gallery, merge_shards, model_identity, topk
 from pydcr.embed.items import ItemSource
@@ -87,7 +87,7 @@ def _bad_files(tmp_path, faces):
         good.append(path)
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
-    ok, data = cv2.imencode(".jpg", faces[0].permute(1, 2, 0).numpy())
+    _, data = cv2.imencode(".jpg", faces[0].permute(1, 2, 0).numpy())
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(data.tobytes()[: len(data) * 2 // 3])
     empty = tmp_path / "empty.png"

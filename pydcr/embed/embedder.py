@@ -172,6 +172,10 @@ class Embedder:
         previous = None
         for batch in batches:
             launched = self._launch(batch, heads, size, flip)
+            if not cuda:  # the forward already ran
+                yield self._finish(batch, *launched)
+                continue
+            # CUDA: hand back the previous batch while this one runs.
             if previous is not None:
                 yield self._finish(*previous)
             previous = (batch, *launched)
@@ -258,7 +262,7 @@ class Embedder:
             failures += [(source.names[i], reason) for i, reason in b.failures]
             bar.update(b.size)
         bar.close()
-        dim = self.model.trunk.feature_dim if head == TRUNK else self._head_dim(head)
+        dim = self.head_dim(head)
         index_all = np.concatenate(index) if index else np.zeros(0, np.int64)
         return EmbedResult(
             features=torch.cat(features) if features else torch.zeros(0, dim),
@@ -268,7 +272,10 @@ class Embedder:
             resolutions=(np.concatenate(routes) if routes else np.zeros(0, np.int64)) if head == LR else None,
         )
 
-    def _head_dim(self, head: str) -> int:
+    def head_dim(self, head: str) -> int:
+        """Width of one head's features."""
+        if head == TRUNK:
+            return self.model.trunk.feature_dim
         if head == LR:
             return self.model.branch(self.model.resolutions[0]).dim
         return self.model.branch(int(head[2:])).dim

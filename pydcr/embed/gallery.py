@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..data._progress import progress_bar
-from .embedder import Embedder, hr_head, TRUNK
+from .embedder import TRUNK, Embedder, hr_head
 from .identity import model_identity
 from .items import ItemSource
 from .stream import batch_ranges
@@ -235,7 +235,7 @@ def _write_chunk(embedder, source, heads, dtype, flip, lo, hi, path, bar) -> Non
         bar.update(b.size)
     rows = np.concatenate(index) if index else np.zeros(0, np.int64)
     labels = source.labels[rows] if source.labels is not None else np.full(len(rows), -1, np.int64)
-    dims = {h: embedder._head_dim(h) if h != TRUNK else embedder.model.trunk.feature_dim for h in heads}
+    dims = {h: embedder.head_dim(h) for h in heads}
     tensors = {f"features.{h}": torch.cat(f) if f else torch.zeros(0, dims[h], dtype=DTYPES[dtype])
                for h, f in features.items()}
     tensors["index"] = torch.from_numpy(rows.astype(np.int64))

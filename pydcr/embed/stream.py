@@ -53,7 +53,7 @@ def crop_batches(
 ) -> Iterator[CropBatch]:
     """One CropBatch per (start, stop) range, in order; each range is prepared by one thread."""
     workers = default_workers() if workers is None else max(1, int(workers))
-    make = lambda r: _assemble(source, r, pin_memory, antialias)  # noqa: E731
+    make = lambda r: _assemble(source, r, pin_memory, antialias)
     with ThreadPoolExecutor(workers, thread_name_prefix="pydcr-embed") as pool:
         pending: deque[Future] = deque()
         try:
