@@ -152,6 +152,25 @@ def test_lfw_landmark_list(model, lfw_root):
         torch.testing.assert_close(got.features, model.embed_hr(torch.from_numpy(crops).permute(0, 3, 1, 2), 16))
 
 
+@pytest.mark.cuda
+def test_cuda_pinned_bf16_channels_last(model, faces):
+    """On CUDA: float32 results equal the model's there; bf16 autocast stays close to them."""
+    import copy
+
+    on_gpu = copy.deepcopy(model).cuda()
+    with torch.no_grad():
+        want = on_gpu.embed_hr(faces.cuda(), 8).cpu()
+        want_lr = on_gpu.embed_lr(faces.cuda(), 12).cpu()
+    exact = pydcr.Embedder(copy.deepcopy(model), device="cuda", batch_size=4, amp=False)
+    torch.testing.assert_close(exact.embed_hr(faces, 8).features, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(exact.embed_lr(faces, 12).features, want_lr, atol=1e-4, rtol=1e-4)
+    fast = pydcr.Embedder(copy.deepcopy(model), device="cuda", batch_size=4)
+    assert fast.amp and fast.channels_last
+    got = fast.embed_hr(faces, 8).features
+    cosine = torch.nn.functional.cosine_similarity(got, want)
+    assert cosine.min() > 0.99
+
+
 def test_errors(model, faces):
     e = pydcr.Embedder(model)
     with pytest.raises(KeyError, match="no branch pair for resolution 12"):
@@ -164,6 +183,8 @@ def test_errors(model, faces):
         e.embed_hr("a.jpg", 8)
     with pytest.raises(TypeError, match="item 1 is a int"):
         e.embed_hr(["a.jpg", 3], 8)
+    with pytest.raises(ValueError, match="amp .* needs a CUDA device"):
+        pydcr.Embedder(model, device="cpu", amp=True)
     with pytest.raises(ValueError, match="batch_size must be positive"):
         pydcr.Embedder(model, batch_size=0)
     with pytest.raises(RuntimeError, match="no branch pairs"):

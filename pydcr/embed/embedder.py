@@ -61,7 +61,7 @@ class Embedder:
 
     model: a :class:`pydcr.models.DCR` (or Trunk), or the path of a saved one. device: default
     CUDA when available. batch_size: faces per forward (default 256 on CUDA, 64 on CPU). amp:
-    bfloat16 autocast (default on CUDA, off on CPU). workers: threads that decode and align
+    bfloat16 autocast (CUDA only; on by default there). workers: threads that decode and align
     (default: half the cores, at most 8). On CUDA batches are pinned and copied asynchronously and
     the model runs channels_last. The model is moved to the device and put in eval mode.
 
@@ -95,6 +95,8 @@ class Embedder:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.amp = cuda if amp is None else bool(amp)
+        if self.amp and not cuda:
+            raise ValueError("amp (bfloat16 autocast) needs a CUDA device: pydcr's CPU kernels take float32")
         if workers is not None and workers <= 0:
             raise ValueError(f"workers must be positive, got {workers}")
         self.workers = workers
