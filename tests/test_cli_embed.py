@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -204,3 +205,31 @@ def test_unknown_backend_is_a_usage_error(models, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["identify", str(models[0]), "--gallery", "g", "--probes", "p", "--out", "r", "--backend", "annoy"])
     assert exit.value.code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_the_same_file(models, tmp_path):
+    """SIGKILL in the middle of a run (no chance to clean up), then the same command again."""
+    demo = PackedFaces(DEMO_PACK)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(96):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(demo.image(i), cv2.COLOR_RGB2BGR))
+    argv = [sys.executable, "-m", "pydcr", "embed", str(models[0]), str(folder), "--chunk-size", "8",
+            "--batch-size", "8", "--quiet"]
+    out, whole = tmp_path / "g.safetensors", tmp_path / "whole.safetensors"
+    parts = tmp_path / "g.safetensors.parts"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*argv, "--out", str(out)], env=env)
+    try:
+        while len(list(parts.glob("chunk-*.safetensors"))) < 2 and process.poll() is None:
+            time.sleep(0.02)
+        process.kill()
+    finally:
+        process.wait()
+    if out.exists():
+        pytest.skip("the run finished before it could be killed")
+    done = len(list(parts.glob("chunk-*.safetensors")))
+    assert 2 <= done < 12
+    subprocess.run([*argv, "--out", str(out)], check=True, env=env, timeout=300)
+    subprocess.run([*argv, "--out", str(whole)], check=True, env=env, timeout=300)
+    assert out.read_bytes() == whole.read_bytes() and not parts.exists()
