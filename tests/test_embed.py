@@ -298,6 +298,9 @@ def test_shards_merge_into_the_single_run(model, tiny_pack, tmp_path):
     assert [s.name for s in shards] == [f"g.shard00{r}-of-003.safetensors" for r in (2, 0, 1)]
     assert merge_shards(shards, out) == out
     assert out.read_bytes() == whole.read_bytes()
+    many = [_gallery(model, tiny_pack, tmp_path / "m.safetensors", shard=Shard(r, 7)) for r in range(7)]
+    assert len(Gallery(many[0])) == 0  # 5 chunks for 7 processes: some hold none
+    assert merge_shards(many, tmp_path / "m.safetensors").read_bytes() == whole.read_bytes()
     with pytest.raises(ValueError, match="needs ranks 0..2 once each"):
         merge_shards(shards[:2], tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not a shard"):

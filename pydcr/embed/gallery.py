@@ -175,6 +175,9 @@ def embed_gallery(
             on_chunk(c)
     bar.close()
     parts = [_chunk_path(work, c) for c in chunks]
+    if not parts:  # more shards than chunks: this one holds no rows, but still a valid file
+        parts = [work / "empty.safetensors"]
+        _write_chunk(embedder, source, heads, dtype, flip, n, n, parts[0], bar)
     rows_meta = _joined_meta(parts)
     final = {**meta, **rows_meta}
     if shard:
