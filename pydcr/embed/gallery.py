@@ -193,6 +193,10 @@ def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, de
         h.update(name.encode() + b"\0")
     if source.labels is not None:
         h.update(np.ascontiguousarray(source.labels, np.int64).tobytes())
+    for i in range(len(source)):  # how each item is aligned decides its features too
+        points = source.landmarks_of(i)
+        h.update(b"-" if points is None else np.asarray(points, np.float32).tobytes())
+    h.update(f"detector:{type(source.detector).__name__ if source.detector is not None else None}".encode())
     return {
         "format": FORMAT,
         "version": VERSION,

@@ -68,6 +68,10 @@ class ItemSource:
     def __len__(self) -> int:
         return len(self.names)
 
+    def landmarks_of(self, index: int) -> np.ndarray | None:
+        """The five points item `index` is aligned with, or None (an aligned crop, or detection)."""
+        return self._points(index)
+
     def load(self, index: int) -> np.ndarray:
         try:
             image = self._read(index)
