@@ -3,7 +3,8 @@
 Fused C++/CUDA torch ops for the hot paths live in :mod:`pydcr.ops` (with pure-PyTorch twins in
 :mod:`pydcr.reference`); :mod:`pydcr.nn` has the layers, :mod:`pydcr.models` the network,
 :mod:`pydcr.losses` the center and CM losses, :mod:`pydcr.data` alignment and datasets,
-:mod:`pydcr.train` the two-step training and :mod:`pydcr.eval` the protocols. Submodules load on
+:mod:`pydcr.train` the two-step training, :mod:`pydcr.eval` the protocols and
+:mod:`pydcr.embed` batch embedding and search (:class:`pydcr.Embedder`). Submodules load on
 first use.
 """
 
@@ -14,12 +15,14 @@ from . import ops, reference
 
 __version__ = build_info()["version"]
 
-_SUBMODULES = ("data", "demo", "eval", "losses", "models", "nn", "train")
+_SUBMODULES = ("data", "demo", "embed", "eval", "losses", "models", "nn", "train")
 
-__all__ = ["build_info", "ops", "reference", "__version__", *_SUBMODULES]
+__all__ = ["Embedder", "build_info", "ops", "reference", "__version__", *_SUBMODULES]
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"pydcr.{name}")
+    if name == "Embedder":
+        return importlib.import_module("pydcr.embed").Embedder
     raise AttributeError(f"module 'pydcr' has no attribute {name!r}")

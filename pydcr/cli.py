@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
 from .cli_train import UsageError, add_train_parser
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_reproduce_parser(sub)
     add_eval_parser(sub)
+    add_embed_parsers(sub)
     return parser
 
 

@@ -42,6 +42,7 @@ json=$(mktemp -d)
 for bench in resize degrade prelu center; do
   step "bench-$bench" bench.log 90 python3 -m bench.$bench --device cuda --quick --out "$json/$bench.json"
 done
+step bench-embed bench.log 180 python3 -m bench.embed --device cuda --quick --out "$json/embed.json"
 step bench-trunk bench.log 240 python3 -m bench.trunk --device cuda --quick --compile --out "$json/trunk.json"
 if [ -f "${PYDCR_SHARED:-../shared}/data/lfw/lfw_landmark.txt" ]; then  # the data benchmark needs LFW
   step bench-data bench.log 90 python3 -m bench.data --device cuda --quick --out "$json/data.json"

@@ -1,0 +1,406 @@
+"""`pydcr embed`, `pydcr identify` and `pydcr verify`: galleries, probe search and one-pair checks."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from pathlib import Path
+
+from .cli_train import UsageError
+
+PACK_MAGIC = b"PYDCRPK1"
+
+
+def add_embed_parsers(sub) -> None:
+    e = sub.add_parser("embed", help="embed a gallery of faces into one file (resumable; shards merge)",
+                       description="Embed INPUT (a folder, a list file of paths, or a pack) with MODEL into "
+                                   "GALLERY; or, with --merge, join the shard files of a multi-process run.")
+    e.add_argument("model", type=Path, nargs="?", help="model file (pydcr.models.save)")
+    e.add_argument("input", type=Path, nargs="?",
+                   help="folder of images (one folder per identity, or flat), list file (path[<TAB>identity] "
+                        "per line), or pack file")
+    e.add_argument("--out", type=Path, required=True, help="the gallery file to write (.safetensors)")
+    e.add_argument("--merge", type=Path, nargs="+", metavar="SHARD", help="join these shard files into --out")
+    e.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored features (default float16)")
+    e.add_argument("--resolution", type=int, nargs="+", default=None,
+                   help="branch pairs whose HR features to store (default: all; the trunk's for a model without pairs)")
+    e.add_argument("--trunk", action="store_true", help="store trunk features only")
+    e.add_argument("--chunk-size", type=int, default=4096, help="images per resumable chunk (default 4096)")
+    e.add_argument("--shard", default=None, metavar="RANK/WORLD",
+                   help="embed this process's share of the input into its own shard file; 'auto' reads "
+                        "RANK and WORLD_SIZE (set by torchrun)")
+    e.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
+    _common(e)
+    e.set_defaults(func=run_embed)
+
+    i = sub.add_parser("identify", help="top-k gallery matches of low-resolution probes, to CSV")
+    i.add_argument("model", type=Path, help="model file (the one that embedded the gallery)")
+    i.add_argument("--gallery", type=Path, required=True, help="gallery file (pydcr embed)")
+    i.add_argument("--probes", type=Path, required=True, help="folder, list file or pack of probe faces")
+    i.add_argument("--size", type=int, default=None,
+                   help="probe resolution k (default: a small crop's own size, else estimated per face)")
+    i.add_argument("--top-k", type=int, default=5, help="matches per probe (default 5)")
+    i.add_argument("--backend", choices=("torch", "faiss"), default="torch",
+                   help="exact torch matmul (default) or faiss IndexFlatIP")
+    i.add_argument("--out", type=Path, required=True, help="results CSV")
+    _common(i)
+    i.set_defaults(func=run_identify)
+
+    v = sub.add_parser("verify", help="cosine score of one gallery image and one probe")
+    v.add_argument("model", type=Path, help="model file")
+    v.add_argument("image_a", type=Path, help="the high-resolution (gallery) image")
+    v.add_argument("image_b", type=Path, help="the low-resolution (probe) image")
+    v.add_argument("--size", type=int, default=None, help="probe resolution k (default: own size or estimated)")
+    v.add_argument("--threshold", type=float, default=None, help="also say same / different at this score")
+    _alignment(v)
+    v.add_argument("--device", default=None, help="default: cuda when available")
+    v.set_defaults(func=run_verify)
+
+
+def _alignment(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--landmarks", type=Path, default=None,
+                   help="five-point landmark list (pydcr align) to align the images with")
+    p.add_argument("--detect", action="store_true", help="find each face with MTCNN (the one nearest the centre)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _alignment(p)
+    p.add_argument("--batch-size", type=int, default=None, help="faces per forward (default 256 on CUDA, 64 on CPU)")
+    p.add_argument("--workers", type=int, default=None, help="decode / align threads (default: half the cores, <= 8)")
+    p.add_argument("--device", default=None, help="default: cuda when available")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _embedder(args: argparse.Namespace):
+    from .embed import Embedder
+    from .models import load
+
+    if not args.model.is_file():
+        raise UsageError(f"no such model file: {args.model}")
+    try:
+        model = load(args.model)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        return Embedder(model, device=args.device, batch_size=getattr(args, "batch_size", None),
+                        workers=getattr(args, "workers", None))
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
+
+
+def _detector(args: argparse.Namespace, embedder):
+    if not args.detect:
+        return None
+    if args.landmarks is not None:
+        raise UsageError("give --landmarks or --detect, not both")
+    from .data import MTCNN
+
+    return MTCNN(embedder.device, threads=None)
+
+
+def open_input(path: Path, crop_size, landmarks: Path | None):
+    """A folder, list file or pack as a dataset (or PackedFaces), and a description for the metadata."""
+    from .data import CorruptPackError, FaceDataset, PackedFaces, open_dataset
+    from .data.datasets import IMAGE_EXTENSIONS
+
+    if landmarks is not None and not landmarks.is_file():
+        raise UsageError(f"no such landmark list: {landmarks}")
+    if path.is_dir():
+        with os.scandir(path) as entries:
+            entries = list(entries)
+        if any(e.is_dir() for e in entries):
+            return open_dataset(path, "auto", landmarks, crop_size), {"source": str(path), "kind": "folder"}
+        files = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
+        return (FaceDataset(path, files, [-1] * len(files), [], landmarks, crop_size),
+                {"source": str(path), "kind": "flat folder"})
+    if not path.is_file():
+        raise UsageError(f"no such input folder, list or pack: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(len(PACK_MAGIC))
+    if magic == PACK_MAGIC:
+        if landmarks is not None:
+            raise UsageError(f"{path} is a pack of aligned crops: --landmarks does not apply")
+        try:
+            return PackedFaces(path), {"source": str(path), "kind": "pack"}
+        except CorruptPackError as err:
+            raise UsageError(str(err)) from None
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise UsageError(f"{path} is one image: give a folder, a list file of paths or a pack")
+    return _list_file(path, crop_size, landmarks), {"source": str(path), "kind": "list"}
+
+
+def _list_file(path: Path, crop_size, landmarks):
+    """``path`` or ``path<TAB>identity`` per line; relative paths are taken from the list's folder."""
+    from .data import FaceDataset
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is neither a pack nor a text list of image paths") from None
+    paths, names = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) > 2:
+            raise UsageError(f"{path}:{number}: expected 'path' or 'path<TAB>identity', got {len(fields)} fields")
+        paths.append(fields[0])
+        names.append(fields[1] if len(fields) == 2 else None)
+    classes = sorted({n for n in names if n is not None})
+    label = {n: i for i, n in enumerate(classes)}
+    labels = [label[n] if n is not None else -1 for n in names]
+    marks = _match_landmarks(landmarks, paths) if landmarks is not None else None
+    return FaceDataset(path.parent, paths, labels, classes, marks, crop_size)
+
+
+def _match_landmarks(path: Path, images: list) -> dict:
+    """Each listed image's landmarks from a list keyed by paths relative to some dataset root: the
+    key that is the longest tail of the image's path ("Name/Name_0001.jpg" for ".../lfw/Name/Name_0001.jpg")."""
+    from .data import read_landmarks
+
+    table = read_landmarks(path)
+    out = {}
+    for image in images:
+        parts = Path(image).parts
+        for k in range(len(parts)):
+            key = Path(*parts[k:]).as_posix()
+            if key in table:
+                out[image] = table[key]
+                break
+    return out
+
+
+def _source(embedder, args, *, allow_small: bool = False, input_path: Path):
+    from .embed import ItemSource
+
+    items, description = open_input(input_path, embedder.crop_size, args.landmarks)
+    return ItemSource(items, embedder.crop_size, detector=_detector(args, embedder), allow_small=allow_small), description
+
+
+def _report_failures(command: str, failures, total: int) -> None:
+    for name, reason in failures:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if failures:
+        print(f"pydcr {command}: {len(failures)} of {total} inputs skipped (listed above)", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# embed
+
+
+def _shard(spec: str | None):
+    from .embed import Shard
+
+    if spec is None:
+        return None
+    if spec == "auto":
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            raise UsageError("--shard auto reads RANK and WORLD_SIZE (run under torchrun), which are not set")
+        rank, world = os.environ["RANK"], os.environ["WORLD_SIZE"]
+    else:
+        rank, _, world = spec.partition("/")
+    try:
+        return Shard(int(rank), int(world))
+    except ValueError:
+        raise UsageError(f"--shard must be RANK/WORLD with 0 <= RANK < WORLD, or auto; got {spec!r}") from None
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from .embed import Gallery, embed_gallery, merge_shards
+    from .embed.embedder import TRUNK, hr_head
+
+    if args.merge:
+        if args.model is not None or args.input is not None:
+            raise UsageError("--merge joins shard files: give no MODEL or INPUT with it")
+        for p in args.merge:
+            if not p.is_file():
+                raise UsageError(f"no such shard file: {p}")
+        try:
+            out = merge_shards(args.merge, args.out)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        print(f"{out}: {len(Gallery(out))} faces from {len(args.merge)} shards")
+        return 0
+    if args.model is None or args.input is None:
+        raise UsageError("give MODEL and INPUT (or --merge SHARD...)")
+    _positive(args, "batch_size", "workers", "chunk_size")
+    shard = _shard(args.shard)
+    embedder = _embedder(args)
+    model = embedder.model
+    if args.trunk and args.resolution:
+        raise UsageError("give --trunk or --resolution, not both")
+    heads = None
+    if args.trunk:
+        heads = [TRUNK]
+    elif args.resolution:
+        unknown = [k for k in args.resolution if k not in model.resolutions]
+        if unknown:
+            raise UsageError(f"the model has no branch pair for {unknown}; it has {model.resolutions}")
+        heads = [hr_head(k) for k in args.resolution]
+    source, description = _source(embedder, args, input_path=args.input)
+    try:
+        out = embed_gallery(embedder, source, args.out, heads=heads, dtype=args.dtype, chunk_size=args.chunk_size,
+                            shard=shard, description={**description, "model_file": args.model.name},
+                            resume=not args.fresh, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("pydcr embed: interrupted; the same command resumes from the last finished chunk", file=sys.stderr)
+        return 130
+    gallery = Gallery(out)
+    _report_failures("embed", gallery.failures, len(gallery) + len(gallery.failures))
+    print(f"{out}: {len(gallery)} faces, {', '.join(gallery.heads)} features ({args.dtype})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# identify
+
+
+def run_identify(args: argparse.Namespace) -> int:
+    from .embed import Gallery, make_index, model_identity
+    from .embed.embedder import LR, TRUNK, hr_head
+    from .embed.search import import_faiss
+
+    _positive(args, "size", "top_k", "batch_size", "workers")
+    if not args.gallery.is_file():
+        raise UsageError(f"no such gallery file: {args.gallery}")
+    if args.backend == "faiss":
+        try:
+            import_faiss()
+        except ImportError as err:
+            raise UsageError(str(err)) from None
+    embedder = _embedder(args)
+    try:
+        gallery = Gallery(args.gallery)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if gallery.model != model_identity(embedder.model):
+        raise UsageError(f"{args.gallery} was embedded by a different model than {args.model} (model identity "
+                         f"{gallery.model[:12]}... vs {model_identity(embedder.model)[:12]}...): embed the gallery "
+                         "again with this model")
+    if len(gallery) == 0:
+        raise UsageError(f"{args.gallery} holds no faces")
+    trunk_only = gallery.heads == [TRUNK]
+    if not trunk_only and args.size is not None:
+        r = embedder.model.nearest_resolution(args.size)
+        if hr_head(r) not in gallery.heads:
+            raise UsageError(f"probes at {args.size} go through pair {r}, but {args.gallery} holds {gallery.heads}")
+    source, _ = _source(embedder, args, allow_small=True, input_path=args.probes)
+    device = embedder.device if args.backend == "torch" else "cpu"
+    indexes: dict[str, object] = {}
+
+    def index_of(head: str):
+        if head not in indexes:
+            if head not in gallery.heads:
+                raise UsageError(f"a probe routes to {head}, but {args.gallery} holds only {gallery.heads}: "
+                                 "embed the gallery for every pair, or give --size")
+            index = make_index(args.backend, device)
+            for start in range(0, len(gallery), 65536):
+                index.add(gallery.features(head, start, start + 65536))
+            indexes[head] = index
+        return indexes[head]
+
+    from .data._progress import progress_bar
+
+    bar = progress_bar(len(source), 0, "identify", not args.quiet)
+    failures, matched = [], 0
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery", "gallery_identity", "score"])
+        head = TRUNK if trunk_only else LR
+        for batch in embedder.stream(source, [head], size=args.size):
+            failures += [(source.names[i], reason) for i, reason in batch.failures]
+            bar.update(batch.size)
+            if not len(batch.index):
+                continue
+            routes = batch.routes if batch.routes is not None else [0] * len(batch.index)
+            for r in sorted({int(r) for r in routes}):
+                rows = [j for j, rj in enumerate(routes) if rj == r]
+                scores, hits = index_of(TRUNK if trunk_only else hr_head(r)).search(
+                    batch.features[head][rows], args.top_k)
+                for j, s_row, h_row in zip(rows, scores.tolist(), hits.tolist()):
+                    item = int(batch.index[j])
+                    for rank, (s, g) in enumerate(zip(s_row, h_row), 1):
+                        writer.writerow([source.names[item], _identity(source, item), r or "", rank,
+                                         gallery.paths[g], gallery.identity(g), f"{s:.6f}"])
+                matched += len(rows)
+    bar.close()
+    os.replace(tmp, args.out)
+    _report_failures("identify", failures, len(source))
+    print(f"{args.out}: top-{args.top_k} matches of {matched} probes in a gallery of {len(gallery)}")
+    return 0
+
+
+def _identity(source, item: int) -> str:
+    if source.labels is None or not 0 <= source.labels[item] < len(source.classes):
+        return ""
+    return source.classes[source.labels[item]]
+
+
+# ----------------------------------------------------------------------------------------------
+# verify
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    import torch.nn.functional as F
+
+    from .embed.embedder import TRUNK, hr_head
+
+    _positive(args, "size")
+    for p in (args.image_a, args.image_b):
+        if not p.is_file():
+            raise UsageError(f"no such image file: {p}")
+    embedder = _embedder(args)
+    detector = _detector(args, embedder)
+    marks_a, marks_b = _pair_landmarks(args.landmarks, [args.image_a, args.image_b])
+    model = embedder.model
+    if model.resolutions:
+        b = embedder.embed_lr([args.image_b], args.size, landmarks=marks_b, detector=detector)
+        if b.failures:
+            return _unusable(*b.failures[0])
+        resolution = int(b.resolutions[0])
+        a = embedder.embed_hr([args.image_a], resolution, landmarks=marks_a, detector=detector)
+        head = hr_head(resolution)
+    else:
+        head, resolution = TRUNK, None
+        b = embedder.embed_trunk([args.image_b], landmarks=marks_b, detector=detector)
+        if b.failures:
+            return _unusable(*b.failures[0])
+        a = embedder.embed_trunk([args.image_a], landmarks=marks_a, detector=detector)
+    if a.failures:
+        return _unusable(*a.failures[0])
+    score = float(F.cosine_similarity(a.features[:1], b.features[:1]).item())
+    via = f"pair {resolution}" if resolution is not None else "trunk"
+    line = f"cosine {score:.4f} ({head} vs probe through {via})"
+    if args.threshold is not None:
+        line += f": {'same' if score >= args.threshold else 'different'} at threshold {args.threshold:g}"
+    print(line)
+    return 0
+
+
+def _unusable(name: str, reason: str) -> int:
+    print(f"pydcr verify: cannot use {name}: {reason}", file=sys.stderr)
+    return 1
+
+
+def _pair_landmarks(path: Path | None, images: list[Path]):
+    """Per image, [its landmarks] (or [None]: none listed), from a list keyed by dataset-relative paths."""
+    if path is None:
+        return [None] * len(images)
+    if not path.is_file():
+        raise UsageError(f"no such landmark list: {path}")
+    table = _match_landmarks(path, [str(p) for p in images])
+    return [[table.get(str(p))] for p in images]

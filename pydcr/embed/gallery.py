@@ -1,0 +1,289 @@
+"""Gallery files: features of many faces in one safetensors file, written chunk by chunk.
+
+Tensors: ``features.<head>`` (n x D, float16 or float32; one per head: ``hr<k>`` for each
+branch pair, or ``trunk``), ``index`` (n int64: each row's position in the input list) and
+``labels`` (n int64 identity labels, -1 when unknown). Metadata key ``pydcr.gallery``: JSON with
+the model's identity, the heads, the rows' paths, the identity names, the input's fingerprint
+and the (path, reason) of each input that could not be embedded.
+
+Writing: the input is cut into chunks of consecutive items; each finished chunk is a small file
+in ``OUT.parts/``, and the chunks are concatenated into OUT at the end. A rerun with the same
+settings skips the chunks already written, so an interrupted run resumes; batches never cross a
+chunk, so the resumed file is bit-identical to an uninterrupted run. A shard (one process of
+several) writes the chunks of its contiguous share of the input to its own file;
+:func:`merge_shards` joins the shards in input order into the same file a single process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..data._progress import progress_bar
+from .embedder import TRUNK, Embedder, hr_head
+from .identity import model_identity
+from .items import ItemSource
+from .stream import batch_ranges
+from .tables import concat, read_header, write_table
+
+FORMAT, VERSION, META_KEY = "pydcr.gallery", 1, "pydcr.gallery"
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Process `rank` of `world`, taking a contiguous run of whole chunks of the input."""
+
+    rank: int
+    world: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"shard rank must be in [0, {self.world}), got {self.rank}")
+
+    def chunks(self, count: int) -> range:
+        return range(self.rank * count // self.world, (self.rank + 1) * count // self.world)
+
+    def path(self, out: Path) -> Path:
+        """Where this shard of a gallery `out` is written."""
+        return out.with_name(f"{out.stem}.shard{self.rank:03d}-of-{self.world:03d}{out.suffix}")
+
+
+class Gallery:
+    """A gallery file, read lazily: metadata at once, features by slices (memory-mapped)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such gallery file: {self.path}")
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = f.metadata() or {}
+                self.labels = f.get_tensor("labels").numpy() if META_KEY in meta else None
+                self.index = f.get_tensor("index").numpy() if META_KEY in meta else None
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+        if META_KEY not in meta:
+            raise ValueError(f"{self.path} is a safetensors file but not a pydcr gallery")
+        self.meta = json.loads(meta[META_KEY])
+        if self.meta.get("format") != FORMAT or int(self.meta.get("version", 0)) > VERSION:
+            raise ValueError(f"{self.path}: unsupported gallery format {self.meta.get('format')} "
+                             f"version {self.meta.get('version')}")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def heads(self) -> list[str]:
+        return list(self.meta["heads"])
+
+    @property
+    def paths(self) -> list[str]:
+        return self.meta["paths"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        return [tuple(f) for f in self.meta["failures"]]
+
+    def identity(self, row: int) -> str:
+        label = int(self.labels[row])
+        return self.classes[label] if 0 <= label < len(self.classes) else ""
+
+    def features(self, head: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) of one head's features, as stored (float16 or float32)."""
+        if head not in self.heads:
+            raise KeyError(f"{self.path} has features for {self.heads}, not {head}")
+        with safe_open(str(self.path), framework="pt") as f:
+            return f.get_slice(f"features.{head}")[start : len(self) if stop is None else stop]
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def default_heads(embedder: Embedder) -> list[str]:
+    """Every branch pair's HR features (a probe is matched through its nearest pair), or the trunk's."""
+    resolutions = embedder.model.resolutions
+    return [hr_head(k) for k in resolutions] if resolutions else [TRUNK]
+
+
+def embed_gallery(
+    embedder: Embedder,
+    source: ItemSource,
+    out: str | os.PathLike,
+    *,
+    heads: Sequence[str] | None = None,
+    dtype: str = "float16",
+    chunk_size: int = 4096,
+    shard: Shard | None = None,
+    flip: bool = False,
+    description: dict | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Path:
+    """Embed `source` into the gallery file `out` (or, for a shard, into ``shard.path(out)``).
+
+    heads: default every pair's HR branch (or the trunk for a model without pairs). chunk_size:
+    input items per chunk, the unit of resuming. description: JSON-able facts about the input kept
+    in the metadata (e.g. its path). on_chunk(c) is called after chunk c is safely written.
+    Returns the path written.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    heads = list(heads) if heads else default_heads(embedder)
+    out = Path(out)
+    target = shard.path(out) if shard else out
+    meta = _gallery_meta(embedder, source, heads, dtype, flip, description)
+    n = len(source)
+    count = max(1, -(-n // chunk_size))
+    chunks = shard.chunks(count) if shard else range(count)
+    plan = {**meta, "chunk_size": chunk_size, "batch_size": embedder.batch_size,
+            "shard": [shard.rank, shard.world] if shard else None}
+    work = _work_folder(target, plan, resume)
+    done = {c for c in chunks if _chunk_path(work, c).is_file()}
+    first = chunks.start * chunk_size
+    stop = min(chunks.stop * chunk_size, n)
+    initial = sum(min((c + 1) * chunk_size, n) - c * chunk_size for c in done)
+    bar = progress_bar(max(0, stop - first), initial, "embed", progress)
+    for c in chunks:
+        if c in done:
+            continue
+        lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
+        _write_chunk(embedder, source, heads, dtype, flip, lo, hi, _chunk_path(work, c), bar)
+        if on_chunk is not None:
+            on_chunk(c)
+    bar.close()
+    parts = [_chunk_path(work, c) for c in chunks]
+    if not parts:  # more shards than chunks: this one holds no rows, but still a valid file
+        parts = [work / "empty.safetensors"]
+        _write_chunk(embedder, source, heads, dtype, flip, n, n, parts[0], bar)
+    rows_meta = _joined_meta(parts)
+    final = {**meta, **rows_meta}
+    if shard:
+        final["shard"] = {"rank": shard.rank, "world": shard.world, "chunks": [chunks.start, chunks.stop]}
+    concat(parts, target, {META_KEY: json.dumps(final)})
+    shutil.rmtree(work)
+    return target
+
+
+def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, description) -> dict:
+    h = hashlib.sha256()
+    for name in source.names:
+        h.update(name.encode() + b"\0")
+    if source.labels is not None:
+        h.update(np.ascontiguousarray(source.labels, np.int64).tobytes())
+    for i in range(len(source)):  # how each item is aligned decides its features too
+        points = source.landmarks_of(i)
+        h.update(b"-" if points is None else np.asarray(points, np.float32).tobytes())
+    h.update(f"detector:{type(source.detector).__name__ if source.detector is not None else None}".encode())
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model_identity(embedder.model),
+        "heads": heads,
+        "dtype": dtype,
+        "flip": bool(flip),
+        "crop_size": list(embedder.crop_size),
+        "input": {**(description or {}), "count": len(source), "fingerprint": h.hexdigest()},
+        "classes": source.classes,
+    }
+
+
+def _work_folder(target: Path, plan: dict, resume: bool) -> Path:
+    work = target.with_name(target.name + ".parts")
+    plan_file = work / "plan.json"
+    text = json.dumps(plan, sort_keys=True)
+    if work.is_dir():
+        same = plan_file.is_file() and plan_file.read_text() == text
+        if resume and same:
+            return work
+        if resume:
+            print(f"pydcr embed: {work} holds a run with other settings; starting over", file=sys.stderr)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    plan_file.write_text(text)
+    return work
+
+
+def _chunk_path(work: Path, chunk: int) -> Path:
+    return work / f"chunk-{chunk:08d}.safetensors"
+
+
+def _write_chunk(embedder, source, heads, dtype, flip, lo, hi, path, bar) -> None:
+    features = {h: [] for h in heads}
+    index, failures = [], []
+    for b in embedder.stream(source, heads, ranges=batch_ranges(lo, hi, embedder.batch_size), flip=flip):
+        if len(b.index):
+            for h in heads:
+                features[h].append(b.features[h].to(DTYPES[dtype]))
+            index.append(b.index)
+        failures += [(source.names[i], reason) for i, reason in b.failures]
+        bar.update(b.size)
+    rows = np.concatenate(index) if index else np.zeros(0, np.int64)
+    labels = source.labels[rows] if source.labels is not None else np.full(len(rows), -1, np.int64)
+    dims = {h: embedder.head_dim(h) for h in heads}
+    tensors = {f"features.{h}": torch.cat(f) if f else torch.zeros(0, dims[h], dtype=DTYPES[dtype])
+               for h, f in features.items()}
+    tensors["index"] = torch.from_numpy(rows.astype(np.int64))
+    tensors["labels"] = torch.from_numpy(np.asarray(labels, np.int64))
+    meta = {"paths": [source.names[i] for i in rows], "failures": failures}
+    write_table(tensors, path, {META_KEY: json.dumps(meta)})
+
+
+def _joined_meta(parts: Sequence[Path]) -> dict:
+    paths, failures = [], []
+    for p in parts:
+        meta = json.loads(read_header(p)[1][META_KEY])
+        paths += meta["paths"]
+        failures += meta["failures"]
+    return {"paths": paths, "failures": failures}
+
+
+def merge_shards(shards: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Join the shard files of one run, in input order, into the gallery `out`."""
+    galleries = [Gallery(p) for p in shards]
+    if not galleries:
+        raise ValueError("no shard files to merge")
+    for g in galleries:
+        if "shard" not in g.meta:
+            raise ValueError(f"{g.path} is a whole gallery, not a shard")
+    world = galleries[0].meta["shard"]["world"]
+    common = _without_rows(galleries[0].meta)
+    for g in galleries[1:]:
+        if _without_rows(g.meta) != common or g.meta["shard"]["world"] != world:
+            raise ValueError(f"{g.path} and {galleries[0].path} come from different runs (model, input or settings)")
+    ranks = sorted(g.meta["shard"]["rank"] for g in galleries)
+    if ranks != list(range(world)):
+        raise ValueError(f"a run of {world} shards needs ranks 0..{world - 1} once each, got {ranks}")
+    galleries.sort(key=lambda g: g.meta["shard"]["rank"])
+    paths = [p for g in galleries for p in g.paths]
+    failures = [f for g in galleries for f in g.meta["failures"]]
+    final = {**common, "paths": paths, "failures": failures}
+    out = Path(out)
+    concat([g.path for g in galleries], out, {META_KEY: json.dumps(final)})
+    return out
+
+
+def _without_rows(meta: dict) -> dict:
+    return {k: v for k, v in meta.items() if k not in ("paths", "failures", "shard")}

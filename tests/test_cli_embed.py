@@ -1,0 +1,235 @@
+"""`pydcr embed`, `pydcr identify` and `pydcr verify` end to end on tiny inputs, two processes under
+torchrun, and argument errors."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import pydcr
+from pydcr.cli import main
+from pydcr.data import PackedFaces
+from pydcr.demo import DEMO_PACK
+from pydcr.embed import Gallery, topk
+from pydcr.models import DCR, BranchPair, Trunk, save
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        paths.append(save(DCR(Trunk(width=0.125), {8: BranchPair(0), 16: BranchPair(0)}), root / f"m{seed}.safetensors"))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """12 aligned crops of 4 identities (one folder each) and one unreadable file among them."""
+    root = tmp_path_factory.mktemp("gallery")
+    demo = PackedFaces(DEMO_PACK)
+    for i in range(12):
+        person = root / f"person{i % 4}"
+        person.mkdir(exist_ok=True)
+        cv2.imwrite(str(person / f"{i:02d}.png"), cv2.cvtColor(demo.image(i), cv2.COLOR_RGB2BGR))
+    (root / "person2" / "05b.jpg").write_bytes(b"not an image")
+    return root
+
+
+def test_embed_identify_verify(models, folder, tmp_path, capsys):
+    model = models[0]
+    gallery = tmp_path / "g.safetensors"
+    assert main(["embed", str(model), str(folder), "--out", str(gallery), "--dtype", "float32", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "05b.jpg: unreadable" in err and "1 of 13 inputs skipped" in err
+    g = Gallery(gallery)
+    assert len(g) == 12 and g.heads == ["hr8", "hr16"] and g.failures[0][0] == "person2/05b.jpg"
+    assert [g.identity(r) for r in range(len(g))] == [f"person{int(Path(p).stem) % 4}" for p in g.paths]
+
+    # Probes: a list file of the same crops shrunk to 12 x 12 (native low-resolution probes).
+    probe_dir = tmp_path / "probes"
+    probe_dir.mkdir()
+    lines = []
+    for i, path in enumerate(g.paths[:5]):
+        image = cv2.imread(str(folder / path))
+        cv2.imwrite(str(probe_dir / f"q{i}.png"), cv2.resize(image, (12, 12), interpolation=cv2.INTER_AREA))
+        lines.append(f"q{i}.png\t{Path(path).parent.name}")
+    (probe_dir / "list.txt").write_text("\n".join(lines) + "\n")
+    results = tmp_path / "r.csv"
+    assert main(["identify", str(model), "--gallery", str(gallery), "--probes", str(probe_dir / "list.txt"),
+                 "--top-k", "3", "--out", str(results), "--quiet"]) == 0
+    rows = list(csv.DictReader(results.open()))
+    assert len(rows) == 5 * 3
+
+    # The same search by hand: probe features through the LR branch, brute force against the file.
+    e = pydcr.Embedder(model)
+    probes = e.embed_lr([str(probe_dir / f"q{i}.png") for i in range(5)])
+    r = int(probes.resolutions[0])
+    scores, hits = topk(g.features(f"hr{r}"), probes.features, 3)
+    assert [row["gallery"] for row in rows] == [g.paths[h] for h in hits.reshape(-1).tolist()]
+    np.testing.assert_allclose([float(row["score"]) for row in rows], scores.reshape(-1).numpy(), atol=1e-5)
+    assert [row["rank"] for row in rows] == ["1", "2", "3"] * 5
+    assert {row["resolution"] for row in rows} == {str(r)} and rows[0]["probe_identity"] == lines[0].split("\t")[1]
+
+    # verify: one gallery crop against one probe.
+    a, b = folder / g.paths[0], probe_dir / "q1.png"
+    capsys.readouterr()
+    assert main(["verify", str(model), str(a), str(b), "--threshold", "2"]) == 0
+    out = capsys.readouterr().out
+    z = e.embed_lr([str(b)])
+    x = e.embed_hr([str(a)], int(z.resolutions[0]))
+    want = torch.nn.functional.cosine_similarity(x.features, z.features).item()
+    assert out.startswith(f"cosine {want:.4f}") and "different at threshold 2" in out
+
+
+def test_identify_refuses_another_models_gallery(models, folder, tmp_path, capsys):
+    gallery = tmp_path / "g.safetensors"
+    assert main(["embed", str(models[0]), str(folder), "--out", str(gallery), "--quiet"]) == 0
+    code = main(["identify", str(models[1]), "--gallery", str(gallery), "--probes", str(folder),
+                 "--out", str(tmp_path / "r.csv")])
+    assert code == 2 and "embedded by a different model" in capsys.readouterr().err
+
+
+def test_list_and_pack_inputs_agree(models, folder, tmp_path):
+    """The same faces from a list file and from a pack give the same features."""
+    from pydcr.data import open_dataset, pack
+
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    (tmp_path / "list.txt").write_text("".join(f"{folder / p}\n" for p in paths))
+    from pydcr.data import REFERENCE_112x96
+
+    dataset = open_dataset(folder, "folder", {p: REFERENCE_112x96 for p in paths})
+    packed = pack(dataset, tmp_path / "f.pack", format="png", progress=False)
+    for name, src in (("list", tmp_path / "list.txt"), ("pack", packed)):
+        assert main(["embed", str(models[0]), str(src), "--out", str(tmp_path / f"{name}.safetensors"), "--quiet"]) == 0
+    a, b = Gallery(tmp_path / "list.safetensors"), Gallery(tmp_path / "pack.safetensors")
+    assert len(a) == len(b) == 12
+    torch.testing.assert_close(a.features("hr8"), b.features("hr8"))
+
+
+def test_two_processes_under_torchrun(models, folder, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not found")
+    out = tmp_path / "g.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [str(models[0]), str(folder), "--chunk-size", "4", "--batch-size", "4", "--quiet"]
+    subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "pydcr", "embed", *common,
+                    "--out", str(out), "--shard", "auto"], check=True, env=env, cwd=tmp_path, timeout=300)
+    shards = sorted(tmp_path.glob("g.shard*"))
+    assert [s.name for s in shards] == ["g.shard000-of-002.safetensors", "g.shard001-of-002.safetensors"]
+    assert main(["embed", "--merge", *map(str, shards), "--out", str(out)]) == 0
+    single = tmp_path / "single.safetensors"
+    assert main(["embed", *common, "--out", str(single)]) == 0
+    a, b = Gallery(out), Gallery(single)
+    assert a.paths == b.paths and a.failures == b.failures and a.meta == b.meta
+    for head in a.heads:  # other processes (one thread each): equal up to float rounding
+        torch.testing.assert_close(a.features(head), b.features(head), atol=1e-3, rtol=1e-3)
+
+
+def test_interrupted_cli_run_resumes(models, folder, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first chunk: exit 130 and a rerun that finishes the same file."""
+    import pydcr.embed.gallery as gallery_module
+
+    argv = ["embed", str(models[0]), str(folder), "--chunk-size", "4", "--quiet"]
+    whole = tmp_path / "whole.safetensors"
+    assert main([*argv, "--out", str(whole)]) == 0
+    real = gallery_module._write_chunk
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gallery_module, "_write_chunk", interrupted)
+    out = tmp_path / "g.safetensors"
+    assert main([*argv, "--out", str(out)]) == 130
+    assert "resumes from the last finished chunk" in capsys.readouterr().err
+    monkeypatch.setattr(gallery_module, "_write_chunk", real)
+    assert main([*argv, "--out", str(out)]) == 0
+    assert out.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["embed", "/no/model.safetensors", "FOLDER", "--out", "G"], "no such model file"),
+        (["embed", "MODEL", "/no/such/folder", "--out", "G"], "no such input folder, list or pack"),
+        (["embed", "MODEL", "FOLDER", "--out", "G", "--resolution", "12"], "no branch pair for [12]"),
+        (["embed", "MODEL", "FOLDER", "--out", "G", "--shard", "2/2"], "--shard must be RANK/WORLD"),
+        (["embed", "MODEL", "FOLDER", "--out", "G", "--batch-size", "0"], "--batch-size must be positive"),
+        (["embed", "MODEL", "FOLDER", "--out", "G", "--landmarks", "/no/marks.txt"], "no such landmark list"),
+        (["embed", "MODEL", "--out", "G"], "give MODEL and INPUT"),
+        (["embed", "--merge", "/no/shard", "--out", "G"], "no such shard file"),
+        (["identify", "MODEL", "--gallery", "/no/g", "--probes", "FOLDER", "--out", "R"], "no such gallery file"),
+        (["identify", "MODEL", "--gallery", "MODEL", "--probes", "FOLDER", "--out", "R"], "not a pydcr gallery"),
+        (["identify", "MODEL", "--gallery", "G", "--probes", "FOLDER", "--out", "R", "--size", "0"],
+         "--size must be positive"),
+        (["identify", "MODEL", "--gallery", "G", "--probes", "FOLDER", "--out", "R", "--top-k", "0"],
+         "--top-k must be positive"),
+        (["verify", "MODEL", "/no/a.png", "/no/b.png"], "no such image file"),
+    ],
+)
+def test_argument_errors(argv, message, models, folder, tmp_path, capsys):
+    names = {"MODEL": str(models[0]), "FOLDER": str(folder), "G": str(tmp_path / "g.safetensors"),
+             "R": str(tmp_path / "r.csv")}
+    if "identify" in argv and "G" in argv:
+        assert main(["embed", str(models[0]), str(folder), "--out", names["G"], "--quiet"]) == 0
+    assert main([names.get(a, a) for a in argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_faiss_backend_without_faiss(models, folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    code = main(["identify", str(models[0]), "--gallery", str(tmp_path / "g"), "--probes", str(folder),
+                 "--out", str(tmp_path / "r.csv"), "--backend", "faiss"])
+    assert code == 2 and "no such gallery file" in capsys.readouterr().err
+    (tmp_path / "g").write_bytes(b"x")
+    code = main(["identify", str(models[0]), "--gallery", str(tmp_path / "g"), "--probes", str(folder),
+                 "--out", str(tmp_path / "r.csv"), "--backend", "faiss"])
+    assert code == 2 and "pip install faiss-cpu" in capsys.readouterr().err
+
+
+def test_unknown_backend_is_a_usage_error(models, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["identify", str(models[0]), "--gallery", "g", "--probes", "p", "--out", "r", "--backend", "annoy"])
+    assert exit.value.code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_to_the_same_file(models, tmp_path):
+    """SIGKILL in the middle of a run (no chance to clean up), then the same command again."""
+    demo = PackedFaces(DEMO_PACK)
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(96):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(demo.image(i), cv2.COLOR_RGB2BGR))
+    argv = [sys.executable, "-m", "pydcr", "embed", str(models[0]), str(folder), "--chunk-size", "8",
+            "--batch-size", "8", "--quiet"]
+    out, whole = tmp_path / "g.safetensors", tmp_path / "whole.safetensors"
+    parts = tmp_path / "g.safetensors.parts"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*argv, "--out", str(out)], env=env)
+    try:
+        while len(list(parts.glob("chunk-*.safetensors"))) < 2 and process.poll() is None:
+            time.sleep(0.02)
+        process.kill()
+    finally:
+        process.wait()
+    if out.exists():
+        pytest.skip("the run finished before it could be killed")
+    done = len(list(parts.glob("chunk-*.safetensors")))
+    assert 2 <= done < 12
+    subprocess.run([*argv, "--out", str(out)], check=True, env=env, timeout=300)
+    subprocess.run([*argv, "--out", str(whole)], check=True, env=env, timeout=300)
+    assert out.read_bytes() == whole.read_bytes() and not parts.exists()

@@ -1,0 +1,307 @@
+"""The Embedder against the model's own embed_* calls, bad inputs, search, and gallery files
+(resume after an interruption, shards merged) against single uninterrupted runs."""
+
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import pydcr
+from pydcr.data import FaceDataset, PackedFaces, REFERENCE_112x96, align, pack, read_image, read_landmarks
+from pydcr.demo import DEMO_PACK
+from pydcr.embed import ExactIndex, Gallery, Shard, embed_gallery, merge_shards, model_identity, topk
+from pydcr.embed.items import ItemSource
+from pydcr.models import DCR, BranchPair, Trunk, load, save
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny DCR with random weights, saved and loaded as users get it."""
+    torch.manual_seed(0)
+    path = save(DCR(Trunk(width=0.125), {8: BranchPair(0), 16: BranchPair(0)}),
+                tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return load(path).eval()
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return torch.from_numpy(PackedFaces(DEMO_PACK).images(range(10))).permute(0, 3, 1, 2).contiguous()
+
+
+def test_features_equal_the_model(model, faces):
+    e = pydcr.Embedder(model, batch_size=4)
+    with torch.no_grad():
+        for got, want in [
+            (e.embed_hr(faces, 8), model.embed_hr(faces, 8)),
+            (e.embed_hr(faces, 16), model.embed_hr(faces, 16)),
+            (e.embed_lr(faces, 12), model.embed_lr(faces, 12)),
+            (e.embed_lr(faces), model.embed_lr(faces)),  # per-face estimated resolution
+            (e.embed_trunk(faces), model.embed_trunk(faces)),
+        ]:
+            torch.testing.assert_close(got.features, want)
+            assert got.index.tolist() == list(range(10)) and got.failures == []
+
+
+def test_other_item_kinds(model, faces):
+    e = pydcr.Embedder(model, batch_size=3)
+    want = e.embed_hr(faces, 8).features
+    arrays = [f.permute(1, 2, 0).numpy() for f in faces]
+    torch.testing.assert_close(e.embed_hr(arrays, 8).features, want)
+    torch.testing.assert_close(e.embed_hr(list(faces.float()), 8).features, want)
+    small = torch.nn.functional.interpolate(faces.float(), (12, 12), mode="area").round().to(torch.uint8)
+    got = e.embed_lr(small)
+    with torch.no_grad():
+        torch.testing.assert_close(got.features, model.embed_lr(small), atol=1e-4, rtol=1e-4)
+    assert set(got.resolutions.tolist()) == {model.nearest_resolution(12)}
+
+
+def test_images_aligned_with_landmarks(model, faces, tmp_path):
+    """Files of faces placed off-centre in larger images, aligned back with their landmarks."""
+    shift = np.array([40.0, 30.0], np.float32)
+    paths, marks = [], []
+    for i, face in enumerate(faces[:4]):
+        canvas = np.zeros((200, 180, 3), np.uint8)
+        canvas[30:142, 40:136] = face.permute(1, 2, 0).numpy()
+        path = tmp_path / f"{i}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        paths.append(str(path))
+        marks.append(REFERENCE_112x96 + shift)
+    got = pydcr.Embedder(model).embed_hr(paths, 8, landmarks=marks)
+    crops = np.stack([align(read_image(p), m) for p, m in zip(paths, marks)])
+    with torch.no_grad():
+        want = model.embed_hr(torch.from_numpy(crops).permute(0, 3, 1, 2), 8)
+    torch.testing.assert_close(got.features, want)
+    mapping = dict(zip(paths, marks))
+    torch.testing.assert_close(pydcr.Embedder(model).embed_hr(paths, 8, landmarks=mapping).features, want)
+
+
+def _bad_files(tmp_path, faces):
+    """A list of good crops (PNG) with a corrupt file, a truncated JPEG, a missing file, an empty
+    file and an image of the wrong size between them; returns (paths, positions of the good ones)."""
+    good = []
+    for i, face in enumerate(faces[:4]):
+        path = tmp_path / f"good{i}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(face.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR))
+        good.append(path)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    _, data = cv2.imencode(".jpg", faces[0].permute(1, 2, 0).numpy())
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(data.tobytes()[: len(data) * 2 // 3])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((250, 250, 3), np.uint8))
+    paths = [corrupt, good[0], truncated, good[1], tmp_path / "missing.png", good[2], empty, big, good[3]]
+    return [str(p) for p in paths], [1, 3, 5, 8]
+
+
+def test_bad_files_are_listed_and_skipped(model, faces, tmp_path):
+    paths, good = _bad_files(tmp_path, faces)
+    got = pydcr.Embedder(model, batch_size=4).embed_hr(paths, 8)
+    assert got.index.tolist() == good
+    assert got.names == [paths[i] for i in good]
+    with torch.no_grad():
+        torch.testing.assert_close(got.features, model.embed_hr(faces[:4], 8))
+    reasons = dict(got.failures)
+    assert [p for p, _ in got.failures] == [p for i, p in enumerate(paths) if i not in good]
+    assert "cannot decode" in reasons[paths[0]]
+    assert "truncated JPEG" in reasons[paths[2]]
+    assert "no such image file" in reasons[paths[4]]
+    assert "empty" in reasons[paths[6]]
+    assert "not an aligned 112x96 crop" in reasons[paths[7]]
+
+
+@pytest.mark.data
+def test_detection_skips_a_faceless_image(model, lfw_root, tmp_path):
+    from pydcr.data import MTCNN
+
+    names = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Abdullah_Gul/Abdullah_Gul_0001.jpg"]
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((250, 250, 3), 128, np.uint8))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8" + bytes(range(256)) * 8)
+    paths = [str(lfw_root / "lfw" / names[0]), str(grey), str(corrupt), str(lfw_root / "lfw" / names[1])]
+    detector = MTCNN("cpu")
+    got = pydcr.Embedder(model).embed_hr(paths, 8, detector=detector)
+    assert got.index.tolist() == [0, 3]
+    assert dict(got.failures)[str(grey)] == "no face found"
+    assert "truncated JPEG" in dict(got.failures)[str(corrupt)] or "cannot decode" in dict(got.failures)[str(corrupt)]
+    crops = []
+    for p in (paths[0], paths[3]):
+        image = read_image(p)
+        boxes, _, points = detector.detect(image)
+        from pydcr.data.mtcnn import central_face
+
+        crops.append(align(image, points[central_face(boxes, image.shape)]))
+    with torch.no_grad():
+        want = model.embed_hr(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2), 8)
+    torch.testing.assert_close(got.features, want)
+
+
+@pytest.mark.data
+def test_lfw_landmark_list(model, lfw_root):
+    marks = read_landmarks(lfw_root / "lfw_landmark.txt")
+    names = sorted(marks)[:6]
+    paths = [str(lfw_root / "lfw" / n) for n in names]
+    got = pydcr.Embedder(model).embed_hr(paths, 16, landmarks=[marks[n] for n in names])
+    crops = np.stack([align(read_image(p), marks[n]) for p, n in zip(paths, names)])
+    with torch.no_grad():
+        torch.testing.assert_close(got.features, model.embed_hr(torch.from_numpy(crops).permute(0, 3, 1, 2), 16))
+
+
+@pytest.mark.cuda
+def test_cuda_pinned_bf16_channels_last(model, faces):
+    """On CUDA: float32 results equal the model's there; bf16 autocast stays close to them."""
+    import copy
+
+    on_gpu = copy.deepcopy(model).cuda()
+    with torch.no_grad():
+        want = on_gpu.embed_hr(faces.cuda(), 8).cpu()
+        want_lr = on_gpu.embed_lr(faces.cuda(), 12).cpu()
+    exact = pydcr.Embedder(copy.deepcopy(model), device="cuda", batch_size=4, amp=False)
+    torch.testing.assert_close(exact.embed_hr(faces, 8).features, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(exact.embed_lr(faces, 12).features, want_lr, atol=1e-4, rtol=1e-4)
+    fast = pydcr.Embedder(copy.deepcopy(model), device="cuda", batch_size=4)
+    assert fast.amp and fast.channels_last
+    got = fast.embed_hr(faces, 8).features
+    cosine = torch.nn.functional.cosine_similarity(got, want)
+    assert cosine.min() > 0.99
+
+
+def test_errors(model, faces):
+    e = pydcr.Embedder(model)
+    with pytest.raises(KeyError, match="no branch pair for resolution 12"):
+        e.embed_hr(faces, 12)
+    with pytest.raises(ValueError, match="name the resolution"):
+        e.embed_hr(faces)
+    with pytest.raises(ValueError, match="pass a batch"):
+        e.embed_hr(faces[0], 8)
+    with pytest.raises(TypeError, match="one path"):
+        e.embed_hr("a.jpg", 8)
+    with pytest.raises(TypeError, match="item 1 is a int"):
+        e.embed_hr(["a.jpg", 3], 8)
+    with pytest.raises(ValueError, match="amp .* needs a CUDA device"):
+        pydcr.Embedder(model, device="cpu", amp=True)
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        pydcr.Embedder(model, batch_size=0)
+    with pytest.raises(RuntimeError, match="no branch pairs"):
+        pydcr.Embedder(DCR(Trunk(width=0.125))).embed_lr(faces)
+    with pytest.raises(ValueError, match="2 items but 1 landmark"):
+        e.embed_hr(["a.png", "b.png"], 8, landmarks=[REFERENCE_112x96])
+
+
+# Search -----------------------------------------------------------------------------------------
+
+
+def _brute_force(gallery: np.ndarray, probes: np.ndarray, k: int):
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True)
+    q = probes / np.linalg.norm(probes, axis=1, keepdims=True)
+    scores = q @ g.T
+    rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, rows, 1), rows
+
+
+@pytest.mark.parametrize("n,k", [(1000, 5), (7, 10), (300, 1)])
+def test_topk_equals_brute_force(n, k):
+    rng = np.random.default_rng(n)
+    gallery = rng.standard_normal((n, 32)).astype(np.float32)
+    probes = rng.standard_normal((57, 32)).astype(np.float32)
+    want_scores, want_rows = _brute_force(gallery.astype(np.float64), probes.astype(np.float64), k)
+    index = ExactIndex(probe_chunk=20)
+    for start in range(0, n, 128):  # several gallery chunks: the running top-k merge is exercised
+        index.add(torch.from_numpy(gallery[start : start + 128]))
+    for scores, rows in (index.search(torch.from_numpy(probes), k), topk(torch.from_numpy(gallery), torch.from_numpy(probes), k)):
+        assert rows.shape == (57, min(k, n))
+        np.testing.assert_array_equal(rows.numpy(), want_rows)
+        np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
+
+
+def test_faiss_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        topk(torch.randn(4, 8), torch.randn(2, 8), backend="faiss")
+    with pytest.raises(ValueError, match="unknown search backend 'annoy'"):
+        topk(torch.randn(4, 8), torch.randn(2, 8), backend="annoy")
+
+
+# Gallery files ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_pack(tmp_path_factory):
+    """22 faces of the demo pack, packed again (with labels) for quick gallery runs."""
+    root = tmp_path_factory.mktemp("tinypack")
+    demo = PackedFaces(DEMO_PACK)
+    paths, labels = [], []
+    for i in range(22):
+        name = f"p{i % 5}/{i}.png"
+        (root / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(root / name), cv2.cvtColor(demo.image(i), cv2.COLOR_RGB2BGR))
+        paths.append(name)
+        labels.append(i % 5)
+    dataset = FaceDataset(root, paths, labels, [f"p{p}" for p in range(5)], {p: REFERENCE_112x96 for p in paths})
+    return pack(dataset, root / "tiny.pack", format="png", progress=False)
+
+
+def _gallery(model, pack_path, out, **kw):
+    e = pydcr.Embedder(model, batch_size=3)
+    source = ItemSource(PackedFaces(pack_path), e.crop_size)
+    return embed_gallery(e, source, out, chunk_size=5, progress=False, **kw)
+
+
+def test_gallery_file(model, tiny_pack, tmp_path):
+    out = _gallery(model, tiny_pack, tmp_path / "g.safetensors", dtype="float32")
+    g = Gallery(out)
+    faces = PackedFaces(tiny_pack)
+    images = torch.from_numpy(faces.images(range(len(faces)))).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        for k in (8, 16):
+            torch.testing.assert_close(g.features(f"hr{k}"), model.embed_hr(images, k))
+    assert g.heads == ["hr8", "hr16"] and g.model == model_identity(model)
+    assert g.index.tolist() == list(range(22)) and g.paths == faces.paths
+    assert g.labels.tolist() == faces.labels.tolist() and g.identity(3) == "p3"
+    assert not (tmp_path / "g.safetensors.parts").exists()
+    half = Gallery(_gallery(model, tiny_pack, tmp_path / "h.safetensors"))
+    assert half.features("hr8").dtype == torch.float16
+    torch.testing.assert_close(half.features("hr8", 4, 9).float(), g.features("hr8", 4, 9), atol=2e-3, rtol=2e-3)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_is_identical(model, tiny_pack, tmp_path):
+    whole = _gallery(model, tiny_pack, tmp_path / "whole.safetensors")
+
+    def stop_after_two(chunk):
+        if chunk == 1:
+            raise Interrupt
+
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(Interrupt):
+        _gallery(model, tiny_pack, out, on_chunk=stop_after_two)
+    parts = sorted(p.name for p in (tmp_path / "resumed.safetensors.parts").glob("chunk-*"))
+    assert parts == ["chunk-00000000.safetensors", "chunk-00000001.safetensors"] and not out.exists()
+    written = []
+    _gallery(model, tiny_pack, out, on_chunk=written.append)
+    assert written == [2, 3, 4]  # the two finished chunks were not embedded again
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_shards_merge_into_the_single_run(model, tiny_pack, tmp_path):
+    whole = _gallery(model, tiny_pack, tmp_path / "whole.safetensors")
+    out = tmp_path / "g.safetensors"
+    shards = [_gallery(model, tiny_pack, out, shard=Shard(r, 3)) for r in (2, 0, 1)]
+    assert [s.name for s in shards] == [f"g.shard00{r}-of-003.safetensors" for r in (2, 0, 1)]
+    assert merge_shards(shards, out) == out
+    assert out.read_bytes() == whole.read_bytes()
+    many = [_gallery(model, tiny_pack, tmp_path / "m.safetensors", shard=Shard(r, 7)) for r in range(7)]
+    assert len(Gallery(many[0])) == 0  # 5 chunks for 7 processes: some hold none
+    assert merge_shards(many, tmp_path / "m.safetensors").read_bytes() == whole.read_bytes()
+    with pytest.raises(ValueError, match="needs ranks 0..2 once each"):
+        merge_shards(shards[:2], tmp_path / "x.safetensors")
+    with pytest.raises(ValueError, match="not a shard"):
+        merge_shards([whole], tmp_path / "x.safetensors")
