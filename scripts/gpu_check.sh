@@ -3,6 +3,7 @@
 # benchmarks, and leave logs and JSON under $OUT (default: ./gpu_out).
 #
 #   bash scripts/gpu_check.sh
+#   GPU_CHECK_TESTS="-m cuda tests" GPU_CHECK_BENCHES="trunk embed" bash scripts/gpu_check.sh  # a shorter check
 #
 # Python packages the machine lacks (hypothesis for the tests) can travel as wheels in .whl/;
 # they are installed into a private folder first. Each step runs even if an earlier one failed;
@@ -35,15 +36,19 @@ step build build.log 300 env PYDCR_CUDA=ON PYDCR_CUDA_ARCHS="${PYDCR_CUDA_ARCHS:
 step info tests.log 60 python3 -m pydcr info
 # pytest-xdist spreads the suite over the machine's cores when it is installed.
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-step tests tests.log 240 python3 -m pytest -q -p no:cacheprovider $xdist -rf tests
+step tests tests.log 240 python3 -m pytest -q -p no:cacheprovider $xdist -rf ${GPU_CHECK_TESTS:-tests}
 # Benchmarks write JSON to a scratch folder, merged into one $OUT/bench.json at the end (the
 # machine returns only a few files).
 json=$(mktemp -d)
-for bench in resize degrade prelu center; do
-  step "bench-$bench" bench.log 90 python3 -m bench.$bench --device cuda --quick --out "$json/$bench.json"
+benches=${GPU_CHECK_BENCHES:-resize degrade prelu center embed trunk profile_trunk}
+for bench in $benches; do
+  case $bench in
+    embed) step bench-embed bench.log 180 python3 -m bench.embed --device cuda --quick --out "$json/embed.json" ;;
+    trunk) step bench-trunk bench.log 240 python3 -m bench.trunk --device cuda --quick ${GPU_CHECK_TRUNK_ARGS---compile} --out "$json/trunk.json" ;;
+    profile_trunk) step profile-trunk bench.log 90 python3 -m bench.profile_trunk --device cuda ;;
+    *) step "bench-$bench" bench.log 90 python3 -m bench.$bench --device cuda --quick --out "$json/$bench.json" ;;
+  esac
 done
-step bench-embed bench.log 180 python3 -m bench.embed --device cuda --quick --out "$json/embed.json"
-step bench-trunk bench.log 240 python3 -m bench.trunk --device cuda --quick --compile --out "$json/trunk.json"
 if [ -f "${PYDCR_SHARED:-../shared}/data/lfw/lfw_landmark.txt" ]; then  # the data benchmark needs LFW
   step bench-data bench.log 90 python3 -m bench.data --device cuda --quick --out "$json/data.json"
 fi
