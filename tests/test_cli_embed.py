@@ -219,7 +219,8 @@ def test_killed_run_resumes_to_the_same_file(models, tmp_path):
     out, whole = tmp_path / "g.safetensors", tmp_path / "whole.safetensors"
     parts = tmp_path / "g.safetensors.parts"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([*argv, "--out", str(out)], env=env)
+    # cwd: outside the source folder, whose pydcr/ would shadow the installed one
+    process = subprocess.Popen([*argv, "--out", str(out)], env=env, cwd=tmp_path)
     try:
         while len(list(parts.glob("chunk-*.safetensors"))) < 2 and process.poll() is None:
             time.sleep(0.02)
@@ -230,6 +231,6 @@ def test_killed_run_resumes_to_the_same_file(models, tmp_path):
         pytest.skip("the run finished before it could be killed")
     done = len(list(parts.glob("chunk-*.safetensors")))
     assert 2 <= done < 12
-    subprocess.run([*argv, "--out", str(out)], check=True, env=env, timeout=300)
-    subprocess.run([*argv, "--out", str(whole)], check=True, env=env, timeout=300)
+    subprocess.run([*argv, "--out", str(out)], check=True, env=env, cwd=tmp_path, timeout=300)
+    subprocess.run([*argv, "--out", str(whole)], check=True, env=env, cwd=tmp_path, timeout=300)
     assert out.read_bytes() == whole.read_bytes() and not parts.exists()

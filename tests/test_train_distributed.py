@@ -127,7 +127,8 @@ def test_torchrun_command(small_pack, tmp_path):
                "--master_addr=127.0.0.1", f"--master_port={free_port()}",
                "-m", "pydcr", "train", "trunk", "--data", str(small_pack), "--out", str(out), "--preset", "demo",
                "--width", "0.125", "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--quiet"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # cwd: outside the source folder, whose pydcr/ would shadow the installed one
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("pydcr train trunk:") == 1  # rank 0 reports
     model = load(out / "model.safetensors")
