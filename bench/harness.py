@@ -43,6 +43,33 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, min_time: float =
     return statistics.median(samples)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, min_time: float = 0.3,
+                     repeats: int = 7) -> dict[str, float]:
+    """Median milliseconds per call of each function, timed in alternating rounds.
+
+    For contenders that take seconds a call on a shared machine: a burst of load then slows a
+    round of every contender instead of one contender's whole measurement.
+    """
+    calls = {}
+    for label, fn in fns.items():
+        fn()  # warm up: lazy init, caches, compilation
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        calls[label] = max(1, int(min_time / repeats / max(time.perf_counter() - start, 1e-6)))
+    samples: dict[str, list[float]] = {label: [] for label in fns}
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(calls[label]):
+                fn()
+            sync(device)
+            samples[label].append((time.perf_counter() - start) / calls[label] * 1e3)
+    return {label: statistics.median(v) for label, v in samples.items()}
+
+
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
     """Peak device memory of one call above what was allocated before it (CUDA only)."""
     if device.type != "cuda":

@@ -3,7 +3,8 @@
     python -m bench.trunk [--device cuda] [--batch N] [--width W] [--compile] [--quick]
 
 Images/s for forward (no grad) and a training step (forward + backward of the features' sum, no
-optimizer), ours vs the eager twin (nn.Conv2d / nn.PReLU / add, same weights), and with --compile
+optimizer), ours vs the eager twin (nn.Conv2d / nn.PReLU / add, same weights), timed in alternating
+rounds (denormals flushed on the CPU, as in training), and with --compile
 also torch.compile of each. CUDA runs in bf16 autocast with channels_last; peak memory per step.
 """
 
@@ -13,7 +14,7 @@ import contextlib
 
 import torch
 
-from bench.harness import Report, common_args, peak_memory_mib, time_ms
+from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
 from pydcr.models import Trunk
 
 
@@ -41,6 +42,8 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     ours, eager, x, autocast = setup(device, args.batch, args.width)
     batch = len(x)
+    if device.type == "cpu":  # as training on the CPU does (pydcr.train): denormal values stall both sides
+        torch.set_flush_denormal(True)
 
     contenders = {"ours": ours, "eager": eager}
     if args.compile:
@@ -59,12 +62,14 @@ def main(argv=None) -> None:
     report = Report("trunk", device, ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"])
     min_time = 0.5 if args.quick else 2.0
     for name, step in (("inference", infer), ("train_step", train)):
-        times, failures = {}, {}
+        runnable, failures = {}, {}
         for label, model in contenders.items():
             try:
-                times[label] = time_ms(lambda: step(model), device, min_time=min_time, repeats=3 if args.quick else 5)
+                step(model)
+                runnable[label] = lambda model=model: step(model)
             except Exception as err:  # torch.compile may not work everywhere: report it, don't hide it
                 failures[label] = f"failed: {type(err).__name__}"
+        times = time_interleaved(runnable, device, min_time=min_time, repeats=3 if args.quick else 5)
         for label, model in contenders.items():
             row = {"pass": name, "model": label, "batch": batch}
             if label in failures:
