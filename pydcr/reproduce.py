@@ -84,10 +84,11 @@ def reproduce_lfw(
     table = verification_table(model, test, split.first, split.second, split.same, split.folds, sizes,
                                pca_dim=pca_dim, device=device)
     minutes = (time.perf_counter() - started) / 60
+    ran_on = machine(device)
     meta = {
         "command": command,
-        "machine": describe(machine(device)),
-        "torch": machine(device)["torch"],
+        "machine": describe(ran_on),
+        "torch": ran_on["torch"],
         "minutes": round(minutes, 1),
         "preset": preset,
         "epochs": trunk_cfg.epochs,

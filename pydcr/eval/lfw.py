@@ -35,10 +35,11 @@ class LFWDisjointSplit:
     folds: np.ndarray
 
 
-def _test_pairs(lfw: LFW, folds: Sequence[int]) -> tuple[np.ndarray, ...]:
+def _test_pairs(lfw: LFW, folds: Sequence[int] | None) -> tuple[np.ndarray, ...]:
+    """(images, first, second, same, fold) of the pairs of `folds` (None: every fold)."""
     if lfw.pairs is None:
         raise ValueError(f"{lfw.root}: no pairs file, so no verification pairs")
-    folds = sorted({int(f) for f in folds})
+    folds = sorted({int(f) for f in (range(lfw.pairs.num_folds) if folds is None else folds)})
     if not folds or folds[0] < 0 or folds[-1] >= lfw.pairs.num_folds:
         raise ValueError(f"folds must lie in [0, {lfw.pairs.num_folds}), got {folds}")
     chosen = np.isin(lfw.pairs.fold, folds)
@@ -93,7 +94,6 @@ def evaluate_lfw(model: DCR, lfw: LFW, folds: Sequence[int] | None = None, sizes
                  progress: bool = True) -> VerificationTable:
     """Table I on LFW: HR gallery = each pair's first image, probe = its second degraded to each size;
     verify_10fold over `folds` (default: all ten)."""
-    folds = range(lfw.pairs.num_folds) if folds is None and lfw.pairs is not None else folds or ()
     images, first, second, same, fold = _test_pairs(lfw, folds)
     faces = aligned_faces(lfw, images, pack=pack, progress=progress)
     return verification_table(model, faces, first, second, same, fold, sizes, pca_dim=pca_dim, device=device)

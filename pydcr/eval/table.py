@@ -71,8 +71,8 @@ def verification_table(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.eval().to(device)
     first, second = np.asarray(first), np.asarray(second)
-    probes = images[torch.from_numpy(np.unique(second))]
-    probe_row = np.searchsorted(np.unique(second), second)  # row of each pair's probe in `probes`
+    probe_images, probe_row = np.unique(second, return_inverse=True)  # probe_row: each pair's row in `probes`
+    probes = images[torch.from_numpy(probe_images)]
     v_hr = _embed(model.embed_trunk, images, batch, device)
     g = v_hr[first]
 
