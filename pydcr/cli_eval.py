@@ -35,7 +35,7 @@ def _add_lfw(protocols) -> None:
 
 
 def run_lfw(args: argparse.Namespace) -> int:
-    from .cli_train import device_or_default
+    from .cli_train import check_lfw_root, device_or_default, view2_folds
     from .data import LFW, PackedFaces
     from .eval.lfw import evaluate_lfw
     from .eval.report import write_report
@@ -43,18 +43,15 @@ def run_lfw(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise UsageError(f"no such model file: {args.model}")
-    if not (args.root / "pairs.txt").is_file() or not (args.root / "lfw").is_dir():
-        raise UsageError(f"{args.root} is not an LFW root: it needs lfw/ and pairs.txt")
+    check_lfw_root(args.root)
     if min(args.sizes) < 1 or (args.pca_dim is not None and args.pca_dim < 1):
         raise UsageError(f"--sizes and --pca-dim must be positive, got {args.sizes} and {args.pca_dim}")
-    if args.folds is not None and (len(set(args.folds)) < 2 or not all(1 <= f <= 10 for f in args.folds)):
-        raise UsageError(f"--folds must name at least two folds in 1-10, got {args.folds}")
+    folds = None if args.folds is None else view2_folds("--folds", args.folds)
     if args.pack is not None and not args.pack.is_file():
         raise UsageError(f"no such pack: {args.pack}")
     try:
         model = load(args.model)
         lfw = LFW(args.root, size=model.trunk.input_size)
-        folds = None if args.folds is None else [f - 1 for f in args.folds]
         pack = PackedFaces(args.pack) if args.pack is not None else None
         table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
                              device=device_or_default(args.device), progress=not args.quiet)

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli_train import UsageError, device_or_default, preset_named
+from .cli_train import UsageError, check_lfw_root, device_or_default, preset_named, view2_folds
 
 
 def add_reproduce_parser(sub) -> None:
@@ -34,18 +34,15 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
     from .reproduce import reproduce_lfw
 
     preset_named(args.preset)
-    if not (args.root / "pairs.txt").is_file() or not (args.root / "lfw").is_dir():
-        raise UsageError(f"{args.root} is not an LFW root: it needs lfw/ and pairs.txt")
-    bad = [f for f in args.test_folds if not 1 <= f <= 10]
-    if bad or len(set(args.test_folds)) < 2:
-        raise UsageError(f"--test-folds must name at least two folds in 1-10, got {args.test_folds}")
+    check_lfw_root(args.root)
+    test_folds = view2_folds("--test-folds", args.test_folds)
     if min(args.sizes) < 1:
         raise UsageError(f"--sizes must be positive, got {args.sizes}")
     if args.min_images < 1:
         raise UsageError(f"--min-images must be >= 1, got {args.min_images}")
     if args.pack is not None and not args.pack.is_file():
         raise UsageError(f"no such pack: {args.pack}")
-    reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=[f - 1 for f in args.test_folds],
+    reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
                   min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
                   pack_path=args.pack, device=device_or_default(args.device), seed=args.seed, progress=not args.quiet,
                   command=shlex.join(["pydcr", *sys.argv[1:]]))

@@ -54,6 +54,19 @@ def preset_named(name: str):
         raise UsageError(err.args[0]) from None
 
 
+def check_lfw_root(root: Path) -> None:
+    """A UsageError unless root holds LFW's images and View 2 pairs."""
+    if not (root / "pairs.txt").is_file() or not (root / "lfw").is_dir():
+        raise UsageError(f"{root} is not an LFW root: it needs lfw/ and pairs.txt")
+
+
+def view2_folds(option: str, folds: list[int]) -> list[int]:
+    """The 1-10 fold numbers of an option as 0-based indices, or a UsageError (at least two folds)."""
+    if len(set(folds)) < 2 or not all(1 <= f <= 10 for f in folds):
+        raise UsageError(f"{option} must name at least two folds in 1-10, got {folds}")
+    return [f - 1 for f in folds]
+
+
 def device_or_default(name: str | None) -> str:
     import torch
 
