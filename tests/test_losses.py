@@ -1,17 +1,15 @@
 """CenterLoss, TrunkLoss and CMLoss: values, gradients and center updates against plain formulas."""
 
 import datetime
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from pydcr import ops, reference
 from pydcr.losses import CenterLoss, CMLoss, TrunkLoss
+from two_processes import free_port, run_two_processes
 
 
 def update_by_loop(centers, features, labels, alpha):
@@ -195,22 +193,9 @@ def distributed_worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_distributed_update_matches_single_process(tmp_path):
-    context = mp.start_processes(distributed_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail("the two distributed processes did not finish in time")
+    run_two_processes(distributed_worker, free_port(), str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1)  # every rank holds the same centers, bit for bit
     features, labels, centers = distributed_data()

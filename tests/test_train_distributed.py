@@ -3,22 +3,20 @@ whole batch, stay identical, resume, and only rank 0 writes; `torchrun ... -m py
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from pydcr.cli import main
 from pydcr.models import load
 from pydcr.train import distributed, train_trunk
 from pydcr.train import trunk as trunk_module
 from test_train import TINY, toy_faces
+from two_processes import free_port, run_two_processes
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -27,12 +25,6 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 # split over the ranks both matter.
 CONFIG = replace(TINY, epochs=2, batch_size=8)
 STOP_AT = 5  # a step of the second epoch: only the first epoch's checkpoint survives
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stop(Exception):
@@ -69,16 +61,6 @@ def worker(rank, port, out_dir):
         resumed = train_trunk(data, classes, CONFIG, f"{out_dir}/cut", progress=False)
     torch.save({"whole": state(whole), "resumed": state(resumed), "finished": resumed.finished,
                 "other_rank_saves": saved}, f"{out_dir}/rank{rank}.pt")
-
-
-def run_two_processes(fn, *args):
-    context = mp.start_processes(fn, args=args, nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=2):
-        if time.monotonic() > deadline:
-            for p in context.processes:
-                p.kill()
-            pytest.fail("the two distributed processes did not finish in time")
 
 
 def test_two_processes_take_the_steps_of_one_process(tmp_path):
