@@ -15,6 +15,10 @@ STABLE_TORCH_LIBRARY(pydcr, m) {
   // when none was given); the residual's gradient is grad itself.
   m.def("prelu(Tensor x, Tensor weight, Tensor? bias=None, Tensor? residual=None) -> Tensor");
   m.def("prelu_backward(Tensor grad, Tensor x, Tensor weight, Tensor? bias=None) -> (Tensor, Tensor, Tensor)");
+  // prelu_pool: PReLU(x + bias, weight) then a 2x2 max-pool, stride 2, ceil mode, for N x C x H x W
+  // x; its backward op takes the pooled output's gradient and returns those of x, weight and bias.
+  m.def("prelu_pool(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor");
+  m.def("prelu_pool_backward(Tensor grad, Tensor x, Tensor weight, Tensor? bias=None) -> (Tensor, Tensor, Tensor)");
 
   // Center loss and the center update of Wen et al. (csrc/center). labels are int64 or int32
   // class indices into the rows of centers (C x D); features are B x D.

@@ -1,7 +1,8 @@
 """Layers of the Face-ResNet trunk built on the fused ops.
 
 Convolutions are torch's (oneDNN on CPU, cuDNN on CUDA); what follows them, the bias, the PReLU
-and the residual add, is one fused :func:`pydcr.ops.prelu` pass each way. Parameter names and
+and the residual add or the max-pool, is one fused pass each way (:func:`pydcr.ops.prelu`,
+:func:`pydcr.ops.prelu_pool`). Parameter names and
 shapes are those of the eager twins in :mod:`pydcr.reference` (nn.Conv2d + nn.PReLU), so state
 dicts load either way.
 """
@@ -24,22 +25,28 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class ConvPReLU(nn.Module):
-    """A 3x3 convolution, stride 1, then a per-channel PReLU: ``PReLU(conv(x) + bias)``.
+    """A 3x3 convolution, stride 1, then a per-channel PReLU: ``PReLU(conv(x) + bias)``, and with
+    ``pool`` a 2x2 max-pool of stride 2 in ceil mode after it.
 
-    The convolution runs without its bias; the bias is added inside the fused PReLU pass.
-    Parameters: ``conv.weight`` (out_ch x in_ch x 3 x 3), ``conv.bias`` (out_ch, when ``bias``) and
-    ``prelu.weight`` (out_ch, initialised to 0.25 as nn.PReLU).
+    The convolution runs without its bias; the bias is added inside the fused PReLU pass, which
+    also pools. Parameters: ``conv.weight`` (out_ch x in_ch x 3 x 3), ``conv.bias`` (out_ch, when
+    ``bias``) and ``prelu.weight`` (out_ch, initialised to 0.25 as nn.PReLU).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 1, bias: bool = True):
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 1, bias: bool = True, pool: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=padding, bias=bias)
         self.prelu = nn.PReLU(out_ch)
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         y = F.conv2d(x, c.weight, None, c.stride, c.padding, c.dilation, c.groups)
-        return ops.prelu(y, _as(self.prelu.weight, y.dtype), None if c.bias is None else _as(c.bias, y.dtype))
+        weight, bias = _as(self.prelu.weight, y.dtype), None if c.bias is None else _as(c.bias, y.dtype)
+        return ops.prelu_pool(y, weight, bias) if self.pool else ops.prelu(y, weight, bias)
+
+    def extra_repr(self) -> str:
+        return "pool=True" if self.pool else ""
 
 
 class ResidualUnit(nn.Module):

@@ -8,6 +8,7 @@ inference for torch.compile and fake tensors, and gradients. Each op equals its 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import _extension  # noqa: F401  (registers the ops)
 from ._args import Size2, pair
@@ -242,6 +243,100 @@ def _prelu_backward_grad(ctx, gg_x, gg_w, gg_b):
 
 torch.library.register_autograd("pydcr::prelu", _prelu_grad, setup_context=_prelu_setup)
 torch.library.register_autograd("pydcr::prelu_backward", _prelu_backward_grad, setup_context=_prelu_backward_setup)
+
+# PReLU then a 2x2 max-pool (csrc/prelu): the trunk's widening convolutions are followed by both.
+
+__all__ += ["prelu_pool"]
+
+
+def prelu_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``PReLU(x + bias[c], weight[c])`` then a 2x2 max-pool of stride 2 in ceil mode, in one pass.
+
+    x is N x C x H x W; the result is N x C x ceil(H / 2) x ceil(W / 2), in x's layout. Equals
+    ``F.max_pool2d(F.prelu(x + bias.view(1, -1, 1, 1), weight), 2, 2, ceil_mode=True)``
+    (:func:`pydcr.reference.prelu_pool`), ties and NaNs included: the gradient goes to the first
+    largest element of each window, as in eager. Arguments as :func:`prelu`, without the residual.
+
+    The full-size activation is never written: the forward pass writes a quarter of x's size and
+    autograd keeps x alone (eager keeps PReLU's input, its output and the pool's int64 indices).
+    The backward pass is one pass over x, with the slope and bias sums fused in as in prelu.
+    """
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None or name != "bias":
+            _check_tensor("prelu_pool", name, t)
+    return torch.ops.pydcr.prelu_pool.default(x, weight, bias)
+
+
+def _pooled_like(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.new_empty((n, c, (h + 1) // 2, (w + 1) // 2)).contiguous(memory_format=_result_layout(x))
+
+
+def _check_pool_input(op: str, x) -> None:
+    torch._check(x.dim() == 4, lambda: f"pydcr.{op}: x must be N x C x H x W, got {x.dim()} dimensions")
+
+
+@torch.library.register_fake("pydcr::prelu_pool")
+def _prelu_pool_fake(x, weight, bias=None):
+    _check_pool_input("prelu_pool", x)
+    _check_prelu_args("prelu_pool", x, weight, bias, [])
+    return _pooled_like(x)
+
+
+@torch.library.register_fake("pydcr::prelu_pool_backward")
+def _prelu_pool_backward_fake(grad, x, weight, bias=None):
+    _check_pool_input("prelu_pool_backward", x)
+    _check_prelu_args("prelu_pool_backward", x, weight, bias, [])
+    torch._check(grad.shape == _pooled_like(x).shape,
+                 lambda: f"pydcr.prelu_pool_backward: grad must have the pooled shape of x, got {list(grad.shape)}")
+    return torch.empty_like(x, memory_format=_result_layout(x)), torch.empty_like(weight), x.new_empty(x.shape[1])
+
+
+def _prelu_pool_setup(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight, bias)
+
+
+def _prelu_pool_grad(ctx, grad):
+    x, weight, bias = ctx.saved_tensors
+    grad_x, grad_w, grad_b = torch.ops.pydcr.prelu_pool_backward.default(grad, x, weight, bias)
+    return grad_x, grad_w, grad_b if ctx.has_bias else None
+
+
+def _prelu_pool_backward_setup(ctx, inputs, output):
+    grad, x, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(grad, x, weight, bias)
+
+
+def _prelu_pool_backward_grad(ctx, gg_x, gg_w, gg_b):
+    """Double backward. prelu_pool_backward(grad, x, w, b) is prelu_backward(route(grad), x, w, b),
+    where route puts each output gradient on its window's largest element: linear in grad and, in
+    x, piecewise constant. So the gradients are prelu_backward's, with grad's gathered back."""
+    grad, x, weight, bias = ctx.saved_tensors
+    from .reference import prelu as prelu_twin  # the activation, to find each window's largest
+
+    with torch.no_grad():
+        _, where = F.max_pool2d(prelu_twin(x, weight, bias), 2, 2, ceil_mode=True, return_indices=True)
+    routed = torch.zeros_like(x).flatten(2).scatter_(2, where.flatten(2), grad.flatten(2)).view_as(x)
+    d_routed, d_x, d_w, d_b = _prelu_backward_grad(_Saved(routed, x, weight, bias, ctx.has_bias), gg_x, gg_w, gg_b)
+    d_grad = d_routed.flatten(2).gather(2, where.flatten(2)).view_as(grad)
+    return d_grad, d_x, d_w, d_b
+
+
+class _Saved:
+    """What _prelu_backward_grad reads from its autograd context, for reuse with other tensors."""
+
+    def __init__(self, grad, x, weight, bias, has_bias):
+        self.saved_tensors = (grad, x, weight, bias)
+        self.has_bias = has_bias
+
+
+torch.library.register_autograd("pydcr::prelu_pool", _prelu_pool_grad, setup_context=_prelu_pool_setup)
+torch.library.register_autograd(
+    "pydcr::prelu_pool_backward", _prelu_pool_backward_grad, setup_context=_prelu_pool_backward_setup
+)
 
 # ---- Center loss and the center update (csrc/center) ---------------------------------------------
 #

@@ -49,16 +49,24 @@ def prelu(
     return y if residual is None else y + residual
 
 
-class ConvPReLU(torch.nn.Module):
-    """Eager twin of :class:`pydcr.nn.ConvPReLU`: nn.Conv2d (3x3, with its bias) then nn.PReLU."""
+def prelu_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """PReLU(x + bias[c], weight) then a 2x2 max-pool, stride 2, ceil mode (Caffe's rounding)."""
+    return F.max_pool2d(prelu(x, weight, bias), 2, 2, ceil_mode=True)
 
-    def __init__(self, in_ch: int, out_ch: int, padding: int = 1, bias: bool = True):
+
+class ConvPReLU(torch.nn.Module):
+    """Eager twin of :class:`pydcr.nn.ConvPReLU`: nn.Conv2d (3x3, with its bias) then nn.PReLU,
+    then with ``pool`` F.max_pool2d (2x2, stride 2, ceil mode)."""
+
+    def __init__(self, in_ch: int, out_ch: int, padding: int = 1, bias: bool = True, pool: bool = False):
         super().__init__()
         self.conv = torch.nn.Conv2d(in_ch, out_ch, 3, padding=padding, bias=bias)
         self.prelu = torch.nn.PReLU(out_ch)
+        self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prelu(self.conv(x))
+        y = self.prelu(self.conv(x))
+        return F.max_pool2d(y, 2, 2, ceil_mode=True) if self.pool else y
 
 
 class ResidualUnit(torch.nn.Module):
@@ -118,4 +126,5 @@ TWINS = {
     "resize": lambda x, size, antialias=True: resize(x, size, antialias=antialias),
     "degrade": lambda x, low, size, antialias=True: degrade(x, low, size, antialias=antialias),
     "prelu": prelu,
+    "prelu_pool": prelu_pool,
 }

@@ -34,6 +34,7 @@ def test_trunk_matches_the_table():
     assert 27.0e6 < n < 28.0e6  # the paper's "105 MB" of float32
     convs = [m for m in trunk.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 27
+    assert sum(getattr(m, "pool", False) for m in trunk.modules()) == 4  # max-pools, fused into their ConvPReLU
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in trunk.modules())
     assert trunk.fc.in_features == 512 * 5 * 4
 
@@ -104,6 +105,30 @@ def test_save_load_round_trip_is_exact(model, tmp_path):
         assert k == k2 and torch.equal(a, b)
     config = read_config(path)
     assert config["width"] == 0.125 and config["degrade"] == "antialias" and set(config["branches"]) == {"8", "12", "16", "20"}
+
+
+def test_format_version_1_files_load(model, tmp_path):
+    # Version 1 kept each max-pool as a module of its own in trunk.body, so later keys sat higher.
+    from safetensors.torch import save_file
+
+    from pydcr.models.serialization import config_of
+    from pydcr.models.trunk import key_from_v1
+
+    to_v1 = {key_from_v1(f"body.{i}.w").split(".")[1]: str(i) for i in range(40) if i not in (2, 5, 9, 16)}
+
+    def v1_key(key):
+        parts = key.split(".")
+        if parts[:2] == ["trunk", "body"]:
+            parts[2] = to_v1[parts[2]]
+        return ".".join(parts)
+
+    tensors = {v1_key(k): v.contiguous() for k, v in model.state_dict().items()}
+    assert "trunk.body.3.conv1.weight" in tensors and "trunk.body.2.conv1.weight" not in tensors
+    config = {**config_of(model), "format_version": 1}
+    save_file(tensors, str(tmp_path / "v1.safetensors"), metadata={"pydcr": json.dumps(config)})
+    loaded = models.load(tmp_path / "v1.safetensors")
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
 
 
 def test_branches_can_be_added_and_removed(model, tmp_path):

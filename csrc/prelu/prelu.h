@@ -10,6 +10,12 @@
 //   grad_x = grad * s,  grad_b[c] = sum over channel c of grad_x,
 //   grad_w[c] = sum over channel c of grad * min(z, 0),  grad_residual = grad.
 // Only x is needed to recompute z, s and min(z, 0), so x is all the forward saves.
+//
+// prelu_pool follows the PReLU with a 2x2 max-pool of stride 2 in ceil mode (Caffe's pooling, as
+// the trunk uses after its widening convolutions): output (i, j) is the largest activation of
+// rows 2i, 2i + 1 and columns 2j, 2j + 1, clipped at the edges, so every input element lies in
+// exactly one window. Its backward pass routes each output gradient to its window's largest
+// element and is then the PReLU backward pass above, with zero gradient everywhere else.
 #include <cstdint>
 
 #include "common/macros.h"
@@ -58,6 +64,62 @@ PYDCR_HOST_DEVICE T backward_value(T grad, T x, T w, T b, T& sum_w, T& sum_b) {
   sum_w += slope_term(grad, z);
   sum_b += grad_x;
   return grad_x;
+}
+
+// Output size of the 2x2, stride 2, ceil-mode pool along an axis of n elements.
+PYDCR_HOST_DEVICE int64_t pooled_size(int64_t n) { return (n + 1) / 2; }
+
+// A pooling window's scan so far: its largest activation, the input element that gave it, and
+// where that lies (0 to 3, row-major in the 2x2 window; a T, so that vector code selects it
+// like the rest).
+template <typename T>
+struct WindowScan {
+  T best, x, at;
+};
+
+// The scan of a window's first element.
+template <typename T>
+PYDCR_HOST_DEVICE WindowScan<T> start_window(T x, T w, T b) {
+  return {activate(x + b, w), x, T(0)};
+}
+
+// Adds element x at position `at` to the scan. The first maximum, or the last NaN, wins, as in
+// ATen's max-pool, so that the gradient goes where eager's goes. One select per comparison:
+// compilers vectorise that, and not `v > best || v != v`.
+template <typename T>
+PYDCR_HOST_DEVICE void scan_element(WindowScan<T>& s, T x, T at, T w, T b) {
+  const T v = activate(x + b, w);
+  const bool greater = v > s.best;
+  s.best = greater ? v : s.best;
+  s.x = greater ? x : s.x;
+  s.at = greater ? at : s.at;
+  const bool nan = v != v;
+  s.best = nan ? v : s.best;
+  s.x = nan ? x : s.x;
+  s.at = nan ? at : s.at;
+}
+
+// The scan of a window of rows x cols elements (1 or 2 each, fewer at the edges in ceil mode);
+// load(r, c) gives the element at offset (r, c) from the window's top-left.
+template <typename T, typename Load>
+PYDCR_HOST_DEVICE WindowScan<T> scan_window(Load load, int rows, int cols, T w, T b) {
+  WindowScan<T> s = start_window(load(0, 0), w, b);
+  if (cols == 2) scan_element(s, load(0, 1), T(1), w, b);
+  if (rows == 2) {
+    scan_element(s, load(1, 0), T(2), w, b);
+    if (cols == 2) scan_element(s, load(1, 1), T(3), w, b);
+  }
+  return s;
+}
+
+// The row and column offsets of window position `at`.
+template <typename T>
+PYDCR_HOST_DEVICE int window_row(T at) {
+  return static_cast<int>(at) / 2;
+}
+template <typename T>
+PYDCR_HOST_DEVICE int window_col(T at) {
+  return static_cast<int>(at) % 2;
 }
 
 }  // namespace pydcr::prelu

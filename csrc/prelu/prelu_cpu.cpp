@@ -8,6 +8,10 @@
 // The backward pass fuses the per-channel slope and bias reductions into the grad_x pass. Each
 // plane, or each fixed chunk of rows, writes its own partial sums; the partials are then added in
 // a fixed order, so the result depends on the shape only, never on the number of threads.
+//
+// prelu_pool runs window by window: the forward pass writes each window's largest activation,
+// the backward pass writes the whole window's grad_x (zero but at the largest) and adds that
+// element's terms to the plane's, or the output row's, partial sums.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -95,6 +99,81 @@ PYDCR_PRELU_LOOPS(float)
 PYDCR_PRELU_LOOPS(double)
 #undef PYDCR_PRELU_LOOPS
 
+// prelu_pool's hot loops run over kSpan full 2x2 windows side by side in one NCHW plane: input
+// rows x0 and x1 (columns 2j and 2j + 1 for window j), output y or output gradient g. The fixed
+// count gives vector code without a scalar remainder loop, whose branches would cost more than
+// the vector part on rows this short (46 windows in the trunk's first pool, 4 in its last).
+// pool_forward_span:  y[j] = the window's largest activation.
+// pool_backward_span: grad_x of the two input rows (gx0, gx1), adding to sum_w and sum_b.
+constexpr int64_t kSpan = 16;
+
+template <typename T>
+__attribute__((always_inline)) inline WindowScan<T> scan_span_window(const T* x0, const T* x1, int64_t j, T w, T b) {
+  WindowScan<T> s = start_window(x0[2 * j], w, b);
+  scan_element(s, x0[2 * j + 1], T(1), w, b);
+  scan_element(s, x1[2 * j], T(2), w, b);
+  scan_element(s, x1[2 * j + 1], T(3), w, b);
+  return s;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void pool_forward_span(T* __restrict y, const T* __restrict x0,
+                                                             const T* __restrict x1, T w, T b) {
+#pragma omp simd
+  for (int64_t j = 0; j < kSpan; ++j) y[j] = scan_span_window(x0, x1, j, w, b).best;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void pool_backward_span(T* __restrict gx0, T* __restrict gx1,
+                                                              const T* __restrict g, const T* __restrict x0,
+                                                              const T* __restrict x1, T w, T b, T& sum_w,
+                                                              T& sum_b) {
+  T sw = 0, sb = 0;
+#pragma omp simd reduction(+ : sw, sb)
+  for (int64_t j = 0; j < kSpan; ++j) {
+    const WindowScan<T> s = scan_span_window(x0, x1, j, w, b);
+    const T gk = backward_value(g[j], s.x, w, b, sw, sb);
+    gx0[2 * j] = s.at == T(0) ? gk : T(0);
+    gx0[2 * j + 1] = s.at == T(1) ? gk : T(0);
+    gx1[2 * j] = s.at == T(2) ? gk : T(0);
+    gx1[2 * j + 1] = s.at == T(3) ? gk : T(0);
+  }
+  sum_w += sw;
+  sum_b += sb;
+}
+
+// A row of `count` windows: whole spans, then the last count % kSpan windows as a span of
+// zero-padded copies (padding windows have zero gradient and add exact zeros to the sums).
+#define PYDCR_POOL_LOOPS(T)                                                                                   \
+  PYDCR_CPU_CLONES void pool_forward_row(T* y, const T* x0, const T* x1, int64_t count, T w, T b) {          \
+    int64_t j = 0;                                                                                           \
+    for (; j + kSpan <= count; j += kSpan) pool_forward_span(y + j, x0 + 2 * j, x1 + 2 * j, w, b);           \
+    if (j == count) return;                                                                                  \
+    T px0[2 * kSpan] = {}, px1[2 * kSpan] = {}, py[kSpan];                                                   \
+    std::copy(x0 + 2 * j, x0 + 2 * count, px0);                                                              \
+    std::copy(x1 + 2 * j, x1 + 2 * count, px1);                                                              \
+    pool_forward_span(py, px0, px1, w, b);                                                                   \
+    std::copy(py, py + (count - j), y + j);                                                                  \
+  }                                                                                                          \
+  PYDCR_CPU_CLONES void pool_backward_row(T* gx0, T* gx1, const T* g, const T* x0, const T* x1,              \
+                                          int64_t count, T w, T b, T& sum_w, T& sum_b) {                     \
+    int64_t j = 0;                                                                                           \
+    for (; j + kSpan <= count; j += kSpan)                                                                   \
+      pool_backward_span(gx0 + 2 * j, gx1 + 2 * j, g + j, x0 + 2 * j, x1 + 2 * j, w, b, sum_w, sum_b);       \
+    if (j == count) return;                                                                                  \
+    T px0[2 * kSpan] = {}, px1[2 * kSpan] = {}, pg[kSpan] = {}, pgx0[2 * kSpan], pgx1[2 * kSpan];           \
+    std::copy(x0 + 2 * j, x0 + 2 * count, px0);                                                              \
+    std::copy(x1 + 2 * j, x1 + 2 * count, px1);                                                              \
+    std::copy(g + j, g + count, pg);                                                                         \
+    pool_backward_span(pgx0, pgx1, pg, px0, px1, w, b, sum_w, sum_b);                                        \
+    std::copy(pgx0, pgx0 + 2 * (count - j), gx0 + 2 * j);                                                   \
+    std::copy(pgx1, pgx1 + 2 * (count - j), gx1 + 2 * j);                                                   \
+  }
+
+PYDCR_POOL_LOOPS(float)
+PYDCR_POOL_LOOPS(double)
+#undef PYDCR_POOL_LOOPS
+
 // The slopes and biases as per-channel vectors: a shared slope repeated, an absent bias as zeros.
 template <typename T>
 struct ChannelParams {
@@ -168,11 +247,147 @@ void backward(const Activation& a, const T* g, T* gx, const ChannelParams<T>& p,
   }
 }
 
+// The pooling geometry of a 4-D activation: input h x w, output oh x ow, and the strides of a row
+// and a column in x's layout (NCHW: w and 1 within a plane; channels_last: w * C and C).
+struct PoolGeometry {
+  int64_t n, channels, h, w, oh, ow, ow_full, row_stride, col_stride;
+  bool channels_last;
+
+  explicit PoolGeometry(const Activation& a)
+      : n(a.x.size(0)), channels(a.x.size(1)), h(a.x.size(2)), w(a.x.size(3)), oh(pooled_size(h)),
+        ow(pooled_size(w)), ow_full(w / 2), channels_last(a.format == MemoryFormat::ChannelsLast) {
+    row_stride = channels_last ? w * channels : w;
+    col_stride = channels_last ? channels : 1;
+  }
+
+  // NCHW: call full(output row i, x offset of its first input row, y offset) for every output row
+  // of `plane` whose windows are two rows tall (the hot loops take its ow_full full windows), and
+  // edge(x offset of the window's top-left, y offset, channel, rows, cols) for the ceil-mode
+  // windows one element tall or wide, when H or W is odd.
+  template <typename Full, typename Edge>
+  void for_rows_of_plane(int64_t plane, Full&& full, Edge&& edge) const {
+    const int64_t c = plane % channels;
+    const int64_t x0 = plane * h * w, y0 = plane * oh * ow;
+    for (int64_t i = 0; i < oh; ++i) {
+      const int64_t xi = x0 + 2 * i * w, yi = y0 + i * ow;
+      if (2 * i + 1 < h) {
+        full(xi, yi);
+        if (ow_full < ow) edge(xi + 2 * ow_full, yi + ow_full, c, 2, 1);
+      } else {
+        for (int64_t j = 0; j < ow; ++j) edge(xi + 2 * j, yi + j, c, 1, 2 * j + 1 < w ? 2 : 1);
+      }
+    }
+  }
+  // channels_last: call f(x offset of the window's top-left, y offset, channel, rows, cols) for
+  // every window of output row i of `image`, in memory order.
+  template <typename F>
+  void for_windows_of_row(int64_t image, int64_t i, F&& f) const {
+    const int rows = 2 * i + 1 < h ? 2 : 1;
+    for (int64_t j = 0; j < ow; ++j) {
+      const int64_t x0 = ((image * h + 2 * i) * w + 2 * j) * channels, y0 = ((image * oh + i) * ow + j) * channels;
+      const int cols = 2 * j + 1 < w ? 2 : 1;
+      for (int64_t c = 0; c < channels; ++c) f(x0 + c, y0 + c, c, rows, cols);
+    }
+  }
+};
+
+template <typename T>
+void pool_forward(const Activation& a, T* y, const ChannelParams<T>& p) {
+  const PoolGeometry geo(a);
+  const T* x = a.x.const_data_ptr<T>();
+  auto window = [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols) {
+    const T* xw = x + x0;
+    auto load = [&](int r, int cc) { return xw[r * geo.row_stride + cc * geo.col_stride]; };
+    y[y0] = scan_window<T>(load, rows, cols, p.weight[c], p.bias[c]).best;
+  };
+  if (!geo.channels_last) {
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / (geo.h * geo.w));
+    torch::stable::parallel_for(0, geo.n * geo.channels, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const T w = p.weight[plane % geo.channels], b = p.bias[plane % geo.channels];
+        auto full = [&](int64_t xi, int64_t yi) { pool_forward_row(y + yi, x + xi, x + xi + geo.w, geo.ow_full, w, b); };
+        geo.for_rows_of_plane(plane, full, window);
+      }
+    });
+  } else {
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / (2 * geo.w * geo.channels));
+    torch::stable::parallel_for(0, geo.n * geo.oh, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) geo.for_windows_of_row(r / geo.oh, r % geo.oh, window);
+    });
+  }
+}
+
+// grad_x for every window (the backward terms at its largest element, zero elsewhere), and the
+// per-channel (slope, bias) gradient sums, channel-major as in backward(). Each NCHW plane, or
+// each channels_last output row, keeps its own partial sums, added in a fixed order after.
+template <typename T>
+void pool_backward(const Activation& a, const T* g, T* gx, const ChannelParams<T>& p, std::vector<T>& sums) {
+  const PoolGeometry geo(a);
+  const int64_t channels = geo.channels;
+  const T* x = a.x.const_data_ptr<T>();
+  auto window = [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols, T& sum_w, T& sum_b) {
+    const T* xw = x + x0;
+    T* gw = gx + x0;
+    auto at = [&](int r, int cc) { return r * geo.row_stride + cc * geo.col_stride; };
+    const WindowScan<T> s = scan_window<T>([&](int r, int cc) { return xw[at(r, cc)]; }, rows, cols, p.weight[c],
+                                           p.bias[c]);
+    for (int r = 0; r < rows; ++r)
+      for (int cc = 0; cc < cols; ++cc) gw[at(r, cc)] = T(0);
+    gw[at(window_row(s.at), window_col(s.at))] = backward_value(g[y0], s.x, p.weight[c], p.bias[c], sum_w, sum_b);
+  };
+  sums.assign(2 * channels, T(0));
+  if (!geo.channels_last) {
+    std::vector<T> partial(2 * geo.n * channels);  // (slope, bias) of plane n * channels + c
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / (geo.h * geo.w));
+    torch::stable::parallel_for(0, geo.n * channels, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        const T w = p.weight[plane % channels], b = p.bias[plane % channels];
+        T sum_w = 0, sum_b = 0;
+        auto full = [&](int64_t xi, int64_t yi) {
+          pool_backward_row(gx + xi, gx + xi + geo.w, g + yi, x + xi, x + xi + geo.w, geo.ow_full, w, b, sum_w, sum_b);
+        };
+        geo.for_rows_of_plane(plane, full, [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols) {
+          window(x0, y0, c, rows, cols, sum_w, sum_b);
+        });
+        partial[2 * plane] = sum_w;
+        partial[2 * plane + 1] = sum_b;
+      }
+    });
+    for (int64_t plane = 0; plane < geo.n * channels; ++plane) {
+      sums[plane % channels] += partial[2 * plane];
+      sums[channels + plane % channels] += partial[2 * plane + 1];
+    }
+  } else {
+    const int64_t units = geo.n * geo.oh;  // output rows, each with slope then bias sums per channel
+    std::vector<T> partial(2 * units * channels, T(0));
+    const int64_t grain = std::max<int64_t>(1, kTaskElements / (2 * geo.w * channels));
+    torch::stable::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        T* part = partial.data() + 2 * u * channels;
+        geo.for_windows_of_row(u / geo.oh, u % geo.oh, [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols) {
+          window(x0, y0, c, rows, cols, part[c], part[channels + c]);
+        });
+      }
+    });
+    for (int64_t u = 0; u < units; ++u)
+      for (int64_t c = 0; c < 2 * channels; ++c) sums[c] += partial[2 * u * channels + c];
+  }
+}
+
 constexpr const char* kForward = "pydcr.prelu";
 constexpr const char* kBackward = "pydcr.prelu_backward";
+constexpr const char* kPoolForward = "pydcr.prelu_pool";
+constexpr const char* kPoolBackward = "pydcr.prelu_pool_backward";
 
 Activation check_cpu(const char* op, const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
   return check_prelu(op, x, weight, bias, {ScalarType::Float, ScalarType::Double}, "on CPU");
+}
+
+// Calls f(T{}) for x's element type, float or double.
+template <typename F>
+void dispatch(const Tensor& x, F&& f) {
+  if (x.scalar_type() == ScalarType::Float) f(float{});
+  else f(double{});
 }
 
 Tensor prelu_cpu(Tensor x, Tensor weight, std::optional<Tensor> bias, std::optional<Tensor> residual) {
@@ -184,31 +399,27 @@ Tensor prelu_cpu(Tensor x, Tensor weight, std::optional<Tensor> bias, std::optio
   }
   Tensor y = a.empty_like_x();
   if (a.numel() == 0) return y;
-  auto run = [&](auto tag) {
+  dispatch(x, [&](auto tag) {
     using T = decltype(tag);
     forward<T>(a, r ? r->const_data_ptr<T>() : nullptr, y.mutable_data_ptr<T>(),
                ChannelParams<T>(weight, bias, a.layout.channels));
-  };
-  if (x.scalar_type() == ScalarType::Float) run(float{});
-  else run(double{});
+  });
   return y;
 }
 
-std::tuple<Tensor, Tensor, Tensor> prelu_backward_cpu(Tensor grad, Tensor x, Tensor weight,
-                                                      std::optional<Tensor> bias) {
-  const Activation a = check_cpu(kBackward, x, weight, bias);
-  check_like_activation(kBackward, "grad", grad, x);
-  const Tensor g = a.dense(grad);
+// The gradients of x, the slopes and the bias from a backward pass, pass(T{}, grad_x data, sums),
+// that writes grad_x and the per-channel sums (slope sums, then bias sums).
+template <typename Pass>
+std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const Tensor& weight, Pass&& pass) {
+  const Tensor& x = a.x;
   const int64_t channels = a.layout.channels;
   Tensor grad_x = a.empty_like_x();
   Tensor grad_w = torch::stable::empty({weight.size(0)}, x.scalar_type(), std::nullopt, x.device());
   Tensor grad_b = torch::stable::empty({channels}, x.scalar_type(), std::nullopt, x.device());
-  auto run = [&](auto tag) {
+  dispatch(x, [&](auto tag) {
     using T = decltype(tag);
     std::vector<T> sums(2 * channels, T(0));
-    if (a.numel() > 0)
-      backward<T>(a, g.const_data_ptr<T>(), grad_x.mutable_data_ptr<T>(), ChannelParams<T>(weight, bias, channels),
-                  sums);
+    if (a.numel() > 0) pass(tag, grad_x.mutable_data_ptr<T>(), sums);
     T* gw = grad_w.mutable_data_ptr<T>();
     if (weight.size(0) == channels) {
       std::copy_n(sums.begin(), channels, gw);
@@ -217,10 +428,43 @@ std::tuple<Tensor, Tensor, Tensor> prelu_backward_cpu(Tensor grad, Tensor x, Ten
       for (int64_t c = 0; c < channels; ++c) gw[0] += sums[c];
     }
     std::copy_n(sums.begin() + channels, channels, grad_b.mutable_data_ptr<T>());
-  };
-  if (x.scalar_type() == ScalarType::Float) run(float{});
-  else run(double{});
+  });
   return {grad_x, grad_w, grad_b};
+}
+
+std::tuple<Tensor, Tensor, Tensor> prelu_backward_cpu(Tensor grad, Tensor x, Tensor weight,
+                                                      std::optional<Tensor> bias) {
+  const Activation a = check_cpu(kBackward, x, weight, bias);
+  check_like_activation(kBackward, "grad", grad, x);
+  const Tensor g = a.dense(grad);
+  return backward_results(a, weight, [&](auto tag, auto* gx, auto& sums) {
+    using T = decltype(tag);
+    backward<T>(a, g.const_data_ptr<T>(), gx, ChannelParams<T>(weight, bias, a.layout.channels), sums);
+  });
+}
+
+Tensor prelu_pool_cpu(Tensor x, Tensor weight, std::optional<Tensor> bias) {
+  check_pool_input(kPoolForward, x);
+  const Activation a = check_cpu(kPoolForward, x, weight, bias);
+  Tensor y = a.empty_pooled();
+  if (a.numel() == 0) return y;
+  dispatch(x, [&](auto tag) {
+    using T = decltype(tag);
+    pool_forward<T>(a, y.mutable_data_ptr<T>(), ChannelParams<T>(weight, bias, a.layout.channels));
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor> prelu_pool_backward_cpu(Tensor grad, Tensor x, Tensor weight,
+                                                           std::optional<Tensor> bias) {
+  check_pool_input(kPoolBackward, x);
+  const Activation a = check_cpu(kPoolBackward, x, weight, bias);
+  check_pooled_grad(kPoolBackward, grad, x);
+  const Tensor g = a.dense(grad);
+  return backward_results(a, weight, [&](auto tag, auto* gx, auto& sums) {
+    using T = decltype(tag);
+    pool_backward<T>(a, g.const_data_ptr<T>(), gx, ChannelParams<T>(weight, bias, a.layout.channels), sums);
+  });
 }
 
 }  // namespace
@@ -230,4 +474,6 @@ STABLE_TORCH_LIBRARY_IMPL(pydcr, CPU, m) {
   using namespace pydcr::prelu;
   m.impl("prelu", TORCH_BOX(&prelu_cpu));
   m.impl("prelu_backward", TORCH_BOX(&prelu_backward_cpu));
+  m.impl("prelu_pool", TORCH_BOX(&prelu_pool_cpu));
+  m.impl("prelu_pool_backward", TORCH_BOX(&prelu_pool_backward_cpu));
 }

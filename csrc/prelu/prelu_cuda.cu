@@ -7,6 +7,10 @@
 // are contiguous runs) or a tile of channels over a chunk of rows (channels_last, N x C: a row's
 // channels are contiguous), so every load is coalesced. Arithmetic is in float (double for
 // float64) through the functions of prelu.h, shared with the CPU kernels.
+//
+// prelu_pool: one thread per output element scans its window (scan_window, shared with the CPU).
+// Its backward pass first routes each output gradient to its window's largest element (a
+// full-size gradient, zero elsewhere) and then is the PReLU backward pass above.
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -229,6 +233,80 @@ __global__ void finish_shared_slope_kernel(const Acc* __restrict__ channel_w, in
   if (threadIdx.x == 0) grad_w[0] = from_acc<T>(sum);
 }
 
+// The pooling geometry, and the window of output element o (in x's layout): the offset of its
+// top-left element in x, its channel, and how many rows and columns it has (1 at a ceil-mode edge).
+template <typename Index>
+struct PoolDims {
+  Index channels, h, w, oh, ow;
+  bool channels_last;
+
+  __device__ __forceinline__ Index row_stride() const { return channels_last ? w * channels : w; }
+  __device__ __forceinline__ Index col_stride() const { return channels_last ? channels : 1; }
+
+  __device__ __forceinline__ void window(Index o, Index& base, Index& c, int& rows, int& cols) const {
+    Index n, i, j;
+    if (channels_last) {
+      c = o % channels;
+      Index rest = o / channels;
+      j = rest % ow;
+      rest /= ow;
+      i = rest % oh;
+      n = rest / oh;
+      base = ((n * h + 2 * i) * w + 2 * j) * channels + c;
+    } else {
+      j = o % ow;
+      Index rest = o / ow;
+      i = rest % oh;
+      rest /= oh;
+      c = rest % channels;
+      n = rest / channels;
+      base = ((n * channels + c) * h + 2 * i) * w + 2 * j;
+    }
+    rows = 2 * i + 1 < h ? 2 : 1;
+    cols = 2 * j + 1 < w ? 2 : 1;
+  }
+};
+
+template <typename T, typename Acc, typename Index>
+__device__ __forceinline__ WindowScan<Acc> scan_output_window(const T* __restrict__ x, const PoolDims<Index>& d,
+                                                              const Params<T, Acc, Index>& p, Index base, Index c,
+                                                              int rows, int cols) {
+  const Index rs = d.row_stride(), cs = d.col_stride();
+  return scan_window<Acc>([&](int r, int cc) { return to_acc<Acc>(x[base + r * rs + cc * cs]); }, rows, cols, p.w(c),
+                          p.b(c));
+}
+
+// y[o] = the largest activation of output o's window.
+template <typename T, typename Acc, typename Index>
+__global__ void pool_forward_kernel(const T* __restrict__ x, T* __restrict__ y, Params<T, Acc, Index> p,
+                                    PoolDims<Index> d, Index outputs) {
+  const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index o = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; o < outputs; o += step) {
+    Index base, c;
+    int rows, cols;
+    d.window(o, base, c, rows, cols);
+    y[o] = from_acc<T>(scan_output_window(x, d, p, base, c, rows, cols).best);
+  }
+}
+
+// routed = g[o] at the largest element of output o's window, zero at its other elements. The
+// windows tile x, so every element of routed is written.
+template <typename T, typename Acc, typename Index>
+__global__ void pool_route_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ routed,
+                                  Params<T, Acc, Index> p, PoolDims<Index> d, Index outputs) {
+  const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
+  const Index rs = d.row_stride(), cs = d.col_stride();
+  for (Index o = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; o < outputs; o += step) {
+    Index base, c;
+    int rows, cols;
+    d.window(o, base, c, rows, cols);
+    const int at = static_cast<int>(scan_output_window(x, d, p, base, c, rows, cols).at);
+    const T zero = from_acc<T>(Acc(0));
+    for (int r = 0; r < rows; ++r)
+      for (int cc = 0; cc < cols; ++cc) routed[base + r * rs + cc * cs] = 2 * r + cc == at ? g[o] : zero;
+  }
+}
+
 // Calls f(T{}, Acc{}) for x's element type.
 template <typename F>
 void dispatch(ScalarType t, F&& f) {
@@ -249,6 +327,8 @@ void dispatch_index(int64_t numel, F&& f) {
 
 constexpr const char* kForward = "pydcr.prelu";
 constexpr const char* kBackward = "pydcr.prelu_backward";
+constexpr const char* kPoolForward = "pydcr.prelu_pool";
+constexpr const char* kPoolBackward = "pydcr.prelu_pool_backward";
 
 Activation check_cuda(const char* op, const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
   STD_TORCH_CHECK(x.is_cuda(), op, ": x is on ", device_of(x),
@@ -367,11 +447,10 @@ BackwardGrid backward_grid(const ChannelLayout& l, int v) {
   return {ceil_div(l.outer, per_block), per_block, tx, v};
 }
 
-std::tuple<Tensor, Tensor, Tensor> prelu_backward_cuda(Tensor grad, Tensor x, Tensor weight, std::optional<Tensor> bias) {
-  const Activation a = check_cuda(kBackward, x, weight, bias);
-  check_like_activation(kBackward, "grad", grad, x);
-  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
-  const Tensor g = a.dense(grad);
+// The gradients of x, the slopes and the bias for output gradient g (dense, in x's layout).
+std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const Tensor& g, const Tensor& weight,
+                                                    const std::optional<Tensor>& bias) {
+  const Tensor& x = a.x;
   const Tensor w = torch::stable::contiguous(weight);
   const std::optional<Tensor> b = bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
   const ChannelLayout& l = a.layout;
@@ -417,6 +496,74 @@ std::tuple<Tensor, Tensor, Tensor> prelu_backward_cuda(Tensor grad, Tensor x, Te
   return {grad_x, grad_w, grad_b};
 }
 
+std::tuple<Tensor, Tensor, Tensor> prelu_backward_cuda(Tensor grad, Tensor x, Tensor weight, std::optional<Tensor> bias) {
+  const Activation a = check_cuda(kBackward, x, weight, bias);
+  check_like_activation(kBackward, "grad", grad, x);
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  return backward_results(a, a.dense(grad), weight, bias);
+}
+
+template <typename Index>
+PoolDims<Index> pool_dims(const Activation& a) {
+  const Tensor& x = a.x;
+  return {static_cast<Index>(x.size(1)), static_cast<Index>(x.size(2)), static_cast<Index>(x.size(3)),
+          static_cast<Index>(pooled_size(x.size(2))), static_cast<Index>(pooled_size(x.size(3))),
+          a.format == MemoryFormat::ChannelsLast};
+}
+
+Tensor prelu_pool_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias) {
+  check_pool_input(kPoolForward, x);
+  const Activation a = check_cuda(kPoolForward, x, weight, bias);
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  const Tensor w = torch::stable::contiguous(weight);
+  const std::optional<Tensor> b = bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  Tensor y = a.empty_pooled();
+  const int64_t outputs = y.numel();
+  if (outputs == 0) return y;
+  cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
+  dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+    using T = decltype(t_tag);
+    using Acc = decltype(acc_tag);
+    dispatch_index(a.numel(), [&](auto index_tag) {
+      using Index = decltype(index_tag);
+      pool_forward_kernel<T, Acc, Index><<<pydcr::cuda::blocks_for(outputs, kThreads), kThreads, 0, stream>>>(
+          static_cast<const T*>(a.x.const_data_ptr()), static_cast<T*>(y.mutable_data_ptr()),
+          params_of<T, Acc, Index>(a, w, b), pool_dims<Index>(a), static_cast<Index>(outputs));
+      PYDCR_CUDA_CHECK(cudaGetLastError());
+    });
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor> prelu_pool_backward_cuda(Tensor grad, Tensor x, Tensor weight,
+                                                            std::optional<Tensor> bias) {
+  check_pool_input(kPoolBackward, x);
+  const Activation a = check_cuda(kPoolBackward, x, weight, bias);
+  check_pooled_grad(kPoolBackward, grad, x);
+  torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  const Tensor g = a.dense(grad);
+  const Tensor w = torch::stable::contiguous(weight);
+  const std::optional<Tensor> b = bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  Tensor routed = a.empty_like_x();
+  const int64_t outputs = g.numel();
+  if (outputs > 0) {
+    cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
+    dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+      using T = decltype(t_tag);
+      using Acc = decltype(acc_tag);
+      dispatch_index(a.numel(), [&](auto index_tag) {
+        using Index = decltype(index_tag);
+        pool_route_kernel<T, Acc, Index><<<pydcr::cuda::blocks_for(outputs, kThreads), kThreads, 0, stream>>>(
+            static_cast<const T*>(g.const_data_ptr()), static_cast<const T*>(a.x.const_data_ptr()),
+            static_cast<T*>(routed.mutable_data_ptr()), params_of<T, Acc, Index>(a, w, b), pool_dims<Index>(a),
+            static_cast<Index>(outputs));
+        PYDCR_CUDA_CHECK(cudaGetLastError());
+      });
+    });
+  }
+  return backward_results(a, routed, weight, bias);
+}
+
 }  // namespace
 }  // namespace pydcr::prelu
 
@@ -424,4 +571,6 @@ STABLE_TORCH_LIBRARY_IMPL(pydcr, CUDA, m) {
   using namespace pydcr::prelu;
   m.impl("prelu", TORCH_BOX(&prelu_cuda));
   m.impl("prelu_backward", TORCH_BOX(&prelu_backward_cuda));
+  m.impl("prelu_pool", TORCH_BOX(&prelu_pool_cuda));
+  m.impl("prelu_pool_backward", TORCH_BOX(&prelu_pool_backward_cuda));
 }

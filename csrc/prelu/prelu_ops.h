@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/tensor_checks.h"
 #include "prelu/prelu.h"
@@ -50,9 +51,21 @@ struct Activation {
   // `t` (of x's shape) in x's layout: itself when it already is, else a dense copy.
   Tensor dense(const Tensor& t) const { return torch::stable::contiguous(t, format); }
   // An uninitialised tensor of x's shape, dtype, device and layout.
-  Tensor empty_like_x() const {
-    std::vector<int64_t> sizes(x.dim());
-    for (int64_t d = 0; d < x.dim(); ++d) sizes[d] = x.size(d);
+  Tensor empty_like_x() const { return empty_of(sizes_of(x)); }
+  // An uninitialised tensor for prelu_pool's output: N x C x ceil(H / 2) x ceil(W / 2) in x's layout.
+  Tensor empty_pooled() const { return empty_of(pooled_sizes(x)); }
+
+  static std::vector<int64_t> sizes_of(const Tensor& t) {
+    std::vector<int64_t> sizes(t.dim());
+    for (int64_t d = 0; d < t.dim(); ++d) sizes[d] = t.size(d);
+    return sizes;
+  }
+  static std::vector<int64_t> pooled_sizes(const Tensor& t) {
+    return {t.size(0), t.size(1), pooled_size(t.size(2)), pooled_size(t.size(3))};
+  }
+
+ private:
+  Tensor empty_of(const std::vector<int64_t>& sizes) const {
     return torch::stable::empty(sizes, x.scalar_type(), std::nullopt, x.device(), std::nullopt, format);
   }
 };
@@ -88,6 +101,21 @@ inline Activation check_prelu(const char* op, const Tensor& x, const Tensor& wei
 inline void check_like_activation(const char* op, const char* arg, const Tensor& t, const Tensor& x) {
   check_like_x(op, arg, t, x);
   check_same_shape(op, arg, t, x);
+}
+
+// prelu_pool takes N x C x H x W activations only.
+inline void check_pool_input(const char* op, const Tensor& x) {
+  STD_TORCH_CHECK(x.dim() == 4, op, ": x must be N x C x H x W, got ", x.dim(), " dimension", x.dim() == 1 ? "" : "s");
+}
+
+// prelu_pool's output gradient: x's dtype and device, the pooled shape.
+inline void check_pooled_grad(const char* op, const Tensor& grad, const Tensor& x) {
+  check_like_x(op, "grad", grad, x);
+  const std::vector<int64_t> expected = Activation::pooled_sizes(x);
+  bool same = grad.dim() == 4;
+  for (int64_t d = 0; same && d < 4; ++d) same = grad.size(d) == expected[d];
+  STD_TORCH_CHECK(same, op, ": grad must have the pooled shape of x, ", shape_of(x), " -> [", expected[0], ", ",
+                  expected[1], ", ", expected[2], ", ", expected[3], "], got ", shape_of(grad));
 }
 
 }  // namespace pydcr::prelu

@@ -12,10 +12,12 @@ from safetensors.torch import save_file
 
 from .branch import BranchPair
 from .dcr import DCR
-from .trunk import Trunk
+from .trunk import Trunk, key_from_v1
 
 FORMAT = "pydcr.dcr"
-FORMAT_VERSION = 1
+#: 2: the trunk's max-pools are fused into the ConvPReLU before them (their modules are gone
+#: from `trunk.body`); version 1 files load with their keys renumbered.
+FORMAT_VERSION = 2
 ARCHITECTURE = "face-resnet-27"
 
 
@@ -101,6 +103,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
                 tensors[key] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the weights (truncated or corrupt?): {err}") from None
+    if int(config.get("format_version", 1)) < 2:
+        tensors = {_from_v1(key): value for key, value in tensors.items()}
     for key, value in tensors.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise ValueError(f"{path}: weight {key} holds NaN or infinite values")
@@ -108,3 +112,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the config (missing: {missing}, unexpected: {unexpected})")
     return model.to(map_location) if map_location is not None else model
+
+
+def _from_v1(key: str) -> str:
+    prefix = "trunk."
+    return prefix + key_from_v1(key[len(prefix):]) if key.startswith(prefix) else key

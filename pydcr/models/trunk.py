@@ -73,12 +73,13 @@ class Trunk(nn.Module):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         c1, c2 = (_channels(c, width) for c in STEM)
         ConvPReLU, ResidualUnit = layers.ConvPReLU, layers.ResidualUnit
-        body: list[nn.Module] = [ConvPReLU(3, c1, padding=0), ConvPReLU(c1, c2, padding=0), _pool()]
+        # Each max-pool follows a widening ConvPReLU and is fused into it (pool=True).
+        body: list[nn.Module] = [ConvPReLU(3, c1, padding=0), ConvPReLU(c1, c2, padding=0, pool=True)]
         body += [ResidualUnit(c2) for _ in range(STEM_UNITS)]
         channels = c2
         for out, units in STAGES:
             out = _channels(out, width)
-            body += [ConvPReLU(channels, out, padding=0), _pool()]
+            body += [ConvPReLU(channels, out, padding=0, pool=True)]
             body += [ResidualUnit(out) for _ in range(units)]
             channels = out
         self.body = nn.Sequential(*body)
@@ -119,5 +120,21 @@ class Trunk(nn.Module):
         return self.fc(self.body(normalize(images)).flatten(1))
 
 
-def _pool() -> nn.MaxPool2d:
-    return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+def key_from_v1(key: str) -> str:
+    """A state-dict key of the trunk as format version 1 saved it, in today's numbering. Version 1
+    held each max-pool as a module of its own in `body` (indices 2, 5, 9 and 16); the pools are
+    now fused into the ConvPReLU before them, so later modules moved up."""
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "body":
+        index = int(parts[1])
+        parts[1] = str(index - sum(1 for pool in _v1_pool_indices() if pool < index))
+    return ".".join(parts)
+
+
+def _v1_pool_indices() -> tuple[int, ...]:
+    """Where version 1 put the pools: after the stem's two convs, then after each stage's conv."""
+    pools, stage_start = [2], 3 + STEM_UNITS
+    for _, units in STAGES:
+        pools.append(stage_start + 1)
+        stage_start += 2 + units
+    return tuple(pools)
