@@ -34,6 +34,9 @@ fi
 step build build.log 300 env PYDCR_CUDA=ON PYDCR_CUDA_ARCHS="${PYDCR_CUDA_ARCHS:-90}" \
   python3 -m pip install --no-build-isolation --no-deps -v --config-settings=build.tool-args=-k0 -e .
 step info tests.log 60 python3 -m pydcr info
+# An argument error inside a kernel must reach Python as RuntimeError: torch's own and pydcr's,
+# each in a process of its own, with the toolchain facts and a native backtrace if one crashes.
+step errors tests.log 180 python3 scripts/check_errors.py
 # pytest-xdist spreads the suite over the machine's cores when it is installed.
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 step tests tests.log 240 python3 -m pytest -q -p no:cacheprovider $xdist -rf ${GPU_CHECK_TESTS:-tests}
