@@ -1,11 +1,15 @@
-"""pydcr.ops.prelu against eager and compiled PReLU + add, and ResidualUnit stacks against their eager twin.
+"""pydcr.ops.prelu and prelu_pool against eager and compiled PReLU + add / + max-pool, and
+ResidualUnit stacks against their eager twin.
 
     python -m bench.prelu [--device cuda] [--quick] [--no-compile] [--half] [--stack-batch N]
 
-Op rows, at the trunk's activation shapes (batch 64), forward and forward + backward (the
-gradients of x, slope, bias and residual via torch.autograd.grad, so nothing accumulates):
-  ours      torch.ops.pydcr.prelu / prelu_backward: one pass each way
-  eager     pydcr.reference.prelu: F.prelu(x + b.view(1, -1, 1, 1), w) + r
+Op rows, forward and forward + backward (the gradients of every input via torch.autograd.grad,
+so nothing accumulates):
+  ours      prelu at the trunk's activation shapes (batch 64): torch.ops.pydcr.prelu /
+            prelu_backward, one pass each way; prelu_pool at the shapes the trunk pools (batch
+            32): torch.ops.pydcr.prelu_pool / prelu_pool_backward
+  eager     pydcr.reference.prelu: F.prelu(x + b.view(1, -1, 1, 1), w) + r, and
+            pydcr.reference.prelu_pool: F.max_pool2d(F.prelu(x + b...), 2, 2, ceil_mode=True)
   compiled  torch.compile of the eager formula (inductor), the strong baseline, forward +
             backward only; "n/a" when it fails to compile (or with --no-compile)
 Stack rows: each trunk stage's residual units (1, 2, 5 and 3 units at 64, 128, 256 and 512
@@ -24,6 +28,12 @@ from bench.harness import Report, common_args, peak_memory_mib, sync
 from pydcr import nn, ops, reference
 
 TRUNK = [(64, 54, 46), (128, 26, 22), (256, 12, 10), (512, 5, 4)]
+POOLED = [(64, 108, 92), (128, 52, 44), (256, 24, 20), (512, 10, 8)]  # what the trunk's 4 pools take
+# op name: (ours, eager twin, shapes (C, H, W), batch, whether it takes a residual)
+OPS = {
+    "prelu": (ops.prelu, reference.prelu, TRUNK, 64, True),
+    "prelu_pool": (ops.prelu_pool, reference.prelu_pool, POOLED, 32, False),
+}
 STAGES = [(64, 54, 46, 1), (128, 26, 22, 2), (256, 12, 10, 5), (512, 5, 4, 3)]
 
 
@@ -35,9 +45,9 @@ def fwd_bwd(fn, inputs, grad):
     return step
 
 
-def compiled_prelu():
+def compiled(fn):
     torch._dynamo.reset()  # a fresh cache per case: the cases would pass dynamo's recompile limit
-    return torch.compile(reference.prelu, dynamic=False)
+    return torch.compile(fn, dynamic=False)
 
 
 def time_interleaved(fns: dict, device, min_time: float, rounds: int = 9) -> dict:
@@ -80,37 +90,38 @@ def compiled_columns(ms: dict, attempted: bool) -> dict:
     return {"compiled_ms": ms["compiled"], "vs_compiled": ms["compiled"] / ms["ours"]}
 
 
-def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_time, shapes):
-    for c, h, w in shapes:
-        for dtype in dtypes:
-            for layout in layouts:
-                g = torch.Generator(device=device).manual_seed(0)
-                x = torch.randn(64, c, h, w, device=device, dtype=dtype, generator=g)
-                if layout == "channels_last":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                r, grad = torch.randn_like(x), torch.randn_like(x)
-                slope = torch.full((c,), 0.25, device=device, dtype=dtype)
-                bias = torch.randn(c, device=device, dtype=dtype, generator=g)
-                compiled = compiled_prelu() if compile_baseline else None
-                for name in passes:
-                    if name == "fwd":
-                        args = (x, slope, bias, r)
-                        fns = {"ours": lambda: ops.prelu(*args), "eager": lambda: reference.prelu(*args)}
-                    else:
-                        args = tuple(t.detach().clone().requires_grad_() for t in (x, slope, bias, r))
-                        fns = {"ours": fwd_bwd(ops.prelu, args, grad), "eager": fwd_bwd(reference.prelu, args, grad)}
-                        if compiled:
-                            fns["compiled"] = fwd_bwd(compiled, args, grad)
-                    ms = time_interleaved(fns, device, min_time)
-                    row = dict(kind="op", shape=f"64x{c}x{h}x{w}", dtype=str(dtype).removeprefix("torch."),
-                               layout=layout, **{"pass": name}, ours_ms=ms["ours"], eager_ms=ms["eager"],
-                               vs_eager=ms["eager"] / ms["ours"], **compiled_columns(ms, name == "fwd+bwd"))
-                    if device.type == "cuda":
-                        row.update(ours_MiB=peak_memory_mib(fns["ours"], device),
-                                   eager_MiB=peak_memory_mib(fns["eager"], device))
-                        if ms.get("compiled") is not None:
-                            row.update(compiled_MiB=peak_memory_mib(fns["compiled"], device))
-                    report.add(**row)
+def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_time, quick):
+    for op_name, (op, twin, shapes, batch, with_residual) in OPS.items():
+        for c, h, w in shapes[:1] if quick else shapes:
+            for dtype in dtypes:
+                for layout in layouts:
+                    g = torch.Generator(device=device).manual_seed(0)
+                    x = torch.randn(batch, c, h, w, device=device, dtype=dtype, generator=g)
+                    if layout == "channels_last":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    slope = torch.full((c,), 0.25, device=device, dtype=dtype)
+                    bias = torch.randn(c, device=device, dtype=dtype, generator=g)
+                    inputs = (x, slope, bias) + ((torch.randn_like(x),) if with_residual else ())
+                    grad = torch.randn_like(op(*inputs))
+                    baseline = compiled(twin) if compile_baseline else None
+                    for name in passes:
+                        if name == "fwd":
+                            fns = {"ours": lambda: op(*inputs), "eager": lambda: twin(*inputs)}
+                        else:
+                            args = tuple(t.detach().clone().requires_grad_() for t in inputs)
+                            fns = {"ours": fwd_bwd(op, args, grad), "eager": fwd_bwd(twin, args, grad)}
+                            if baseline:
+                                fns["compiled"] = fwd_bwd(baseline, args, grad)
+                        ms = time_interleaved(fns, device, min_time)
+                        row = dict(kind=op_name, shape=f"{batch}x{c}x{h}x{w}", dtype=str(dtype).removeprefix("torch."),
+                                   layout=layout, **{"pass": name}, ours_ms=ms["ours"], eager_ms=ms["eager"],
+                                   vs_eager=ms["eager"] / ms["ours"], **compiled_columns(ms, name == "fwd+bwd"))
+                        if device.type == "cuda":
+                            row.update(ours_MiB=peak_memory_mib(fns["ours"], device),
+                                       eager_MiB=peak_memory_mib(fns["eager"], device))
+                            if ms.get("compiled") is not None:
+                                row.update(compiled_MiB=peak_memory_mib(fns["compiled"], device))
+                        report.add(**row)
 
 
 def bench_stacks(report, device, batch, layouts, min_time, stages):
@@ -153,8 +164,7 @@ def main(argv=None) -> None:
     min_time = 0.1 if args.quick else 0.5
     dtypes = [torch.float32] + ([torch.float16] if cuda and args.half else [])
     layouts = ["contiguous", "channels_last"]
-    shapes = TRUNK[:1] if args.quick else TRUNK
-    bench_ops(report, device, dtypes, layouts, ["fwd", "fwd+bwd"], not args.no_compile, min_time, shapes)
+    bench_ops(report, device, dtypes, layouts, ["fwd", "fwd+bwd"], not args.no_compile, min_time, args.quick)
     batch = args.stack_batch or (64 if cuda else 8)
     stack_layouts = layouts if cuda else ["contiguous"]
     bench_stacks(report, device, batch, stack_layouts, min_time, STAGES[:2] if args.quick else STAGES)
