@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 from torch.library import opcheck
 
 from pydcr import ops, reference
-from test_prelu import CUDA_DTYPES, CUDA_TOL, TOL, activation, forward_and_grads, layouts, slopes
+from test_prelu import (CUDA_DTYPES, CUDA_TOL, TOL, activation, assert_same_for_any_thread_count, forward_and_grads,
+                        layouts, slopes)
 
 # Widths past 32 windows take the CPU kernel's whole 16-window spans as well as its padded tail;
 # odd sizes give the ceil-mode edge windows.
@@ -73,17 +74,7 @@ def test_nan_infinity_and_ties_go_where_eager_sends_them(layout, seed):
 def test_backward_is_deterministic_across_thread_counts(layout):
     x, w, b = make_args((4, 16, 33, 45), torch.float32, layout, shared=False, slope_values=[0.25, -0.3], bias=True)
     grad = activation((4, 16, 17, 23), seed=5)
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(torch.ops.pydcr.prelu_pool_backward(grad, x, w, b))
-    finally:
-        torch.set_num_threads(threads)
-    for other in results[1:]:
-        for a, b_ in zip(results[0], other):
-            assert torch.equal(a, b_)
+    assert_same_for_any_thread_count(lambda: torch.ops.pydcr.prelu_pool_backward(grad, x, w, b))
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -337,6 +337,11 @@ Activation check_cuda(const char* op, const Tensor& x, const Tensor& weight, con
                      "on CUDA");
 }
 
+// The slopes and the bias, dense: the kernels read them in place.
+std::pair<Tensor, std::optional<Tensor>> dense_params(const Tensor& weight, const std::optional<Tensor>& bias) {
+  return {torch::stable::contiguous(weight), bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt};
+}
+
 template <typename T, typename Acc, typename Index>
 Params<T, Acc, Index> params_of(const Activation& a, const Tensor& weight, const std::optional<Tensor>& bias) {
   return {static_cast<const T*>(weight.const_data_ptr()), bias ? static_cast<const T*>(bias->const_data_ptr()) : nullptr,
@@ -351,9 +356,7 @@ Tensor prelu_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias, std::opti
     r = a.dense(*residual);
   }
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
-  // Parameters are read in place: make them dense.
-  const Tensor w = torch::stable::contiguous(weight);
-  const std::optional<Tensor> b = bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  const auto [w, b] = dense_params(weight, bias);
   Tensor y = a.empty_like_x();
   const int64_t numel = a.numel();
   if (numel == 0) return y;
@@ -451,8 +454,7 @@ BackwardGrid backward_grid(const ChannelLayout& l, int v) {
 std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const Tensor& g, const Tensor& weight,
                                                     const std::optional<Tensor>& bias) {
   const Tensor& x = a.x;
-  const Tensor w = torch::stable::contiguous(weight);
-  const std::optional<Tensor> b = bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  const auto [w, b] = dense_params(weight, bias);
   const ChannelLayout& l = a.layout;
   Tensor grad_x = a.empty_like_x();
   Tensor grad_w = torch::stable::empty({weight.size(0)}, x.scalar_type(), std::nullopt, x.device());
@@ -515,8 +517,7 @@ Tensor prelu_pool_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias) {
   check_pool_input(kPoolForward, x);
   const Activation a = check_cuda(kPoolForward, x, weight, bias);
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
-  const Tensor w = torch::stable::contiguous(weight);
-  const std::optional<Tensor> b = bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  const auto [w, b] = dense_params(weight, bias);
   Tensor y = a.empty_pooled();
   const int64_t outputs = y.numel();
   if (outputs == 0) return y;
@@ -542,8 +543,7 @@ std::tuple<Tensor, Tensor, Tensor> prelu_pool_backward_cuda(Tensor grad, Tensor 
   check_pooled_grad(kPoolBackward, grad, x);
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
   const Tensor g = a.dense(grad);
-  const Tensor w = torch::stable::contiguous(weight);
-  const std::optional<Tensor> b = bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt;
+  const auto [w, b] = dense_params(weight, bias);
   Tensor routed = a.empty_like_x();
   const int64_t outputs = g.numel();
   if (outputs > 0) {
