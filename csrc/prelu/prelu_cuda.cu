@@ -325,6 +325,12 @@ void dispatch_index(int64_t numel, F&& f) {
   else f(int64_t{});
 }
 
+// Calls f(T{}, Acc{}, Index{}): dispatch and dispatch_index in one.
+template <typename F>
+void dispatch_all(ScalarType t, int64_t numel, F&& f) {
+  dispatch(t, [&](auto t_tag, auto acc_tag) { dispatch_index(numel, [&](auto index_tag) { f(t_tag, acc_tag, index_tag); }); });
+}
+
 constexpr const char* kForward = "pydcr.prelu";
 constexpr const char* kBackward = "pydcr.prelu_backward";
 constexpr const char* kPoolForward = "pydcr.prelu_pool";
@@ -522,16 +528,14 @@ Tensor prelu_pool_cuda(Tensor x, Tensor weight, std::optional<Tensor> bias) {
   const int64_t outputs = y.numel();
   if (outputs == 0) return y;
   cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
-  dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+  dispatch_all(x.scalar_type(), a.numel(), [&](auto t_tag, auto acc_tag, auto index_tag) {
     using T = decltype(t_tag);
     using Acc = decltype(acc_tag);
-    dispatch_index(a.numel(), [&](auto index_tag) {
-      using Index = decltype(index_tag);
-      pool_forward_kernel<T, Acc, Index><<<pydcr::cuda::blocks_for(outputs, kThreads), kThreads, 0, stream>>>(
-          static_cast<const T*>(a.x.const_data_ptr()), static_cast<T*>(y.mutable_data_ptr()),
-          params_of<T, Acc, Index>(a, w, b), pool_dims<Index>(a), static_cast<Index>(outputs));
-      PYDCR_CUDA_CHECK(cudaGetLastError());
-    });
+    using Index = decltype(index_tag);
+    pool_forward_kernel<T, Acc, Index><<<pydcr::cuda::blocks_for(outputs, kThreads), kThreads, 0, stream>>>(
+        static_cast<const T*>(a.x.const_data_ptr()), static_cast<T*>(y.mutable_data_ptr()),
+        params_of<T, Acc, Index>(a, w, b), pool_dims<Index>(a), static_cast<Index>(outputs));
+    PYDCR_CUDA_CHECK(cudaGetLastError());
   });
   return y;
 }
@@ -548,17 +552,15 @@ std::tuple<Tensor, Tensor, Tensor> prelu_pool_backward_cuda(Tensor grad, Tensor 
   const int64_t outputs = g.numel();
   if (outputs > 0) {
     cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
-    dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+    dispatch_all(x.scalar_type(), a.numel(), [&](auto t_tag, auto acc_tag, auto index_tag) {
       using T = decltype(t_tag);
       using Acc = decltype(acc_tag);
-      dispatch_index(a.numel(), [&](auto index_tag) {
-        using Index = decltype(index_tag);
-        pool_route_kernel<T, Acc, Index><<<pydcr::cuda::blocks_for(outputs, kThreads), kThreads, 0, stream>>>(
-            static_cast<const T*>(g.const_data_ptr()), static_cast<const T*>(a.x.const_data_ptr()),
-            static_cast<T*>(routed.mutable_data_ptr()), params_of<T, Acc, Index>(a, w, b), pool_dims<Index>(a),
-            static_cast<Index>(outputs));
-        PYDCR_CUDA_CHECK(cudaGetLastError());
-      });
+      using Index = decltype(index_tag);
+      pool_route_kernel<T, Acc, Index><<<pydcr::cuda::blocks_for(outputs, kThreads), kThreads, 0, stream>>>(
+          static_cast<const T*>(g.const_data_ptr()), static_cast<const T*>(a.x.const_data_ptr()),
+          static_cast<T*>(routed.mutable_data_ptr()), params_of<T, Acc, Index>(a, w, b), pool_dims<Index>(a),
+          static_cast<Index>(outputs));
+      PYDCR_CUDA_CHECK(cudaGetLastError());
     });
   }
   return backward_results(a, routed, weight, bias);
