@@ -117,6 +117,16 @@ __attribute__((always_inline)) inline WindowScan<T> scan_span_window(const T* x0
 }
 
 template <typename T>
+__attribute__((always_inline)) inline WindowScan<T> scan_pixels(const T* x00, const T* x01, const T* x10,
+                                                               const T* x11, int64_t c, T w, T b) {
+  WindowScan<T> s = start_window(x00[c], w, b);
+  scan_element(s, x01[c], T(1), w, b);
+  scan_element(s, x10[c], T(2), w, b);
+  scan_element(s, x11[c], T(3), w, b);
+  return s;
+}
+
+template <typename T>
 __attribute__((always_inline)) inline void pool_forward_span(T* __restrict y, const T* __restrict x0,
                                                              const T* __restrict x1, T w, T b) {
 #pragma omp simd
@@ -168,6 +178,28 @@ __attribute__((always_inline)) inline void pool_backward_span(T* __restrict gx0,
     pool_backward_span(pgx0, pgx1, pg, px0, px1, w, b, sum_w, sum_b);                                        \
     std::copy(pgx0, pgx0 + 2 * (count - j), gx0 + 2 * j);                                                   \
     std::copy(pgx1, pgx1 + 2 * (count - j), gx1 + 2 * j);                                                   \
+  }                                                                                                         \
+  /* channels_last: one full window, its four pixels' channels contiguous. */                               \
+  PYDCR_CPU_CLONES void pool_forward_pixels(T* __restrict y, const T* __restrict x00, const T* __restrict x01,\
+                                            const T* __restrict x10, const T* __restrict x11,               \
+                                            int64_t channels, const T* __restrict w, const T* __restrict b) {\
+    _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) y[c] =                                       \
+        scan_pixels(x00, x01, x10, x11, c, w[c], b[c]).best;                                                \
+  }                                                                                                         \
+  PYDCR_CPU_CLONES void pool_backward_pixels(T* __restrict gx00, T* __restrict gx01, T* __restrict gx10,    \
+                                             T* __restrict gx11, const T* __restrict g,                     \
+                                             const T* __restrict x00, const T* __restrict x01,              \
+                                             const T* __restrict x10, const T* __restrict x11,              \
+                                             int64_t channels, const T* __restrict w, const T* __restrict b,\
+                                             T* __restrict sum_w, T* __restrict sum_b) {                    \
+    _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) {                                            \
+      const WindowScan<T> s = scan_pixels(x00, x01, x10, x11, c, w[c], b[c]);                               \
+      const T gk = backward_value(g[c], s.x, w[c], b[c], sum_w[c], sum_b[c]);                               \
+      gx00[c] = s.at == T(0) ? gk : T(0);                                                                   \
+      gx01[c] = s.at == T(1) ? gk : T(0);                                                                   \
+      gx10[c] = s.at == T(2) ? gk : T(0);                                                                   \
+      gx11[c] = s.at == T(3) ? gk : T(0);                                                                   \
+    }                                                                                                       \
   }
 
 PYDCR_POOL_LOOPS(float)
@@ -278,15 +310,20 @@ struct PoolGeometry {
       }
     }
   }
-  // channels_last: call f(x offset of the window's top-left, y offset, channel, rows, cols) for
-  // every window of output row i of `image`, in memory order.
-  template <typename F>
-  void for_windows_of_row(int64_t image, int64_t i, F&& f) const {
+  // channels_last: call full(x offset of the window's top-left pixel, y offset) for every full
+  // window of output row i of `image`, and edge(x offset, y offset, channel, rows, cols) for each
+  // channel of the ceil-mode windows one pixel tall or wide.
+  template <typename Full, typename Edge>
+  void for_pixels_of_row(int64_t image, int64_t i, Full&& full, Edge&& edge) const {
     const int rows = 2 * i + 1 < h ? 2 : 1;
     for (int64_t j = 0; j < ow; ++j) {
       const int64_t x0 = ((image * h + 2 * i) * w + 2 * j) * channels, y0 = ((image * oh + i) * ow + j) * channels;
       const int cols = 2 * j + 1 < w ? 2 : 1;
-      for (int64_t c = 0; c < channels; ++c) f(x0 + c, y0 + c, c, rows, cols);
+      if (rows == 2 && cols == 2) {
+        full(x0, y0);
+      } else {
+        for (int64_t c = 0; c < channels; ++c) edge(x0 + c, y0 + c, c, rows, cols);
+      }
     }
   }
 };
@@ -312,7 +349,12 @@ void pool_forward(const Activation& a, T* y, const ChannelParams<T>& p) {
   } else {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / (2 * geo.w * geo.channels));
     torch::stable::parallel_for(0, geo.n * geo.oh, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) geo.for_windows_of_row(r / geo.oh, r % geo.oh, window);
+      auto full = [&](int64_t x0, int64_t y0) {
+        const int64_t rs = geo.row_stride, cs = geo.col_stride;
+        pool_forward_pixels(y + y0, x + x0, x + x0 + cs, x + x0 + rs, x + x0 + rs + cs, geo.channels,
+                            p.weight.data(), p.bias.data());
+      };
+      for (int64_t r = begin; r < end; ++r) geo.for_pixels_of_row(r / geo.oh, r % geo.oh, full, window);
     });
   }
 }
@@ -364,7 +406,13 @@ void pool_backward(const Activation& a, const T* g, T* gx, const ChannelParams<T
     torch::stable::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {
         T* part = partial.data() + 2 * u * channels;
-        geo.for_windows_of_row(u / geo.oh, u % geo.oh, [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols) {
+        auto full = [&](int64_t x0, int64_t y0) {
+          const int64_t rs = geo.row_stride, cs = geo.col_stride;
+          pool_backward_pixels(gx + x0, gx + x0 + cs, gx + x0 + rs, gx + x0 + rs + cs, g + y0, x + x0, x + x0 + cs,
+                               x + x0 + rs, x + x0 + rs + cs, channels, p.weight.data(), p.bias.data(), part,
+                               part + channels);
+        };
+        geo.for_pixels_of_row(u / geo.oh, u % geo.oh, full, [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols) {
           window(x0, y0, c, rows, cols, part[c], part[channels + c]);
         });
       }
