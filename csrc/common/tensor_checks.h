@@ -65,6 +65,13 @@ inline bool is_channels_last(const Tensor& x) {
   return true;
 }
 
+// t in the given layout: t itself when it already is (no dispatcher call, which costs more than a
+// small op's arithmetic), else a dense copy.
+inline Tensor in_layout(const Tensor& t, torch::headeronly::MemoryFormat format) {
+  const bool ready = format == torch::headeronly::MemoryFormat::ChannelsLast ? is_channels_last(t) : t.is_contiguous();
+  return ready ? t : torch::stable::contiguous(t, format);
+}
+
 // The floating dtype an op returns for x: float32 for uint8 images, else x's own.
 inline ScalarType float_result_type(const Tensor& x) {
   return x.scalar_type() == ScalarType::Byte ? ScalarType::Float : x.scalar_type();

@@ -213,11 +213,11 @@ struct ChannelParams {
 
   ChannelParams(const Tensor& w, const std::optional<Tensor>& b, int64_t channels)
       : weight(channels), bias(channels, T(0)) {
-    const Tensor wd = torch::stable::contiguous(w);
+    const Tensor wd = in_layout(w, MemoryFormat::Contiguous);
     const T* wp = wd.const_data_ptr<T>();
     for (int64_t c = 0; c < channels; ++c) weight[c] = wp[w.size(0) == 1 ? 0 : c];
     if (b) {
-      const Tensor bd = torch::stable::contiguous(*b);
+      const Tensor bd = in_layout(*b, MemoryFormat::Contiguous);
       std::copy_n(bd.const_data_ptr<T>(), channels, bias.begin());
     }
   }

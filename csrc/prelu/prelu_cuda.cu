@@ -345,7 +345,8 @@ Activation check_cuda(const char* op, const Tensor& x, const Tensor& weight, con
 
 // The slopes and the bias, dense: the kernels read them in place.
 std::pair<Tensor, std::optional<Tensor>> dense_params(const Tensor& weight, const std::optional<Tensor>& bias) {
-  return {torch::stable::contiguous(weight), bias ? std::optional<Tensor>(torch::stable::contiguous(*bias)) : std::nullopt};
+  const auto dense = [](const Tensor& t) { return in_layout(t, MemoryFormat::Contiguous); };
+  return {dense(weight), bias ? std::optional<Tensor>(dense(*bias)) : std::nullopt};
 }
 
 template <typename T, typename Acc, typename Index>

@@ -49,7 +49,7 @@ struct Activation {
 
   int64_t numel() const { return layout.outer * layout.channels * layout.inner; }
   // `t` (of x's shape) in x's layout: itself when it already is, else a dense copy.
-  Tensor dense(const Tensor& t) const { return torch::stable::contiguous(t, format); }
+  Tensor dense(const Tensor& t) const { return in_layout(t, format); }
   // An uninitialised tensor of x's shape, dtype, device and layout.
   Tensor empty_like_x() const { return empty_of(sizes_of(x)); }
   // An uninitialised tensor for prelu_pool's output: N x C x ceil(H / 2) x ceil(W / 2) in x's layout.
@@ -89,7 +89,7 @@ inline Activation check_prelu(const char* op, const Tensor& x, const Tensor& wei
   const bool channels_last = is_channels_last(x);
   Activation a;
   a.format = channels_last ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
-  a.x = torch::stable::contiguous(x, a.format);
+  a.x = in_layout(x, a.format);
   int64_t inner = 1;
   for (int64_t d = 2; d < x.dim(); ++d) inner *= x.size(d);
   a.layout = channels_last ? ChannelLayout{x.size(0) * inner, channels, 1} : ChannelLayout{x.size(0), channels, inner};
