@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _extension  # noqa: F401  (registers the ops)
+from . import reference
 from ._args import Size2, pair
 
 __all__ = ["resize", "degrade"]
@@ -315,10 +316,8 @@ def _prelu_pool_backward_grad(ctx, gg_x, gg_w, gg_b):
     where route puts each output gradient on its window's largest element: linear in grad and, in
     x, piecewise constant. So the gradients are prelu_backward's, with grad's gathered back."""
     grad, x, weight, bias = ctx.saved_tensors
-    from .reference import prelu as prelu_twin  # the activation, to find each window's largest
-
-    with torch.no_grad():
-        _, where = F.max_pool2d(prelu_twin(x, weight, bias), 2, 2, ceil_mode=True, return_indices=True)
+    with torch.no_grad():  # each window's largest activation, found as eager's max-pool finds it
+        _, where = F.max_pool2d(reference.prelu(x, weight, bias), 2, 2, ceil_mode=True, return_indices=True)
     routed = torch.zeros_like(x).flatten(2).scatter_(2, where.flatten(2), grad.flatten(2)).view_as(x)
     d_routed, d_x, d_w, d_b = _prelu_backward_grad(_Saved(routed, x, weight, bias, ctx.has_bias), gg_x, gg_w, gg_b)
     d_grad = d_routed.flatten(2).gather(2, where.flatten(2)).view_as(grad)
