@@ -1,5 +1,6 @@
 #pragma once
 // Argument checks shared by every op: errors name the op, the argument and what was expected.
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
@@ -63,6 +64,33 @@ inline bool is_channels_last(const Tensor& x) {
   for (int d = 0; d < 4; ++d)
     if (sizes[d] != 1 && x.stride(d) != expected[d]) return false;
   return true;
+}
+
+// An uninitialised tensor on like's device with the given sizes, dtype and layout (channels_last
+// for 4-D sizes). Made through the C shim's empty_strided rather than the dispatcher's by-name
+// call, which costs more than a small op's arithmetic.
+inline Tensor empty_on(const Tensor& like, const std::vector<int64_t>& sizes, ScalarType dtype,
+                       torch::headeronly::MemoryFormat format) {
+  const int64_t dims = static_cast<int64_t>(sizes.size());
+  std::vector<int64_t> strides(dims);
+  if (format == torch::headeronly::MemoryFormat::ChannelsLast && dims == 4) {
+    const int64_t c = sizes[1], h = sizes[2], w = sizes[3];
+    strides = {h * w * c, 1, w * c, c};
+  } else {
+    int64_t stride = 1;
+    for (int64_t d = dims - 1; d >= 0; --d) {
+      strides[d] = stride;
+      stride *= sizes[d] > 1 ? sizes[d] : 1;
+    }
+  }
+  int32_t device_type = 0;
+  AtenTensorHandle handle = nullptr;
+  const int32_t shim_dtype = torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype));
+  STD_TORCH_CHECK(aoti_torch_get_device_type(like.get(), &device_type) == AOTI_TORCH_SUCCESS &&
+                      aoti_torch_empty_strided(dims, sizes.data(), strides.data(), shim_dtype, device_type,
+                                               like.get_device_index(), &handle) == AOTI_TORCH_SUCCESS,
+                  "pydcr: could not allocate a tensor");
+  return Tensor(handle);
 }
 
 // t in the given layout: t itself when it already is (no dispatcher call, which costs more than a

@@ -462,8 +462,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const T
   const Tensor& x = a.x;
   const int64_t channels = a.layout.channels;
   Tensor grad_x = a.empty_like_x();
-  Tensor grad_w = torch::stable::empty({weight.size(0)}, x.scalar_type(), std::nullopt, x.device());
-  Tensor grad_b = torch::stable::empty({channels}, x.scalar_type(), std::nullopt, x.device());
+  Tensor grad_w = empty_on(x, {weight.size(0)}, x.scalar_type(), MemoryFormat::Contiguous);
+  Tensor grad_b = empty_on(x, {channels}, x.scalar_type(), MemoryFormat::Contiguous);
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
     std::vector<T> sums(2 * channels, T(0));

@@ -464,8 +464,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const T
   const auto [w, b] = dense_params(weight, bias);
   const ChannelLayout& l = a.layout;
   Tensor grad_x = a.empty_like_x();
-  Tensor grad_w = torch::stable::empty({weight.size(0)}, x.scalar_type(), std::nullopt, x.device());
-  Tensor grad_b = torch::stable::empty({l.channels}, x.scalar_type(), std::nullopt, x.device());
+  Tensor grad_w = empty_on(x, {weight.size(0)}, x.scalar_type(), MemoryFormat::Contiguous);
+  Tensor grad_b = empty_on(x, {l.channels}, x.scalar_type(), MemoryFormat::Contiguous);
   const int64_t numel = a.numel();
   if (numel == 0) {
     torch::stable::zero_(grad_w);
@@ -486,7 +486,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const T
     const BackwardGrid bg = backward_grid(l, aligned && fits ? V : 1);
     // Partials of every chunk, then (shared slope only) the per-channel slope sums.
     const int64_t partial_size = 2 * bg.chunks * l.channels + (a.shared_weight ? l.channels : 0);
-    Tensor partial = torch::stable::empty({partial_size}, acc_type, std::nullopt, x.device());
+    Tensor partial = empty_on(x, {partial_size}, acc_type, MemoryFormat::Contiguous);
     Acc* pp = static_cast<Acc*>(partial.mutable_data_ptr());
     Acc* channel_w = a.shared_weight ? pp + 2 * bg.chunks * l.channels : nullptr;
     dispatch_index(numel, [&](auto index_tag) {

@@ -65,9 +65,7 @@ struct Activation {
   }
 
  private:
-  Tensor empty_of(const std::vector<int64_t>& sizes) const {
-    return torch::stable::empty(sizes, x.scalar_type(), std::nullopt, x.device(), std::nullopt, format);
-  }
+  Tensor empty_of(const std::vector<int64_t>& sizes) const { return empty_on(x, sizes, x.scalar_type(), format); }
 };
 
 // Checks x, weight and bias (dtypes `allowed` on this device, named by `where`) and reads x's layout.
