@@ -99,6 +99,16 @@ PYDCR_HOST_DEVICE void scan_element(WindowScan<T>& s, T x, T at, T w, T b) {
   s.at = nan ? at : s.at;
 }
 
+// The scan of a full 2x2 window from its elements, row-major.
+template <typename T>
+PYDCR_HOST_DEVICE WindowScan<T> scan_window4(T x00, T x01, T x10, T x11, T w, T b) {
+  WindowScan<T> s = start_window(x00, w, b);
+  scan_element(s, x01, T(1), w, b);
+  scan_element(s, x10, T(2), w, b);
+  scan_element(s, x11, T(3), w, b);
+  return s;
+}
+
 // The scan of a window of rows x cols elements (1 or 2 each, fewer at the edges in ceil mode);
 // load(r, c) gives the element at offset (r, c) from the window's top-left.
 template <typename T, typename Load>

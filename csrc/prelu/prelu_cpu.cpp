@@ -107,23 +107,10 @@ PYDCR_PRELU_LOOPS(double)
 // pool_backward_span: grad_x of the two input rows (gx0, gx1), adding to sum_w and sum_b.
 constexpr int64_t kSpan = 16;
 
+// Window j of a span: columns 2j and 2j + 1 of rows x0 and x1.
 template <typename T>
 __attribute__((always_inline)) inline WindowScan<T> scan_span_window(const T* x0, const T* x1, int64_t j, T w, T b) {
-  WindowScan<T> s = start_window(x0[2 * j], w, b);
-  scan_element(s, x0[2 * j + 1], T(1), w, b);
-  scan_element(s, x1[2 * j], T(2), w, b);
-  scan_element(s, x1[2 * j + 1], T(3), w, b);
-  return s;
-}
-
-template <typename T>
-__attribute__((always_inline)) inline WindowScan<T> scan_pixels(const T* x00, const T* x01, const T* x10,
-                                                               const T* x11, int64_t c, T w, T b) {
-  WindowScan<T> s = start_window(x00[c], w, b);
-  scan_element(s, x01[c], T(1), w, b);
-  scan_element(s, x10[c], T(2), w, b);
-  scan_element(s, x11[c], T(3), w, b);
-  return s;
+  return scan_window4(x0[2 * j], x0[2 * j + 1], x1[2 * j], x1[2 * j + 1], w, b);
 }
 
 template <typename T>
@@ -154,46 +141,46 @@ __attribute__((always_inline)) inline void pool_backward_span(T* __restrict gx0,
 
 // A row of `count` windows: whole spans, then the last count % kSpan windows as a span of
 // zero-padded copies (padding windows have zero gradient and add exact zeros to the sums).
-#define PYDCR_POOL_LOOPS(T)                                                                                   \
-  PYDCR_CPU_CLONES void pool_forward_row(T* y, const T* x0, const T* x1, int64_t count, T w, T b) {          \
-    int64_t j = 0;                                                                                           \
-    for (; j + kSpan <= count; j += kSpan) pool_forward_span(y + j, x0 + 2 * j, x1 + 2 * j, w, b);           \
-    if (j == count) return;                                                                                  \
-    T px0[2 * kSpan] = {}, px1[2 * kSpan] = {}, py[kSpan];                                                   \
-    std::copy(x0 + 2 * j, x0 + 2 * count, px0);                                                              \
-    std::copy(x1 + 2 * j, x1 + 2 * count, px1);                                                              \
-    pool_forward_span(py, px0, px1, w, b);                                                                   \
-    std::copy(py, py + (count - j), y + j);                                                                  \
-  }                                                                                                          \
-  PYDCR_CPU_CLONES void pool_backward_row(T* gx0, T* gx1, const T* g, const T* x0, const T* x1,              \
-                                          int64_t count, T w, T b, T& sum_w, T& sum_b) {                     \
-    int64_t j = 0;                                                                                           \
-    for (; j + kSpan <= count; j += kSpan)                                                                   \
-      pool_backward_span(gx0 + 2 * j, gx1 + 2 * j, g + j, x0 + 2 * j, x1 + 2 * j, w, b, sum_w, sum_b);       \
-    if (j == count) return;                                                                                  \
+#define PYDCR_POOL_LOOPS(T)                                                                                 \
+  PYDCR_CPU_CLONES void pool_forward_row(T* y, const T* x0, const T* x1, int64_t count, T w, T b) {         \
+    int64_t j = 0;                                                                                          \
+    for (; j + kSpan <= count; j += kSpan) pool_forward_span(y + j, x0 + 2 * j, x1 + 2 * j, w, b);          \
+    if (j == count) return;                                                                                 \
+    T px0[2 * kSpan] = {}, px1[2 * kSpan] = {}, py[kSpan];                                                  \
+    std::copy(x0 + 2 * j, x0 + 2 * count, px0);                                                             \
+    std::copy(x1 + 2 * j, x1 + 2 * count, px1);                                                             \
+    pool_forward_span(py, px0, px1, w, b);                                                                  \
+    std::copy(py, py + (count - j), y + j);                                                                 \
+  }                                                                                                         \
+  PYDCR_CPU_CLONES void pool_backward_row(T* gx0, T* gx1, const T* g, const T* x0, const T* x1,             \
+                                          int64_t count, T w, T b, T& sum_w, T& sum_b) {                    \
+    int64_t j = 0;                                                                                          \
+    for (; j + kSpan <= count; j += kSpan)                                                                  \
+      pool_backward_span(gx0 + 2 * j, gx1 + 2 * j, g + j, x0 + 2 * j, x1 + 2 * j, w, b, sum_w, sum_b);      \
+    if (j == count) return;                                                                                 \
     T px0[2 * kSpan] = {}, px1[2 * kSpan] = {}, pg[kSpan] = {}, pgx0[2 * kSpan], pgx1[2 * kSpan];           \
-    std::copy(x0 + 2 * j, x0 + 2 * count, px0);                                                              \
-    std::copy(x1 + 2 * j, x1 + 2 * count, px1);                                                              \
-    std::copy(g + j, g + count, pg);                                                                         \
-    pool_backward_span(pgx0, pgx1, pg, px0, px1, w, b, sum_w, sum_b);                                        \
+    std::copy(x0 + 2 * j, x0 + 2 * count, px0);                                                             \
+    std::copy(x1 + 2 * j, x1 + 2 * count, px1);                                                             \
+    std::copy(g + j, g + count, pg);                                                                        \
+    pool_backward_span(pgx0, pgx1, pg, px0, px1, w, b, sum_w, sum_b);                                       \
     std::copy(pgx0, pgx0 + 2 * (count - j), gx0 + 2 * j);                                                   \
     std::copy(pgx1, pgx1 + 2 * (count - j), gx1 + 2 * j);                                                   \
   }                                                                                                         \
   /* channels_last: one full window, its four pixels' channels contiguous. */                               \
-  PYDCR_CPU_CLONES void pool_forward_pixels(T* __restrict y, const T* __restrict x00, const T* __restrict x01,\
+  PYDCR_CPU_CLONES void pool_forward_pixels(T* __restrict y, const T* __restrict x00, const T* __restrict x01, \
                                             const T* __restrict x10, const T* __restrict x11,               \
-                                            int64_t channels, const T* __restrict w, const T* __restrict b) {\
+                                            int64_t channels, const T* __restrict w, const T* __restrict b) { \
     _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) y[c] =                                       \
-        scan_pixels(x00, x01, x10, x11, c, w[c], b[c]).best;                                                \
+        scan_window4(x00[c], x01[c], x10[c], x11[c], w[c], b[c]).best;                                      \
   }                                                                                                         \
   PYDCR_CPU_CLONES void pool_backward_pixels(T* __restrict gx00, T* __restrict gx01, T* __restrict gx10,    \
                                              T* __restrict gx11, const T* __restrict g,                     \
                                              const T* __restrict x00, const T* __restrict x01,              \
                                              const T* __restrict x10, const T* __restrict x11,              \
-                                             int64_t channels, const T* __restrict w, const T* __restrict b,\
+                                             int64_t channels, const T* __restrict w, const T* __restrict b, \
                                              T* __restrict sum_w, T* __restrict sum_b) {                    \
     _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) {                                            \
-      const WindowScan<T> s = scan_pixels(x00, x01, x10, x11, c, w[c], b[c]);                               \
+      const WindowScan<T> s = scan_window4(x00[c], x01[c], x10[c], x11[c], w[c], b[c]);                     \
       const T gk = backward_value(g[c], s.x, w[c], b[c], sum_w[c], sum_b[c]);                               \
       gx00[c] = s.at == T(0) ? gk : T(0);                                                                   \
       gx01[c] = s.at == T(1) ? gk : T(0);                                                                   \
@@ -342,7 +329,9 @@ void pool_forward(const Activation& a, T* y, const ChannelParams<T>& p) {
     torch::stable::parallel_for(0, geo.n * geo.channels, grain, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         const T w = p.weight[plane % geo.channels], b = p.bias[plane % geo.channels];
-        auto full = [&](int64_t xi, int64_t yi) { pool_forward_row(y + yi, x + xi, x + xi + geo.w, geo.ow_full, w, b); };
+        auto full = [&](int64_t xi, int64_t yi) {
+          pool_forward_row(y + yi, x + xi, x + xi + geo.w, geo.ow_full, w, b);
+        };
         geo.for_rows_of_plane(plane, full, window);
       }
     });
