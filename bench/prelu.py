@@ -19,12 +19,9 @@ forward + backward. On CUDA each row also gives the peak memory of one call, in 
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
-from bench.harness import Report, common_args, peak_memory_mib, sync
+from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
 from pydcr import nn, ops, reference
 
 TRUNK = [(64, 54, 46), (128, 26, 22), (256, 12, 10), (512, 5, 4)]
@@ -50,35 +47,16 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def time_interleaved(fns: dict, device, min_time: float, rounds: int = 9) -> dict:
-    """Median milliseconds per call of each contender, timed in alternating rounds, so that load
-    from other processes hits every contender alike rather than whichever ran during it. A
-    "compiled" contender that fails (to compile) is left out."""
-    once = {}
-    for name, fn in fns.items():
+def timed(fns: dict, device, min_time: float) -> dict:
+    """Median ms per call of each contender (bench.harness.time_interleaved, 9 rounds). A
+    "compiled" contender that fails (to compile) is left out and reported, not raised."""
+    if "compiled" in fns:
         try:
-            fn()  # warm up: lazy init, caches, compilation
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            once[name] = max(time.perf_counter() - start, 1e-6)
+            fns["compiled"]()  # compiles here, so that a failure is seen before any timing
         except Exception as err:  # noqa: BLE001 - a failed baseline is reported as n/a
-            if name != "compiled":
-                raise
             print(f"# compiled baseline failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    calls = {name: max(1, int(min_time / rounds / t)) for name, t in once.items()}
-    samples = {name: [] for name in once}
-    for _ in range(rounds):
-        for name in once:
-            fn = fns[name]
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            sync(device)
-            samples[name].append((time.perf_counter() - start) / calls[name] * 1e3)
-    return {name: statistics.median(v) for name, v in samples.items()}
+            fns = {name: fn for name, fn in fns.items() if name != "compiled"}
+    return time_interleaved(fns, device, min_time=min_time, repeats=9)
 
 
 def compiled_columns(ms: dict, attempted: bool) -> dict:
@@ -112,7 +90,7 @@ def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_tim
                             fns = {"ours": fwd_bwd(op, args, grad), "eager": fwd_bwd(twin, args, grad)}
                             if baseline:
                                 fns["compiled"] = fwd_bwd(baseline, args, grad)
-                        ms = time_interleaved(fns, device, min_time)
+                        ms = timed(fns, device, min_time)
                         row = dict(kind=op_name, shape=f"{batch}x{c}x{h}x{w}", dtype=str(dtype).removeprefix("torch."),
                                    layout=layout, **{"pass": name}, ours_ms=ms["ours"], eager_ms=ms["eager"],
                                    vs_eager=ms["eager"] / ms["ours"], **compiled_columns(ms, name == "fwd+bwd"))
@@ -139,7 +117,7 @@ def bench_stacks(report, device, batch, layouts, min_time, stages):
             for name, model in (("ours", ours), ("eager", eager)):
                 inputs = (x, *model.parameters())
                 fns[name] = fwd_bwd(lambda x, *_, m=model: m(x), inputs, grad)
-            ms = time_interleaved(fns, device, min_time)
+            ms = timed(fns, device, min_time)
             row = dict(kind="stack", shape=f"{batch}x{c}x{h}x{w} x{units}", dtype="float32", layout=layout,
                        **{"pass": "fwd+bwd"}, ours_ms=ms["ours"], eager_ms=ms["eager"], vs_eager=ms["eager"] / ms["ours"],
                        **compiled_columns(ms, False))
