@@ -214,12 +214,15 @@ def _channel_sum(t: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _prelu_backward_grad(ctx, gg_x, gg_w, gg_b):
+    return _prelu_double_backward(*ctx.saved_tensors, ctx.has_bias, gg_x, gg_w, gg_b)
+
+
+def _prelu_double_backward(grad, x, weight, bias, has_bias, gg_x, gg_w, gg_b):
     """Gradients of (grad_x, grad_w, grad_b) = prelu_backward(grad, x, w, b) (double backward).
 
     With z = x + b, n = (z <= 0) and s = 1 - n + n * w: grad_x = grad * s, grad_w = sum(grad * z * n),
     grad_b = sum(grad * s). The masks are piecewise constant, so x moves only grad_w, through z.
     """
-    grad, x, weight, bias = ctx.saved_tensors
     w = _per_channel(weight, x)
     z = x if bias is None else x + _per_channel(bias, x)
     neg = (z <= 0).to(x.dtype)
@@ -238,7 +241,7 @@ def _prelu_backward_grad(ctx, gg_x, gg_w, gg_b):
         gw = _per_channel(gg_w, x)
         d_grad = d_grad + gw * z * neg
         d_x = gw * grad * neg
-    d_b = _channel_sum(d_x, x.shape[1]) if ctx.has_bias else None
+    d_b = _channel_sum(d_x, x.shape[1]) if has_bias else None
     return d_grad, d_x, d_w, d_b
 
 
@@ -319,17 +322,9 @@ def _prelu_pool_backward_grad(ctx, gg_x, gg_w, gg_b):
     with torch.no_grad():  # each window's largest activation, found as eager's max-pool finds it
         _, where = F.max_pool2d(reference.prelu(x, weight, bias), 2, 2, ceil_mode=True, return_indices=True)
     routed = torch.zeros_like(x).flatten(2).scatter_(2, where.flatten(2), grad.flatten(2)).view_as(x)
-    d_routed, d_x, d_w, d_b = _prelu_backward_grad(_Saved(routed, x, weight, bias, ctx.has_bias), gg_x, gg_w, gg_b)
+    d_routed, d_x, d_w, d_b = _prelu_double_backward(routed, x, weight, bias, ctx.has_bias, gg_x, gg_w, gg_b)
     d_grad = d_routed.flatten(2).gather(2, where.flatten(2)).view_as(grad)
     return d_grad, d_x, d_w, d_b
-
-
-class _Saved:
-    """What _prelu_backward_grad reads from its autograd context, for reuse with other tensors."""
-
-    def __init__(self, grad, x, weight, bias, has_bias):
-        self.saved_tensors = (grad, x, weight, bias)
-        self.has_bias = has_bias
 
 
 torch.library.register_autograd("pydcr::prelu_pool", _prelu_pool_grad, setup_context=_prelu_pool_setup)
