@@ -100,7 +100,7 @@ PYDCR_CENTER_LOOPS(double)
 
 // A 1-D int64 or int32 tensor as an int64 vector.
 std::vector<int64_t> to_int64_vector(const Tensor& t) {
-  const Tensor c = t.is_contiguous() ? t : torch::stable::contiguous(t);
+  const Tensor c = in_layout(t, torch::headeronly::MemoryFormat::Contiguous);
   const int64_t n = c.numel();
   if (c.scalar_type() == ScalarType::Int) {
     const int32_t* v = c.const_data_ptr<int32_t>();

@@ -109,7 +109,7 @@ inline ScalarType float_result_type(const Tensor& x) {
 inline Tensor empty_image_batch(const Tensor& x, int64_t n, int64_t c, int64_t h, int64_t w, ScalarType dtype) {
   const auto format = is_channels_last(x) ? torch::headeronly::MemoryFormat::ChannelsLast
                                           : torch::headeronly::MemoryFormat::Contiguous;
-  return torch::stable::empty({n, c, h, w}, dtype, std::nullopt, x.device(), std::nullopt, format);
+  return empty_on(x, {n, c, h, w}, dtype, format);
 }
 
 }  // namespace pydcr

@@ -227,7 +227,8 @@ Tensor run_on_batch(const char* op, const Tensor& input, const std::vector<Pass>
   else
     check_dtype(op, "grad", input, {ScalarType::Float, ScalarType::Double}, "on CPU");
   const bool channels_last = is_channels_last(input);
-  const Tensor x = channels_last ? input : torch::stable::contiguous(input);
+  const Tensor x = in_layout(input, channels_last ? torch::headeronly::MemoryFormat::ChannelsLast
+                                                  : torch::headeronly::MemoryFormat::Contiguous);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   Tensor out = empty_image_batch(x, n, c, out_h, out_w, float_result_type(x));
   if (n * c == 0) return out;
