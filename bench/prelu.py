@@ -12,6 +12,10 @@ so nothing accumulates):
             pydcr.reference.prelu_pool: F.max_pool2d(F.prelu(x + b...), 2, 2, ceil_mode=True)
   compiled  torch.compile of the eager formula (inductor), the strong baseline, forward +
             backward only; "n/a" when it fails to compile (or with --no-compile)
+Call rows: the cost of one call where the arithmetic is negligible (2 x 8 x 6 x 6), which on a GPU
+is the host's time per layer: ours (the Python API, whose eager calls take an autograd.Function
+or, without gradients, go straight to the kernels), "registered" (torch.ops.pydcr.*, through the
+gradient registered with torch.library, as torch.compile and export see it) and eager.
 Stack rows: each trunk stage's residual units (1, 2, 5 and 3 units at 64, 128, 256 and 512
 channels) as pydcr.nn.ResidualUnit against reference.ResidualUnit with the same weights,
 forward + backward. On CUDA each row also gives the peak memory of one call, in MiB.
@@ -102,6 +106,29 @@ def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_tim
                         report.add(**row)
 
 
+def bench_calls(report, device, min_time):
+    for op_name, (op, twin, _, _, with_residual) in OPS.items():
+        registered = getattr(torch.ops.pydcr, op_name).default
+        g = torch.Generator(device=device).manual_seed(0)
+        x = torch.randn(2, 8, 6, 6, device=device, generator=g)
+        inputs = (x, torch.full((8,), 0.25, device=device), torch.randn(8, device=device, generator=g))
+        inputs += (torch.randn_like(x),) if with_residual else ()
+        grad = torch.randn_like(op(*inputs))
+        args = tuple(t.detach().clone().requires_grad_() for t in inputs)
+        for name in ("fwd", "fwd+bwd"):
+            fns = {}
+            for label, fn in (("ours", op), ("registered", registered), ("eager", twin)):
+                if name == "fwd":
+                    fns[label] = lambda fn=fn: fn(*inputs)
+                else:
+                    fns[label] = lambda fn=fn: torch.autograd.grad(fn(*args), args, grad)
+            ms = timed(fns, device, min_time)
+            report.add(kind=f"{op_name} call", shape="2x8x6x6", dtype="float32", layout="contiguous",
+                       **{"pass": name}, ours_ms=ms["ours"], eager_ms=ms["eager"], registered_ms=ms["registered"],
+                       vs_eager=ms["eager"] / ms["ours"], vs_registered=ms["registered"] / ms["ours"],
+                       **compiled_columns(ms, False))
+
+
 def bench_stacks(report, device, batch, layouts, min_time, stages):
     for c, h, w, units in stages:
         torch.manual_seed(0)
@@ -135,7 +162,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    cols = ["kind", "shape", "dtype", "layout", "pass", "ours_ms", "eager_ms", "compiled_ms", "vs_eager", "vs_compiled"]
+    cols = ["kind", "shape", "dtype", "layout", "pass", "ours_ms", "eager_ms", "compiled_ms", "vs_eager", "vs_compiled",
+            "registered_ms", "vs_registered"]
     if cuda:
         cols += ["ours_MiB", "eager_MiB", "compiled_MiB"]
     report = Report("prelu", device, cols)
@@ -143,6 +171,7 @@ def main(argv=None) -> None:
     dtypes = [torch.float32] + ([torch.float16] if cuda and args.half else [])
     layouts = ["contiguous", "channels_last"]
     bench_ops(report, device, dtypes, layouts, ["fwd", "fwd+bwd"], not args.no_compile, min_time, args.quick)
+    bench_calls(report, device, min_time)
     batch = args.stack_batch or (64 if cuda else 8)
     stack_layouts = layouts if cuda else ["contiguous"]
     bench_stacks(report, device, batch, stack_layouts, min_time, STAGES[:2] if args.quick else STAGES)

@@ -22,6 +22,51 @@ def _check_tensor(op: str, name: str, x) -> None:
         raise TypeError(f"pydcr.{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
 
 
+class _Differentiable:
+    """A compiled op and its gradient, as pydcr's Python API calls it.
+
+    The gradient (``backward(ctx, *grads)`` after ``setup_context(ctx, inputs, output)``) is
+    registered with torch.library, which serves torch.compile, torch.export and callers of
+    ``torch.ops.pydcr``. That route runs a Python autograd kernel inside the dispatcher on every
+    call, which costs more than a small activation's arithmetic, so eager calls take an
+    autograd.Function made of the same two functions instead, and calls that need no gradient go
+    straight to the kernels. ``python -m bench.prelu`` times both routes (its "call" rows).
+    """
+
+    def __init__(self, name: str, backward, setup_context):
+        self.op = getattr(torch.ops.pydcr, name).default
+        torch.library.register_autograd(f"pydcr::{name}", backward, setup_context=setup_context)
+        op = self.op
+
+        # forward takes ctx and calls setup_context itself: an autograd.Function with a separate
+        # setup_context binds its arguments through inspect.signature on every call.
+        def forward(ctx, *args):
+            with torch._C._AutoDispatchBelowAutograd():
+                output = op(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        def eager_backward(ctx, *grads):
+            if torch.is_grad_enabled():  # create_graph: record the backward ops' own gradients
+                return backward(ctx, *grads)
+            with torch._C._AutoDispatchBelowAutograd():
+                return backward(ctx, *grads)
+
+        self.function = type(f"{name}_function", (torch.autograd.Function,), {
+            "forward": staticmethod(forward),
+            "backward": staticmethod(eager_backward),
+        })
+
+    def __call__(self, *args):
+        """The op on every argument of its schema, in order."""
+        if torch.compiler.is_compiling():  # graphs hold the op, and AOTAutograd its registered gradient
+            return self.op(*args)
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return self.function.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return self.op(*args)
+
+
 def resize(x: torch.Tensor, size: Size2, *, antialias: bool = True) -> torch.Tensor:
     """Bicubic resize of an N x C x H x W batch to ``size`` (an int for a square, or (h, w)).
 
@@ -33,7 +78,7 @@ def resize(x: torch.Tensor, size: Size2, *, antialias: bool = True) -> torch.Ten
     Differentiable with respect to float input.
     """
     _check_tensor("resize", "x", x)
-    return torch.ops.pydcr.resize.default(x, pair("size", size), antialias)
+    return _resize(x, pair("size", size), antialias)
 
 
 def degrade(x: torch.Tensor, low: Size2, size: Size2 | None = None, *, antialias: bool = True) -> torch.Tensor:
@@ -44,7 +89,7 @@ def degrade(x: torch.Tensor, low: Size2, size: Size2 | None = None, *, antialias
     """
     _check_tensor("degrade", "x", x)
     out = list(x.shape[-2:]) if size is None else pair("size", size)
-    return torch.ops.pydcr.degrade.default(x, pair("low", low), out, antialias)
+    return _degrade(x, pair("low", low), out, antialias)
 
 
 # Fake kernels: shape, dtype and memory format of the result, for torch.compile and meta tensors.
@@ -113,9 +158,9 @@ def _degrade_backward_grad(ctx, grad):
     return torch.ops.pydcr.degrade.default(grad, low, ctx.in_size, antialias), None, None, None
 
 
-torch.library.register_autograd("pydcr::resize", _resize_grad, setup_context=_save_spatial)
+_resize = _Differentiable("resize", _resize_grad, _save_spatial)
 torch.library.register_autograd("pydcr::resize_backward", _resize_backward_grad, setup_context=_save_spatial)
-torch.library.register_autograd("pydcr::degrade", _degrade_grad, setup_context=_save_spatial)
+_degrade = _Differentiable("degrade", _degrade_grad, _save_spatial)
 torch.library.register_autograd("pydcr::degrade_backward", _degrade_backward_grad, setup_context=_save_spatial)
 
 
@@ -150,7 +195,7 @@ def prelu(
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
         if t is not None or name in ("x", "weight"):  # bias and residual may be None
             _check_tensor("prelu", name, t)
-    return torch.ops.pydcr.prelu.default(x, weight, bias, residual)
+    return _prelu(x, weight, bias, residual)
 
 
 def _check_prelu_args(op: str, x, weight, bias, others) -> None:
@@ -245,7 +290,7 @@ def _prelu_double_backward(grad, x, weight, bias, has_bias, gg_x, gg_w, gg_b):
     return d_grad, d_x, d_w, d_b
 
 
-torch.library.register_autograd("pydcr::prelu", _prelu_grad, setup_context=_prelu_setup)
+_prelu = _Differentiable("prelu", _prelu_grad, _prelu_setup)
 torch.library.register_autograd("pydcr::prelu_backward", _prelu_backward_grad, setup_context=_prelu_backward_setup)
 
 # PReLU then a 2x2 max-pool (csrc/prelu): the trunk's widening convolutions are followed by both.
@@ -268,7 +313,7 @@ def prelu_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None or name != "bias":
             _check_tensor("prelu_pool", name, t)
-    return torch.ops.pydcr.prelu_pool.default(x, weight, bias)
+    return _prelu_pool(x, weight, bias)
 
 
 def _pooled_like(x: torch.Tensor) -> torch.Tensor:
@@ -327,7 +372,7 @@ def _prelu_pool_backward_grad(ctx, gg_x, gg_w, gg_b):
     return d_grad, d_x, d_w, d_b
 
 
-torch.library.register_autograd("pydcr::prelu_pool", _prelu_pool_grad, setup_context=_prelu_pool_setup)
+_prelu_pool = _Differentiable("prelu_pool", _prelu_pool_grad, _prelu_pool_setup)
 torch.library.register_autograd(
     "pydcr::prelu_pool_backward", _prelu_pool_backward_grad, setup_context=_prelu_pool_backward_setup
 )
@@ -349,7 +394,7 @@ def center_loss(features: torch.Tensor, labels: torch.Tensor, centers: torch.Ten
     """
     for name, t in (("features", features), ("labels", labels), ("centers", centers)):
         _check_tensor("center_loss", name, t)
-    return torch.ops.pydcr.center_loss.default(features, labels, centers)
+    return _center_loss(features, labels, centers)
 
 
 def center_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -480,7 +525,7 @@ def _center_loss_backward_grad(ctx, grad_gx, grad_gc):
     return dg, (dx if want_features else None), None, (dc if want_centers else None), None
 
 
-torch.library.register_autograd("pydcr::center_loss", _center_loss_grad, setup_context=_center_loss_setup)
+_center_loss = _Differentiable("center_loss", _center_loss_grad, _center_loss_setup)
 torch.library.register_autograd(
     "pydcr::center_loss_backward", _center_loss_backward_grad, setup_context=_center_loss_backward_setup
 )
