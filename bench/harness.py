@@ -123,6 +123,8 @@ class Report:
 
 
 def _fmt(v) -> str:
+    if v is None:  # a column this row does not have (or a figure this device does not give)
+        return "-"
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
     return str(v)
