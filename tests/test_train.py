@@ -82,3 +82,21 @@ def test_demo_split_needs_two_people_per_fold():
     labels = np.repeat(np.arange(50), 4)
     with pytest.raises(ValueError, match="need two per fold"):
         split(np.zeros((len(labels), 8, 8, 3), dtype=np.uint8), labels)
+
+
+def test_progress_reads_figures_at_most_every_interval(monkeypatch):
+    from pydcr.train import progress
+
+    clock = iter([0.0, 0.1, 0.2, 0.6, 0.7, 1.2])
+    monkeypatch.setattr(progress, "monotonic", lambda: next(clock))
+    reads = []
+    with progress.Progress(6, "t", interval=0.5) as bar:
+        for step in range(6):
+            bar.update(lambda step=step: reads.append(step) or {"loss": 1.0})
+        assert bar._bar.n == 6
+    assert reads == [0, 3, 5]
+    quiet = []
+    with progress.Progress(3, "t", enabled=False) as bar:
+        for _ in range(3):
+            bar.update(lambda: quiet.append(1) or {})
+    assert quiet == []  # a hidden bar never reads the figures (no device waits)

@@ -90,7 +90,7 @@ def train_branch_pair(
                 loss.backward()
                 opt.step()
                 sched.step()
-                bar.update(loss=loss.item())
+                bar.update(lambda loss=loss: {"loss": loss.item()})
     return pair.eval()
 
 

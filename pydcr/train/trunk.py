@@ -142,7 +142,10 @@ def train_trunk(
             sampler.set_epoch(epoch)
             loader = face_loader(dataset, local_batch, shuffle=False, sampler=sampler, workers=num_workers,
                                  pin_memory=device.type == "cuda")
-            sums = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
+            # Sums stay on the device: the host reads them when the bar shows them and at the epoch's end.
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen, images_seen = 0, 0
             started = time.perf_counter()
             for step, (images, labels) in enumerate(loader):
                 if step < (start_step if epoch == start_epoch else 0):
@@ -163,22 +166,23 @@ def train_trunk(
                 loss.backward()
                 opt.step()
                 sched.step()
-                sums["loss"] += loss.item() * len(targets)
-                sums["correct"] += int((logits.argmax(1) == targets).sum())
-                sums["seen"] += len(targets)
-                sums["images"] += len(images)
-                rate = sums["images"] / (time.perf_counter() - started)
-                bar.update(loss=sums["loss"] / sums["seen"], acc=sums["correct"] / sums["seen"], img_s=rate)
+                loss_sum += loss.detach().double() * len(targets)
+                correct += (logits.detach().argmax(1) == targets).sum()
+                seen += len(targets)
+                images_seen += len(images)
+                bar.update(lambda: {"loss": loss_sum.item() / seen, "acc": correct.item() / seen,
+                                    "img_s": images_seen / (time.perf_counter() - started)})
                 if on_step is not None:
                     on_step(epoch * steps_per_epoch + step)
                 if world.any(stop.stop):  # a signal reaches the ranks at different steps
                     checkpoint(epoch, step + 1)
                     return TrunkRun(trunk, head, False, epoch)
             start_step = 0
-            loss_sum, correct, seen, images_seen = world.sum(
-                [sums["loss"], sums["correct"], sums["seen"], sums["images"]])
-            metrics = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                       "images_per_s": images_seen / (time.perf_counter() - started), "lr": sched.get_last_lr()[0]}
+            total_loss, total_correct, total_seen, total_images = world.sum(
+                [loss_sum.item(), correct.item(), seen, images_seen])
+            metrics = {"epoch": epoch + 1, "loss": total_loss / max(total_seen, 1),
+                       "train_acc": total_correct / max(total_seen, 1),
+                       "images_per_s": total_images / (time.perf_counter() - started), "lr": sched.get_last_lr()[0]}
             if world.is_main:
                 with open(out_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
