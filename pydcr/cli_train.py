@@ -25,6 +25,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--width", type=float, default=None, help="trunk width (default: the preset's)")
     t.add_argument("--batch-size", type=int, default=None,
                    help="images per batch, over all processes under torchrun (default: the preset's)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write the per-epoch figures as TensorBoard scalars in OUT/tensorboard")
     _common(t)
     t.set_defaults(func=run_trunk)
     b = steps.add_parser("branch", help="step 2: branch pairs on the frozen trunk, added to its model file")
@@ -114,6 +116,13 @@ def run_trunk(args: argparse.Namespace) -> int:
         if value <= 0:
             raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
     config = replace(preset.trunk, **overrides)
+    if args.tensorboard:
+        from .train.metrics_log import summary_writer_class
+
+        try:
+            summary_writer_class()
+        except ImportError as err:
+            raise UsageError(str(err)) from None
     faces, classes = _faces(args.data, config.input_size)
     if world is None:
         return _train_and_save(args, config, faces, classes, device_or_default(args.device))
@@ -135,7 +144,7 @@ def _train_and_save(args, config, faces, classes, device, world=None) -> int:
 
     main = world is None or world.is_main
     run = train_trunk(faces, classes, config, args.out, device=device, seed=args.seed,
-                      num_workers=args.workers, progress=not args.quiet)
+                      num_workers=args.workers, progress=not args.quiet, tensorboard=args.tensorboard)
     if not run.finished:
         if main:
             print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)

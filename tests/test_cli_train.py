@@ -40,6 +40,16 @@ def test_argument_errors(argv, message, tiny_pack, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_tensorboard_without_the_package_is_a_usage_error(tiny_pack, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    argv = ["train", "trunk", "--data", str(tiny_pack), "--out", str(tmp_path / "out"), "--tensorboard"]
+    assert main(argv) == 2
+    assert "pip install 'pydcr[tensorboard]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
 @pytest.fixture
 def lfw_like_root(tmp_path):
     (tmp_path / "lfw").mkdir()

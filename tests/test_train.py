@@ -30,6 +30,22 @@ def test_trunk_loss_decreases(tmp_path):
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
+def test_tensorboard_scalars_equal_the_metrics_lines(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    import json
+
+    data, classes = toy_faces()
+    train_trunk(data, classes, replace(TINY, epochs=2), tmp_path, progress=False, tensorboard=True)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == sorted(f"trunk/{k}" for k in lines[0] if k != "epoch")
+    for name in lines[0]:
+        if name != "epoch":
+            logged = [(e.step, e.value) for e in events.Scalars(f"trunk/{name}")]
+            assert logged == [(line["epoch"], pytest.approx(line[name], rel=1e-6)) for line in lines]
+
+
 def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
     data, classes = toy_faces()
     torch.use_deterministic_algorithms(True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ..models import Trunk
 from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
 from .distributed import current_world
 from .presets import make_optimizer, TrunkConfig
+from .metrics_log import MetricsLog
 from .progress import Progress
 
 
@@ -67,12 +67,14 @@ def train_trunk(
     num_workers: int = 0,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    tensorboard: bool = False,
 ) -> TrunkRun:
     """Train a trunk on `dataset` (items: an h x w x 3 uint8 aligned crop at the trunk's input size, an
     int label; a pydcr.data.PackedFaces, say) and return it.
 
     Writes out_dir/checkpoint.pt after every epoch and when stopped by SIGINT / SIGTERM, and resumes
-    from it when present; out_dir/metrics.jsonl gets one line per epoch. With the same seed, a
+    from it when present; out_dir/metrics.jsonl gets one line per epoch (and, with `tensorboard`,
+    out_dir/tensorboard the same figures as TensorBoard scalars). With the same seed, a
     resumed run trains on the same batches (shuffling and flips come from seeded generators).
 
     Data parallel when a torch.distributed process group is initialised (see
@@ -137,7 +139,8 @@ def train_trunk(
     model.train()
     initial = start_epoch * steps_per_epoch + start_step
     with StopFlag() as stop, denormals_flushed(device.type == "cpu"), Progress(
-            total, "trunk", enabled=progress and world.is_main, initial=initial) as bar:
+            total, "trunk", enabled=progress and world.is_main, initial=initial) as bar, MetricsLog(
+            out_dir, tensorboard=tensorboard, enabled=world.is_main) as log:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
             loader = face_loader(dataset, local_batch, shuffle=False, sampler=sampler, workers=num_workers,
@@ -183,8 +186,6 @@ def train_trunk(
             metrics = {"epoch": epoch + 1, "loss": total_loss / max(total_seen, 1),
                        "train_acc": total_correct / max(total_seen, 1),
                        "images_per_s": total_images / (time.perf_counter() - started), "lr": sched.get_last_lr()[0]}
-            if world.is_main:
-                with open(out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
+            log.write(metrics)
             checkpoint(epoch + 1, 0)
     return TrunkRun(trunk, head, True, config.epochs)
