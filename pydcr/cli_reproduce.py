@@ -26,6 +26,8 @@ def add_reproduce_parser(sub) -> None:
     lfw.add_argument("--pack", type=Path, default=None, help="a pack of this LFW at the preset's input size")
     lfw.add_argument("--device", default=None, help="default: cuda when available")
     lfw.add_argument("--seed", type=int, default=0)
+    lfw.add_argument("--baselines", action="store_true",
+                     help="also train the paper's ResNet and ResNet-FT baselines (about twice the time)")
     lfw.add_argument("--quiet", action="store_true", help="no progress bars")
     lfw.set_defaults(func=run_reproduce_lfw)
 
@@ -45,5 +47,5 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
     reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
                   min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
                   pack_path=args.pack, device=device_or_default(args.device), seed=args.seed, progress=not args.quiet,
-                  command=shlex.join(["pydcr", *sys.argv[1:]]))
+                  command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines)
     return 0

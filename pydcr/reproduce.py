@@ -20,8 +20,8 @@ from .data import LFW, FaceArrays, PackedFaces, pack
 from .eval.lfw import aligned_faces, lfw_disjoint_split
 from .eval.report import write_report
 from .eval.table import verification_table
-from .models import DCR, save
-from .train import get_preset, train_branches, train_trunk
+from .models import DCR, Trunk, save
+from .train import TrunkConfig, get_preset, train_branches, train_trunk
 
 SIZES = (8, 12, 16, 20)
 TEST_FOLDS = (5, 6, 7, 8, 9)  # View 2 folds 6-10
@@ -42,12 +42,14 @@ def reproduce_lfw(
     seed: int = 0,
     progress: bool = True,
     command: str | None = None,
+    baselines: bool = False,
 ) -> dict:
     """Train on the LFW people outside `test_folds`, evaluate those folds, write the report; returns it.
 
     The aligned crops come from `pack_path` (a pack of this LFW made by `pydcr pack` at the preset's
     input size), else from out_dir/lfw-HxW.pack, made on the first run. An interrupted run resumes.
-    `command` is recorded in the report.
+    With `baselines`, the table also has the paper's ResNet and ResNet-FT rows (see
+    :func:`train_resnet_baselines`). `command` is recorded in the report.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -81,8 +83,15 @@ def reproduce_lfw(
                 f"{len(train)} images of {split.num_classes} people",
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
     })
+    baseline_trunks = {}
+    if baselines:
+        baseline_trunks = train_resnet_baselines(train, split.num_classes, trunk_cfg, sizes, out_dir, device=device,
+                                                 seed=seed, progress=progress)
+        if baseline_trunks is None:
+            print(f"reproduce lfw: stopped; run again with the same arguments to resume from {out_dir}")
+            return {}
     table = verification_table(model, test, split.first, split.second, split.same, split.folds, sizes,
-                               pca_dim=pca_dim, device=device)
+                               pca_dim=pca_dim, device=device, baselines=baseline_trunks)
     minutes = (time.perf_counter() - started) / 60
     ran_on = machine(device)
     meta = {
@@ -98,6 +107,7 @@ def reproduce_lfw(
         "train_people": split.num_classes,
         "min_images": min_images,
         "pca_dim": pca_dim if pca_dim is not None else "none (centering only)",
+        "baselines": BASELINES if baselines else None,
         "protocol": "LFW-disjoint: no person of a test pair trains; per test fold, PCA and threshold from the "
                     "other test folds; gallery = first image (HR), probe = second image degraded to k x k",
     }
@@ -105,3 +115,23 @@ def reproduce_lfw(
     print("\nVerification accuracy (%) on LFW folds " + ", ".join(map(str, folds_1based)) + ":\n" + table.markdown())
     print(f"\nreproduce lfw: {minutes:.1f} minutes; model and report in {out_dir}")
     return {"table": table.to_dict(), **meta}
+
+
+BASELINES = ("ResNet: the trunk trained as the DCR trunk is, on HR faces only; ResNet-FT: that network "
+             "fine-tuned on the same faces at HR and degraded to each probe size, for a third of the epochs "
+             "at a tenth of the learning rate")
+
+
+def train_resnet_baselines(faces, num_classes: int, config: TrunkConfig, sizes: Sequence[int], out_dir: Path,
+                           **train_args) -> dict[str, Trunk] | None:
+    """The paper's "ResNet" and "ResNet-FT" rows (BASELINES), trained in out_dir/resnet and
+    out_dir/resnet-ft: the same network without multi-resolution training, and that network
+    fine-tuned on the low-resolution faces. None when stopped by a signal (a rerun resumes)."""
+    resnet = train_trunk(faces, num_classes, replace(config, low_sizes=()), out_dir / "resnet", **train_args)
+    if not resnet.finished:
+        return None
+    fine_tune = replace(config, low_sizes=tuple(sizes), epochs=max(1, config.epochs // 3), lr=config.lr / 10)
+    tuned = train_trunk(faces, num_classes, fine_tune, out_dir / "resnet-ft", init=resnet, **train_args)
+    if not tuned.finished:
+        return None
+    return {"ResNet": resnet.trunk, "ResNet-FT": tuned.trunk}

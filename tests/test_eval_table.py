@@ -45,6 +45,24 @@ def test_table_cells_equal_the_protocol_on_directly_computed_features(tiny_model
         np.testing.assert_allclose(table.cells[col][row].scores, ref.scores, atol=1e-5)
 
 
+@torch.no_grad()
+def test_baseline_rows_are_evaluated_as_the_trunk(tiny_model):
+    images = torch.randint(0, 256, (40, 3, 40, 36), dtype=torch.uint8)
+    first, second, same, folds = pairs(seed=1)
+    torch.manual_seed(1)
+    other = Trunk(width=0.0625, feature_dim=16, input_size=(40, 36)).eval()
+    table = verification_table(tiny_model, images, first, second, same, folds, sizes=(8,),
+                               baselines={"ResNet": other, "same trunk": tiny_model.trunk})
+    assert table.rows == ["ResNet", "same trunk", "trunk", "DCR"]
+    low = other(ops.degrade(images, 8, antialias=tiny_model.antialias))
+    ref = verify_10fold(other(images)[first], low[second], same, folds)
+    np.testing.assert_allclose(table.cells["8x8"]["ResNet"].accuracies, ref.accuracies)
+    for column in ("HR", "8x8"):  # the model's own trunk as a baseline gives the trunk row
+        np.testing.assert_array_equal(table.cells[column]["same trunk"].accuracies,
+                                      table.cells[column]["trunk"].accuracies)
+    assert "| ResNet |" in table.markdown()
+
+
 def test_report_files(tiny_model, tmp_path):
     images = torch.randint(0, 256, (40, 3, 40, 36), dtype=torch.uint8)
     table = verification_table(tiny_model, images, *pairs(), sizes=(8,))

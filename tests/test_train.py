@@ -1,5 +1,6 @@
 """Training loops: the loss goes down, a stopped run resumes to the uninterrupted result, splits are disjoint."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -32,7 +33,6 @@ def test_trunk_loss_decreases(tmp_path):
 
 def test_tensorboard_scalars_equal_the_metrics_lines(tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    import json
 
     data, classes = toy_faces()
     train_trunk(data, classes, replace(TINY, epochs=2), tmp_path, progress=False, tensorboard=True)
@@ -116,3 +116,33 @@ def test_progress_reads_figures_at_most_every_interval(monkeypatch):
         for _ in range(3):
             bar.update(lambda: quiet.append(1) or {})
     assert quiet == []  # a hidden bar never reads the figures (no device waits)
+
+
+def test_fine_tune_starts_from_the_given_run(tmp_path):
+    data, classes = toy_faces()
+    run = train_trunk(data, classes, replace(TINY, epochs=1), tmp_path / "base", progress=False)
+    # At learning rate 0 a fine-tune leaves the weights where it found them.
+    tuned = train_trunk(data, classes, replace(TINY, epochs=1, lr=0.0, low_sizes=(8,)), tmp_path / "ft",
+                        progress=False, init=run)
+    for name, value in run.trunk.state_dict().items():
+        assert torch.equal(tuned.trunk.state_dict()[name], value), name
+    assert torch.equal(tuned.head.weight, run.head.weight)
+    with pytest.raises(ValueError, match="classifies 4 identities, these data 5"):
+        train_trunk(data, 5, TINY, tmp_path / "other", progress=False, init=run)
+
+
+def test_resnet_baselines_train_on_hr_then_fine_tune(tmp_path):
+    from pydcr.reproduce import train_resnet_baselines
+    from pydcr.train.checkpoint import load_checkpoint
+
+    data, classes = toy_faces()
+    trunks = train_resnet_baselines(data, classes, replace(TINY, epochs=3), [8, 12], tmp_path, progress=False)
+    assert list(trunks) == ["ResNet", "ResNet-FT"]
+    resnet = load_checkpoint(tmp_path / "resnet" / "checkpoint.pt")
+    tuned = load_checkpoint(tmp_path / "resnet-ft" / "checkpoint.pt")
+    assert tuple(resnet["config"]["low_sizes"]) == () and resnet["epoch"] == 3  # HR faces only
+    assert tuple(tuned["config"]["low_sizes"]) == (8, 12) and tuned["epoch"] == 1  # a third of the epochs
+    assert tuned["config"]["lr"] == pytest.approx(TINY.lr / 10)
+    for name, value in trunks["ResNet"].state_dict().items():  # the fine-tune moved every layer
+        assert torch.equal(resnet["trunk"][name], value)
+        assert not torch.equal(tuned["trunk"][name], value), name

@@ -19,6 +19,11 @@ def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.r_[0.0, fp / max(int((~y).sum()), 1)], np.r_[0.0, tp / max(int(y.sum()), 1)]
 
 
+def _style(row: str, index: int) -> str:
+    """A row's marker and line: DCR solid, the trunk dashed, baselines dash-dotted."""
+    return {"trunk": "o--", "DCR": "s-"}.get(row, ("^-.", "v-.", "D-.", "x-.")[index % 4])
+
+
 def plot_accuracy(table: VerificationTable, path: Path) -> Path:
     """Mean accuracy (bars: std over folds) against probe size, a line per model, HR dotted."""
     from matplotlib.figure import Figure
@@ -27,12 +32,11 @@ def plot_accuracy(table: VerificationTable, path: Path) -> Path:
     fig = Figure(figsize=(5, 3.6), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(sized))
-    for row, style in (("trunk", "o--"), ("DCR", "s-")):
-        if row in table.rows:
-            cells = [table.cells[c].get(row) for c in sized]
-            keep = [i for i, c in enumerate(cells) if c is not None]
-            ax.errorbar(x[keep], [100 * cells[i].mean for i in keep], [100 * cells[i].std for i in keep],
-                        fmt=style, capsize=3, label=row)
+    for index, row in enumerate(table.rows):
+        cells = [table.cells[c].get(row) for c in sized]
+        keep = [i for i, c in enumerate(cells) if c is not None]
+        ax.errorbar(x[keep], [100 * cells[i].mean for i in keep], [100 * cells[i].std for i in keep],
+                    fmt=_style(row, index), capsize=3, label=row)
     if "HR" in table.cells:
         ax.axhline(100 * table.cells["HR"]["trunk"].mean, color="grey", linestyle=":", label="trunk, HR probes")
     ax.set_xticks(x, sized)
@@ -45,16 +49,16 @@ def plot_accuracy(table: VerificationTable, path: Path) -> Path:
 
 
 def plot_roc(table: VerificationTable, path: Path) -> Path:
-    """ROC curves of every column, the trunk dashed and DCR solid."""
+    """ROC curves of every column, a line per model (styled as in plot_accuracy)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(3.2 * len(table.columns), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(table.columns), sharey=True))
     for ax, col in zip(axes, table.columns):
-        for row, style in (("trunk", "--"), ("DCR", "-")):
+        for index, row in enumerate(table.rows):
             if row in table.cells[col]:
                 fpr, tpr = roc_curve(table.cells[col][row].scores, table.same)
-                ax.plot(fpr, tpr, style, label=f"{row} ({100 * table.cells[col][row].mean:.1f}%)")
+                ax.plot(fpr, tpr, _style(row, index)[1:], label=f"{row} ({100 * table.cells[col][row].mean:.1f}%)")
         ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
         ax.set_title(f"probe {col}")
         ax.set_xlabel("false positive rate")

@@ -1,13 +1,14 @@
 """The paper's Table I: verification of HR gallery faces against probes degraded to k x k.
 
 Each pair's first face is the HR gallery image; the second is degraded to k x k and brought back to
-the input size (the probe). Columns are the probe sizes and "HR" (probes left alone); rows are the
-trunk alone and DCR (the branch pair trained for that size).
+the input size (the probe). Columns are the probe sizes and "HR" (probes left alone); rows are
+baseline networks if any (the paper's "ResNet" and "ResNet-FT", say), the trunk alone and DCR (the
+branch pair trained for that size).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from .verification import VerificationResult, verify_10fold
 
 @dataclass
 class VerificationTable:
-    cells: dict[str, dict[str, VerificationResult]]  # column ("HR", "8x8", ...) -> row ("trunk", "DCR") -> result
+    cells: dict[str, dict[str, VerificationResult]]  # column ("HR", "8x8", ...) -> row ("trunk", "DCR", ...) -> result
     same: np.ndarray  # the pairs' ground truth, for ROC curves of the cells' scores
 
     @property
@@ -29,7 +30,8 @@ class VerificationTable:
 
     @property
     def rows(self) -> list[str]:
-        return [r for r in ("trunk", "DCR") if any(r in c for c in self.cells.values())]
+        """The models, in the order the columns first name them (baselines, trunk, DCR)."""
+        return list(dict.fromkeys(row for cells in self.cells.values() for row in cells))
 
     def to_dict(self) -> dict:
         """Mean, std and per-fold accuracies of every cell (JSON-ready)."""
@@ -62,30 +64,44 @@ def verification_table(
     pca_dim: int | None = None,
     batch: int = 256,
     device: str | torch.device | None = None,
+    baselines: Mapping[str, torch.nn.Module] | None = None,
 ) -> VerificationTable:
     """Table I over pairs (images[first[i]], images[second[i]]) with verify_10fold's protocol.
 
     images: N x 3 x H x W aligned faces at the model's input size (uint8 or float in [0, 255]).
-    A size without a branch pair in `model` gets the trunk row only.
+    A size without a branch pair in `model` gets the trunk row only. `baselines` maps row names to
+    other networks (images -> features, a pydcr.models.Trunk say), evaluated as the trunk is.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.eval().to(device)
     first, second = np.asarray(first), np.asarray(second)
     probe_images, probe_row = np.unique(second, return_inverse=True)  # probe_row: each pair's row in `probes`
     probes = images[torch.from_numpy(probe_images)]
-    v_hr = _embed(model.embed_trunk, images, batch, device)
-    g = v_hr[first]
 
     def verify(a, b):
         return verify_10fold(a, b, same, folds, pca_dim)
 
-    cells = {"HR": {"trunk": verify(g, v_hr[second])}}
+    def gallery_and_probes(net):
+        """Features of each pair's gallery face, and of its probe at HR and at each size."""
+        v_hr = _embed(net, images, batch, device)
+        low = {k: _embed(lambda t: net(ops.degrade(t, k, antialias=model.antialias)), probes, batch, device)[probe_row]
+               for k in sizes}
+        return v_hr[first], {"HR": v_hr[second], **{f"{k}x{k}": v for k, v in low.items()}}
+
+    cells = {"HR": {}, **{f"{k}x{k}": {} for k in sizes}}
+
+    def add_row(name, gallery, probe_features):
+        for column, p in probe_features.items():
+            cells[column][name] = verify(gallery, p)
+
+    for name, net in (baselines or {}).items():
+        add_row(name, *gallery_and_probes(net.eval().to(device)))
+    g, trunk_probes = gallery_and_probes(model.embed_trunk)
+    add_row("trunk", g, trunk_probes)
     for k in sizes:
-        v_low = _embed(lambda t: model.embed_trunk(ops.degrade(t, k, antialias=model.antialias)), probes, batch, device)
-        p = v_low[probe_row]
-        cells[f"{k}x{k}"] = {"trunk": verify(g, p)}
         if k in model.resolutions:
             pair = model.branch(k)
+            p = trunk_probes[f"{k}x{k}"]
             x, z = pair.hr(g.to(device)).float().cpu(), pair.lr(p.to(device)).float().cpu()
             cells[f"{k}x{k}"]["DCR"] = verify(x, z)
     return VerificationTable(cells, np.asarray(same, dtype=bool))

@@ -68,13 +68,16 @@ def train_trunk(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     tensorboard: bool = False,
+    init: TrunkRun | None = None,
 ) -> TrunkRun:
     """Train a trunk on `dataset` (items: an h x w x 3 uint8 aligned crop at the trunk's input size, an
     int label; a pydcr.data.PackedFaces, say) and return it.
 
     Writes out_dir/checkpoint.pt after every epoch and when stopped by SIGINT / SIGTERM, and resumes
     from it when present; out_dir/metrics.jsonl gets one line per epoch (and, with `tensorboard`,
-    out_dir/tensorboard the same figures as TensorBoard scalars). With the same seed, a
+    out_dir/tensorboard the same figures as TensorBoard scalars). `init` starts from a trained
+    run's trunk and classifier instead of afresh (a fine-tune; the optimizer and schedule start
+    anew, and a checkpoint in out_dir still wins). With the same seed, a
     resumed run trains on the same batches (shuffling and flips come from seeded generators).
 
     Data parallel when a torch.distributed process group is initialised (see
@@ -97,6 +100,12 @@ def train_trunk(
     trunk = Trunk(width=config.width, feature_dim=config.feature_dim, input_size=config.input_size).to(device)
     head = nn.Linear(config.feature_dim, num_classes).to(device)
     loss_fn = TrunkLoss(num_classes, config.feature_dim, config.beta, alpha=config.center_alpha).to(device)
+    if init is not None:
+        if init.head.out_features != num_classes:
+            raise ValueError(f"the run to fine-tune classifies {init.head.out_features} identities, "
+                             f"these data {num_classes}")
+        trunk.load_state_dict(init.trunk.state_dict())
+        head.load_state_dict(init.head.state_dict())
     params = list(trunk.parameters()) + list(head.parameters())
     opt = make_optimizer(params, config)
     # One process: a plain permutation per epoch. W processes: rank r takes every W-th image of it.
