@@ -3,7 +3,10 @@
     python -m bench.profile_trunk [--device cuda] [--batch N] [--width W] [--rows 12]
 
 A companion to bench.trunk (which gives the ratio): torch.profiler over a few steps, self time per
-op or kernel on the device, ours and eager printed one after the other, and the totals.
+op or kernel on the device, ours and eager (and with --compile torch.compile of the eager twin)
+printed one after the other, with each one's device time per step beside its wall-clock time per
+step. On a GPU, device time well under wall time means the host (Python, dispatch, launches) is
+what limits the step, not the kernels.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.harness import common_args, sync
+from bench.harness import common_args, sync, time_ms
 from bench.trunk import setup
 from pydcr._machine import describe, machine
 
@@ -22,6 +25,7 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--rows", type=int, default=12, help="ops shown per model")
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
+    p.add_argument("--compile", action="store_true", help="also profile torch.compile of the eager twin")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -36,17 +40,22 @@ def main(argv=None) -> None:
             loss = model(x).float().sum()
         loss.backward()
 
-    for name, model in (("ours", ours), ("eager", eager)):
-        for _ in range(2):  # warm up: cuDNN autotuning, allocator
+    contenders = {"ours": ours, "eager": eager}
+    if args.compile:
+        contenders["eager_compiled"] = torch.compile(eager)
+    for name, model in contenders.items():
+        for _ in range(2):  # warm up: cuDNN autotuning, allocator, compilation
             step(model)
         sync(device)
+        wall = time_ms(lambda: step(model), device, min_time=1.0, repeats=3)
         with profile(activities=activities) as prof:
             for _ in range(args.steps):
                 step(model)
             sync(device)
         events = prof.key_averages()
         total = sum(getattr(e, "self_device_time_total" if cuda else "self_cpu_time_total") for e in events)
-        print(f"\n## {name}: {total / 1e3 / args.steps:.2f} ms of {'device' if cuda else 'CPU'} time per step")
+        print(f"\n## {name}: {total / 1e3 / args.steps:.2f} ms of {'device' if cuda else 'CPU'} time per step, "
+              f"{wall:.2f} ms wall-clock per step")
         print(events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=60))
 
 

@@ -48,7 +48,7 @@ for bench in $benches; do
   case $bench in
     embed) step bench-embed bench.log 180 python3 -m bench.embed --device cuda --quick --out "$json/embed.json" ;;
     trunk) step bench-trunk bench.log 240 python3 -m bench.trunk --device cuda --quick ${GPU_CHECK_TRUNK_ARGS---compile} --out "$json/trunk.json" ;;
-    profile_trunk) step profile-trunk bench.log 90 python3 -m bench.profile_trunk --device cuda ;;
+    profile_trunk) step profile-trunk bench.log 150 python3 -m bench.profile_trunk --device cuda --compile ;;
     *) step "bench-$bench" bench.log 90 python3 -m bench.$bench --device cuda --quick --out "$json/$bench.json" ;;
   esac
 done
