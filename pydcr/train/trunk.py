@@ -19,8 +19,8 @@ from ..losses import TrunkLoss
 from ..models import Trunk
 from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
 from .distributed import current_world
-from .presets import make_optimizer, TrunkConfig
 from .metrics_log import MetricsLog
+from .presets import make_optimizer, TrunkConfig
 from .progress import Progress
 
 
