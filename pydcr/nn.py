@@ -20,8 +20,9 @@ __all__ = ["ConvPReLU", "ResidualUnit"]
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t in `dtype`, as autocast would hand it to PReLU: under autocast, convolutions return
-    float16 or bfloat16 while parameters stay float32. The tensor itself when it already is."""
-    return t.to(dtype)
+    float16 or bfloat16 while parameters stay float32. The tensor itself when it already is
+    (checked here: a call to .to costs more than the attribute)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class ConvPReLU(nn.Module):
@@ -69,8 +70,8 @@ class ResidualUnit(nn.Module):
         # The add promotes as eager's x + PReLU(...) does (float32 x, float16 branch: float32), and
         # its result takes x's layout, as eager's does: the conv may have returned another one
         # (cuDNN does for some channel counts), and the fused op keeps the layout of its input.
-        dtype = torch.promote_types(x.dtype, y.dtype)
-        if x.dim() == 4:
+        dtype = x.dtype if x.dtype == y.dtype else torch.promote_types(x.dtype, y.dtype)
+        if x.dim() == 4 and x.stride() != y.stride():
             y = y.contiguous(memory_format=_memory_format(x))
         return ops.prelu(_as(y, dtype), _as(self.prelu2.weight, dtype), residual=_as(x, dtype))
 
