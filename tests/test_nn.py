@@ -66,6 +66,17 @@ def test_matches_eager_twin(case, dtype, layout):
     assert_twins_agree(ours, eager, x, 1e-5 if dtype == torch.float32 else 1e-10)
 
 
+def test_residual_takes_the_layout_of_its_input_when_the_convolutions_change_it():
+    # A convolution returns channels_last when its weight is, whatever its input's layout: with
+    # channels_last weights and an NCHW x, the branch comes back in another layout than x.
+    ours, eager = twins(*CASES[2][:2], torch.float64)
+    ours, eager = ours.to(memory_format=torch.channels_last), eager.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 5, 9, 7, dtype=torch.float64)
+    assert ours.conv1(x).stride() != x.stride()
+    assert_twins_agree(ours, eager, x, 1e-10)
+    assert ours(x).is_contiguous()
+
+
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_compiled_stack_matches_eager_twin(backend, layout):
