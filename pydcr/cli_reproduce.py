@@ -12,7 +12,7 @@ from .cli_train import UsageError, check_lfw_root, device_or_default, preset_nam
 
 def add_reproduce_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="reproduce the paper's comparison offline")
-    data = p.add_subparsers(dest="dataset", required=True)
+    data = p.add_subparsers(dest="what", required=True)
     lfw = data.add_parser("lfw", help="Table I on LFW, training only on people outside the test folds")
     lfw.add_argument("--root", type=Path, required=True, help="LFW root (lfw/, pairs.txt, lfw_landmark.txt)")
     lfw.add_argument("--out", type=Path, default=Path("pydcr-reproduce-lfw"), help="run folder (a stopped run resumes)")
@@ -30,6 +30,11 @@ def add_reproduce_parser(sub) -> None:
                      help="also train the paper's ResNet and ResNet-FT baselines (about twice the time)")
     lfw.add_argument("--quiet", action="store_true", help="no progress bars")
     lfw.set_defaults(func=run_reproduce_lfw)
+    summary = data.add_parser("summary", help="several runs of a reproduction (seeds, say): mean ± sd per cell and "
+                                              "paired differences from DCR")
+    summary.add_argument("runs", type=Path, nargs="+", help="run folders (or their report.json), two or more")
+    summary.add_argument("--out", type=Path, default=None, help="also write the summary to this Markdown file")
+    summary.set_defaults(func=run_summary)
 
 
 def run_reproduce_lfw(args: argparse.Namespace) -> int:
@@ -48,4 +53,19 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
                   min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
                   pack_path=args.pack, device=device_or_default(args.device), seed=args.seed, progress=not args.quiet,
                   command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines)
+    return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from .eval.runs import load_report, summarize_runs
+
+    try:
+        reports = [load_report(path) for path in args.runs]
+        text = summarize_runs(reports, [str(path) for path in args.runs])
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     return 0

@@ -101,6 +101,7 @@ def reproduce_lfw(
         "minutes": round(minutes, 1),
         "preset": preset,
         "epochs": trunk_cfg.epochs,
+        "seed": seed,
         "test_folds": folds_1based,
         "test_pairs": len(split.first),
         "train_images": len(train),

@@ -1,0 +1,97 @@
+"""Several runs of one verification table (seeds, say) side by side.
+
+One run's table says how a model did on five folds; whether a gap between two rows is the method
+or the seed takes several runs. `summarize_runs` gives each cell's mean and standard deviation
+over the runs, and each row's difference from a reference row (DCR) per run, paired on the same
+folds, with the number of folds where the reference was ahead.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+# Report fields that must agree for the runs' tables to be comparable cell by cell.
+_SAME_PROTOCOL = ("test_folds", "test_pairs", "preset", "epochs", "min_images", "pca_dim")
+
+
+def load_report(path: str | Path) -> dict:
+    """The report.json of a run folder, or the given report.json; clear errors when it is not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no report at {path}: give a run folder or its report.json")
+    try:
+        report = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a report: {e}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("table"), dict):
+        raise ValueError(f"{path} is not a report: it has no verification table")
+    return report
+
+
+def _check_comparable(reports: Sequence[dict], names: Sequence[str]) -> None:
+    if len(reports) < 2:
+        raise ValueError(f"a summary needs at least two runs, got {len(reports)}")
+    first = reports[0]
+    for name, report in zip(names[1:], reports[1:]):
+        if list(report["table"]) != list(first["table"]):
+            raise ValueError(f"{name} has columns {list(report['table'])}, {names[0]} {list(first['table'])}")
+        for column, cells in report["table"].items():
+            if set(cells) != set(first["table"][column]):
+                raise ValueError(f"{name} has rows {sorted(cells)} in column {column}, "
+                                 f"{names[0]} {sorted(first['table'][column])}")
+        for key in _SAME_PROTOCOL:
+            if report.get(key) != first.get(key):
+                raise ValueError(f"{name} has {key} = {report.get(key)!r}, {names[0]} {first.get(key)!r}: "
+                                 "the runs differ in more than their seed")
+
+
+def _rows(table: dict) -> list[str]:
+    return list(dict.fromkeys(row for cells in table.values() for row in cells))
+
+
+def summarize_runs(reports: Sequence[dict], names: Sequence[str], reference: str = "DCR") -> str:
+    """Markdown: each cell's mean ± sd over the runs (percent), then `reference` minus every other
+    row per run (points), with the folds of all runs where `reference` is higher.
+
+    reports: report.json contents of runs that differ only in their seed (checked: same columns,
+    rows, test folds, preset, epochs and PCA); names label them in the list of runs.
+    """
+    _check_comparable(reports, names)
+    tables = [r["table"] for r in reports]
+    columns, rows = list(tables[0]), _rows(tables[0])
+
+    def cell(column: str, row: str) -> str:
+        if row not in tables[0][column]:
+            return "-"
+        means = [100 * t[column][row]["mean"] for t in tables]
+        return f"{statistics.mean(means):.1f} ± {statistics.stdev(means):.1f}"
+
+    lines = [f"Verification accuracy (%) over {len(reports)} runs: mean ± standard deviation of the runs' "
+             "fold means.", "", "| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {row} | " + " | ".join(cell(c, row) for c in columns) + " |" for row in rows]
+
+    paired = [c for c in columns if reference in tables[0][c]]
+    if paired:
+        lines += ["", f"{reference} minus each model (points): the mean over runs, each run's difference, and the "
+                  f"folds of all runs where {reference} is higher.", "",
+                  f"| {reference} minus | " + " | ".join(paired) + " |", "|---|" + "---|" * len(paired)]
+        for row in (r for r in rows if r != reference):
+            lines.append(f"| {row} | " + " | ".join(_difference(tables, c, reference, row) for c in paired) + " |")
+    lines += ["", "Runs:", ""]
+    lines += [f"- {name}: `{report.get('command', 'command not recorded')}`" for name, report in zip(names, reports)]
+    return "\n".join(lines)
+
+
+def _difference(tables: Sequence[dict], column: str, a: str, b: str) -> str:
+    if b not in tables[0][column]:
+        return "-"
+    per_run = [100 * (t[column][a]["mean"] - t[column][b]["mean"]) for t in tables]
+    higher = sum(x > y for t in tables for x, y in zip(t[column][a]["folds"], t[column][b]["folds"]))
+    folds = sum(len(t[column][a]["folds"]) for t in tables)
+    runs = " ".join(f"{d:+.1f}" for d in per_run)
+    return f"{statistics.mean(per_run):+.1f} ({runs}; {higher}/{folds})"

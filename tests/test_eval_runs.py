@@ -1,0 +1,110 @@
+"""Summaries of several runs of a verification table (`pydcr reproduce summary`)."""
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+from pydcr.cli import main
+from pydcr.eval.report import write_report
+from pydcr.eval.runs import load_report, summarize_runs
+from pydcr.eval.table import VerificationTable
+from pydcr.eval.verification import VerificationResult
+
+
+def result(folds) -> VerificationResult:
+    acc = np.asarray(folds, dtype=float)
+    return VerificationResult(acc.mean(), acc.std(), acc, np.zeros_like(acc), np.linspace(-1, 1, 10))
+
+
+def table(trunk_8, dcr_8, trunk_hr=(0.9, 0.9)) -> VerificationTable:
+    same = np.arange(10) % 2 == 0
+    return VerificationTable({"HR": {"trunk": result(trunk_hr)}, "8x8": {"trunk": result(trunk_8), "DCR": result(dcr_8)}},
+                             same)
+
+
+def report(t: VerificationTable, **meta) -> dict:
+    return {"command": "pydcr reproduce lfw", "test_folds": [6, 7], "preset": "small", **meta, "table": t.to_dict()}
+
+
+def row_of(text: str, name: str) -> list[str]:
+    """The cells of the first table row named `name`."""
+    line = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")[1:]]
+
+
+def test_cells_are_mean_and_sd_of_the_runs_fold_means():
+    runs = [table((0.80, 0.84), (0.86, 0.82)), table((0.70, 0.72), (0.75, 0.73)), table((0.78, 0.76), (0.77, 0.79))]
+    text = summarize_runs([report(t) for t in runs], ["a", "b", "c"])
+    trunk_means = [100 * np.mean(t.cells["8x8"]["trunk"].accuracies) for t in runs]
+    dcr_means = [100 * np.mean(t.cells["8x8"]["DCR"].accuracies) for t in runs]
+    assert row_of(text, "trunk") == ["90.0 ± 0.0", f"{statistics.mean(trunk_means):.1f} ± {statistics.stdev(trunk_means):.1f}"]
+    assert row_of(text, "DCR") == ["-", f"{statistics.mean(dcr_means):.1f} ± {statistics.stdev(dcr_means):.1f}"]
+
+
+def test_paired_differences_and_folds_where_dcr_is_higher():
+    # DCR is higher in folds: run 1 one of two (0.86 > 0.80, 0.82 < 0.84), run 2 both; a tie is not higher.
+    runs = [table((0.80, 0.84), (0.86, 0.82)), table((0.70, 0.72), (0.75, 0.73)), table((0.5, 0.5), (0.5, 0.5))]
+    text = summarize_runs([report(t) for t in runs], ["a", "b", "c"])
+    diffs = [100 * (t.cells["8x8"]["DCR"].mean - t.cells["8x8"]["trunk"].mean) for t in runs]
+    per_run = " ".join(f"{d:+.1f}" for d in diffs)
+    paired = text.split("| DCR minus |")[1]
+    assert row_of(paired, "trunk") == [f"{statistics.mean(diffs):+.1f} ({per_run}; 3/6)"]
+
+
+def test_runs_are_listed_with_their_commands():
+    runs = [report(table((0.8, 0.8), (0.8, 0.8)), command=f"pydcr reproduce lfw --seed {s}") for s in (0, 1)]
+    text = summarize_runs(runs, ["first", "second"])
+    assert "- first: `pydcr reproduce lfw --seed 0`" in text
+    assert "- second: `pydcr reproduce lfw --seed 1`" in text
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.update(test_folds=[1, 2]), "test_folds"),
+    (lambda r: r.update(preset="paper"), "preset"),
+    (lambda r: r["table"].pop("HR"), "columns"),
+    (lambda r: r["table"]["8x8"].pop("DCR"), "rows"),
+])
+def test_runs_that_differ_in_more_than_the_seed_are_refused(change, message):
+    a, b = report(table((0.8, 0.8), (0.8, 0.8))), report(table((0.8, 0.8), (0.8, 0.8)))
+    change(b)
+    with pytest.raises(ValueError, match=message):
+        summarize_runs([a, b], ["a", "b"])
+
+
+def test_one_run_is_not_a_summary():
+    with pytest.raises(ValueError, match="at least two runs"):
+        summarize_runs([report(table((0.8, 0.8), (0.8, 0.8)))], ["a"])
+
+
+def test_load_report_reads_what_write_report_writes(tmp_path):
+    t = table((0.80, 0.84), (0.86, 0.82))
+    write_report(tmp_path / "run", "tiny", t, {"preset": "small"})
+    for path in (tmp_path / "run", tmp_path / "run" / "report.json"):
+        assert load_report(path)["table"] == json.loads(json.dumps(t.to_dict()))
+
+
+def test_load_report_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no report"):
+        load_report(tmp_path)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a report"):
+        load_report(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="no verification table"):
+        load_report(tmp_path / "other.json")
+
+
+def test_summary_command_prints_and_writes(tmp_path, capsys):
+    for seed, dcr in enumerate([(0.86, 0.82), (0.75, 0.73)]):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "report.json").write_text(json.dumps(report(table((0.8, 0.84), dcr))))
+    out = tmp_path / "summary" / "runs.md"
+    assert main(["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text() == printed
+    assert main(["reproduce", "summary", str(tmp_path / "seed0")]) == 2
+    assert "at least two runs" in capsys.readouterr().err
+    assert main(["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "missing")]) == 2
+    assert "no report" in capsys.readouterr().err
