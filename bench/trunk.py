@@ -1,11 +1,15 @@
 """The Face-ResNet trunk on the fused ops against its eager twin: inference and training step.
 
-    python -m bench.trunk [--device cuda] [--batch N] [--width W] [--compile] [--quick]
+    python -m bench.trunk [--device cuda] [--batch N] [--width W] [--compile] [--quick] [--host]
 
 Images/s for forward (no grad) and a training step (forward + backward of the features' sum, no
 optimizer), ours vs the eager twin (nn.Conv2d / nn.PReLU / add, same weights), timed in alternating
 rounds (denormals flushed on the CPU, as in training), and with --compile
 also torch.compile of each. CUDA runs in bf16 autocast with channels_last; peak memory per step.
+
+--host times the per-call cost instead of the arithmetic: a trunk so small (width 0.0625, 36 x 36
+faces, batch 1; one thread on the CPU) that what remains is dispatch, allocation, autograd and, on
+a GPU, kernel launches, about 90 op calls per forward.
 """
 
 from __future__ import annotations
@@ -18,16 +22,20 @@ from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
 from pydcr.models import Trunk
 
 
-def setup(device: torch.device, batch: int | None, width: float):
+# The --host case: every layer still runs, on a few hundred values each.
+HOST_CASE = {"width": 0.0625, "input_size": (36, 36), "batch": 1}
+
+
+def setup(device: torch.device, batch: int | None, width: float, input_size: tuple[int, int] = (112, 96)):
     """The trunk, its eager twin with the same weights, a uint8 batch, and the autocast to run them in:
     bf16 and channels_last on CUDA (default batch 256), float32 NCHW on the CPU (batch 32)."""
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    ours = Trunk(width=width).to(device)
+    ours = Trunk(width=width, input_size=input_size).to(device)
     eager = ours.eager_twin()
     fmt = torch.channels_last if cuda else torch.contiguous_format
     ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
-    shape = (batch or (256 if cuda else 32), 3, 112, 96)
+    shape = (batch or (256 if cuda else 32), 3, *input_size)
     x = torch.randint(0, 256, shape, dtype=torch.uint8, device=device).contiguous(memory_format=fmt)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     return ours, eager, x, autocast
@@ -38,9 +46,13 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=None, help="default: 32 on CPU, 256 on CUDA")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of both")
+    p.add_argument("--host", action="store_true", help="per-call host cost: width 0.0625, 36x36, batch 1")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    ours, eager, x, autocast = setup(device, args.batch, args.width)
+    case = dict(HOST_CASE) if args.host else {"width": args.width, "input_size": (112, 96), "batch": args.batch}
+    if args.host and device.type == "cpu":
+        torch.set_num_threads(1)  # nothing to share out at this size; threads only add noise
+    ours, eager, x, autocast = setup(device, case["batch"], case["width"], case["input_size"])
     batch = len(x)
     if device.type == "cpu":  # as training on the CPU does (pydcr.train): denormal values stall both sides
         torch.set_flush_denormal(True)
@@ -59,7 +71,7 @@ def main(argv=None) -> None:
             loss = model(x).float().sum()
         loss.backward()
 
-    report = Report("trunk", device, ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"])
+    report = Report("trunk-host" if args.host else "trunk", device, ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"])
     min_time = 0.5 if args.quick else 2.0
     for name, step in (("inference", infer), ("train_step", train)):
         runnable, failures = {}, {}
@@ -77,7 +89,7 @@ def main(argv=None) -> None:
                 continue
             report.add(**row, ms=times[label], images_per_s=batch / times[label] * 1e3,
                        speedup_vs_eager=times["eager"] / times[label], peak_mib=peak_memory_mib(lambda: step(model), device))
-    report.write(args.out, width=args.width)
+    report.write(args.out, width=case["width"], input_size=list(case["input_size"]))
 
 
 if __name__ == "__main__":

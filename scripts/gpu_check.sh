@@ -43,11 +43,12 @@ step tests tests.log 240 python3 -m pytest -q -p no:cacheprovider $xdist -rf ${G
 # Benchmarks write JSON to a scratch folder, merged into one $OUT/bench.json at the end (the
 # machine returns only a few files).
 json=$(mktemp -d)
-benches=${GPU_CHECK_BENCHES:-resize degrade prelu center embed trunk profile_trunk}
+benches=${GPU_CHECK_BENCHES:-resize degrade prelu center embed trunk trunk_host profile_trunk}
 for bench in $benches; do
   case $bench in
     embed) step bench-embed bench.log 180 python3 -m bench.embed --device cuda --quick --out "$json/embed.json" ;;
     trunk) step bench-trunk bench.log 240 python3 -m bench.trunk --device cuda --quick ${GPU_CHECK_TRUNK_ARGS---compile} --out "$json/trunk.json" ;;
+    trunk_host) step bench-trunk-host bench.log 60 python3 -m bench.trunk --device cuda --host --out "$json/trunk-host.json" ;;
     profile_trunk) step profile-trunk bench.log 150 python3 -m bench.profile_trunk --device cuda --compile ;;
     *) step "bench-$bench" bench.log 90 python3 -m bench.$bench --device cuda --quick --out "$json/$bench.json" ;;
   esac

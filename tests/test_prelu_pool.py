@@ -184,3 +184,20 @@ def test_cuda_special_values_and_gradcheck(layout):
 @pytest.mark.parametrize("op,args", list(opcheck_samples("cuda", CUDA_DTYPES)) if torch.cuda.is_available() else [])
 def test_cuda_opcheck(op, args):
     opcheck(op, tuple(None if a is None else a.requires_grad_() for a in args))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+# The trunk's pools at batch 64 (several blocks per channel) and shapes with ceil-mode edges.
+@pytest.mark.parametrize("shape", [(64, 64, 112, 96), (64, 256, 28, 24), (5, 3, 37, 9), (2, 512, 1, 1)])
+def test_cuda_trunk_shapes_and_determinism(shape, layout):
+    x, w, b = make_args(shape, torch.float32, layout, shared=False, slope_values=[0.25, -0.2, 0.0], bias=True,
+                        device="cuda")
+    grad = activation(reference.prelu_pool(x, w, b).shape, device="cuda", seed=8)
+    first = torch.ops.pydcr.prelu_pool_backward(grad, x, w, b)
+    assert all(torch.equal(a, c) for a, c in zip(first, torch.ops.pydcr.prelu_pool_backward(grad, x, w, b)))
+    y, grads = forward_and_grads(ops.prelu_pool, (x, w, b), grad)
+    y_ref, grads_ref = forward_and_grads(reference.prelu_pool, (x, w, b), grad)
+    assert torch.equal(y, y_ref) and torch.equal(grads[0], grads_ref[0])
+    for ours, ref in zip(grads[1:], grads_ref[1:]):
+        torch.testing.assert_close(ours.double(), ref.double(), atol=1e-4 * max(1.0, ref.abs().max().item()), rtol=1e-4)

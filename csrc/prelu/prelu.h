@@ -122,14 +122,17 @@ PYDCR_HOST_DEVICE WindowScan<T> scan_window(Load load, int rows, int cols, T w, 
   return s;
 }
 
-// The row and column offsets of window position `at`.
-template <typename T>
-PYDCR_HOST_DEVICE int window_row(T at) {
-  return static_cast<int>(at) / 2;
-}
-template <typename T>
-PYDCR_HOST_DEVICE int window_col(T at) {
-  return static_cast<int>(at) % 2;
+// The backward pass of one window of rows x cols elements: the PReLU backward terms of its
+// largest element (added to sum_w and sum_b) as that element's gradient, zero at the others.
+// load(r, c) reads x and store(r, c, v) writes grad_x at offset (r, c) from the window's top-left.
+template <typename T, typename Load, typename Store>
+PYDCR_HOST_DEVICE void window_backward(Load load, Store store, int rows, int cols, T grad, T w, T b, T& sum_w,
+                                       T& sum_b) {
+  const WindowScan<T> s = scan_window<T>(load, rows, cols, w, b);
+  const T grad_x = backward_value(grad, s.x, w, b, sum_w, sum_b);
+  const int at = static_cast<int>(s.at);
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) store(r, c, 2 * r + c == at ? grad_x : T(0));
 }
 
 }  // namespace pydcr::prelu

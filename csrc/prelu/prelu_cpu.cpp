@@ -360,11 +360,8 @@ void pool_backward(const Activation& a, const T* g, T* gx, const ChannelParams<T
     const T* xw = x + x0;
     T* gw = gx + x0;
     auto at = [&](int r, int cc) { return r * geo.row_stride + cc * geo.col_stride; };
-    const WindowScan<T> s = scan_window<T>([&](int r, int cc) { return xw[at(r, cc)]; }, rows, cols, p.weight[c],
-                                           p.bias[c]);
-    for (int r = 0; r < rows; ++r)
-      for (int cc = 0; cc < cols; ++cc) gw[at(r, cc)] = T(0);
-    gw[at(window_row(s.at), window_col(s.at))] = backward_value(g[y0], s.x, p.weight[c], p.bias[c], sum_w, sum_b);
+    window_backward<T>([&](int r, int cc) { return xw[at(r, cc)]; }, [&](int r, int cc, T v) { gw[at(r, cc)] = v; },
+                       rows, cols, g[y0], p.weight[c], p.bias[c], sum_w, sum_b);
   };
   sums.assign(2 * channels, T(0));
   if (!geo.channels_last) {

@@ -9,8 +9,9 @@
 // float64) through the functions of prelu.h, shared with the CPU kernels.
 //
 // prelu_pool: one thread per output element scans its window (scan_window, shared with the CPU).
-// Its backward pass first routes each output gradient to its window's largest element (a
-// full-size gradient, zero elsewhere) and then is the PReLU backward pass above.
+// Its backward pass is one pass too: each thread takes output elements of one channel, writes
+// their windows' grad_x (window_backward, shared with the CPU) and sums their slope and bias
+// terms; blocks are laid out, and partials added, as in the PReLU backward pass.
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -120,9 +121,50 @@ __device__ __forceinline__ Acc block_sum(Acc v, Acc* scratch) {
   return total;
 }
 
+// The block's sums of channel c, written as its chunk's partials:
+// partial[(chunk * 2 + {0: slope, 1: bias}) * channels + c]. `scratch` as in block_sum.
+template <typename Acc, typename Index>
+__device__ __forceinline__ void store_channel_partials(Acc sum_w, Acc sum_b, Acc* scratch, Acc* __restrict__ partial,
+                                                       Index chunk, Index channels, Index c) {
+  sum_w = block_sum(sum_w, scratch);
+  sum_b = block_sum(sum_b, scratch);
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+    partial[(2 * chunk) * channels + c] = sum_w;
+    partial[(2 * chunk + 1) * channels + c] = sum_b;
+  }
+}
+
+// Thread (tx, ty)'s sums of the V channels from c0 of a tile of tx * V channels: they meet in
+// shared memory (`sums`, 2 x ty x (tx * V) values), are added over ty in order, and are written
+// as the block's chunk's partials (layout as in store_channel_partials).
+template <typename Acc, int V, typename Index>
+__device__ __forceinline__ void store_tile_partials(const Acc (&sum_w)[V], const Acc (&sum_b)[V], Acc* sums,
+                                                    Acc* __restrict__ partial, Index chunk, Index channels, Index c0) {
+  const Index tile = static_cast<Index>(blockDim.x) * V;
+  const Index lane = threadIdx.x * V;
+#pragma unroll
+  for (int e = 0; e < V; ++e) {
+    sums[threadIdx.y * tile + lane + e] = sum_w[e];
+    sums[(blockDim.y + threadIdx.y) * tile + lane + e] = sum_b[e];
+  }
+  __syncthreads();
+  if (threadIdx.y != 0) return;
+#pragma unroll
+  for (int e = 0; e < V; ++e) {
+    if (c0 + e >= channels) break;
+    Acc total_w = 0, total_b = 0;
+    for (unsigned j = 0; j < blockDim.y; ++j) {
+      total_w += sums[j * tile + lane + e];
+      total_b += sums[(blockDim.y + j) * tile + lane + e];
+    }
+    partial[(2 * chunk) * channels + c0 + e] = total_w;
+    partial[(2 * chunk + 1) * channels + c0 + e] = total_b;
+  }
+}
+
 // Channel-major layouts (inner > 1). Block chunk + chunks * c covers elements [chunk * per_block, ...)
 // of channel c, in order n, then position in the plane. V > 1 needs inner % V == 0 and per_block % V == 0,
-// so a vector never leaves its plane. Partials: partial[(chunk * 2 + {0: slope, 1: bias}) * channels + c].
+// so a vector never leaves its plane. Partials as in store_channel_partials.
 template <typename T, typename Acc, int V, typename Index>
 __global__ void backward_planes_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
                                        Acc* __restrict__ partial, Params<T, Acc, Index> p, Index channels,
@@ -143,18 +185,13 @@ __global__ void backward_planes_kernel(const T* __restrict__ g, const T* __restr
       out.v[e] = from_acc<T>(backward_value(to_acc<Acc>(gv.v[e]), to_acc<Acc>(xv.v[e]), w, b, sum_w, sum_b));
     *reinterpret_cast<Vec<T, V>*>(gx + i) = out;
   }
-  sum_w = block_sum(sum_w, scratch);
-  sum_b = block_sum(sum_b, scratch);
-  if (threadIdx.x == 0) {
-    partial[(2 * chunk) * channels + c] = sum_w;
-    partial[(2 * chunk + 1) * channels + c] = sum_b;
-  }
+  store_channel_partials(sum_w, sum_b, scratch, partial, chunk, channels, c);
 }
 
 // Channel-minor layouts (inner == 1): rows of `channels` contiguous elements. A block is tx x ty
 // threads over a tile of tx * V channels (blockIdx.y) and rows [chunk * per_block, ...) (blockIdx.x);
-// thread (tx, ty) takes V channels and every ty-th row. V > 1 needs channels % V == 0. The
-// threads' sums meet in shared memory, 2 x ty x (tx * V) values, and are added over ty in order.
+// thread (tx, ty) takes V channels and every ty-th row. V > 1 needs channels % V == 0. Partials
+// as in store_tile_partials.
 template <typename T, typename Acc, int V, typename Index>
 __global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
                                      Acc* __restrict__ partial, Params<T, Acc, Index> p, Index rows, Index channels,
@@ -185,26 +222,7 @@ __global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restric
       *reinterpret_cast<Vec<T, V>*>(gx + i) = out;
     }
   }
-  const Index lane = threadIdx.x * V;
-#pragma unroll
-  for (int e = 0; e < V; ++e) {
-    sums[threadIdx.y * tile + lane + e] = sum_w[e];
-    sums[(blockDim.y + threadIdx.y) * tile + lane + e] = sum_b[e];
-  }
-  __syncthreads();
-  if (threadIdx.y == 0) {
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      if (c0 + e >= channels) break;
-      Acc total_w = 0, total_b = 0;
-      for (unsigned j = 0; j < blockDim.y; ++j) {
-        total_w += sums[j * tile + lane + e];
-        total_b += sums[(blockDim.y + j) * tile + lane + e];
-      }
-      partial[(2 * chunk) * channels + c0 + e] = total_w;
-      partial[(2 * chunk + 1) * channels + c0 + e] = total_b;
-    }
-  }
+  store_tile_partials<Acc, V, Index>(sum_w, sum_b, sums, partial, chunk, channels, c0);
 }
 
 // Block (c, q) adds partial[(k * 2 + q) * channels + c] over k < chunks: q = 0 gives the slope
@@ -289,22 +307,56 @@ __global__ void pool_forward_kernel(const T* __restrict__ x, T* __restrict__ y, 
   }
 }
 
-// routed = g[o] at the largest element of output o's window, zero at its other elements. The
-// windows tile x, so every element of routed is written.
+// Output o's window: grad_x of its elements, its terms added to sum_w and sum_b.
 template <typename T, typename Acc, typename Index>
-__global__ void pool_route_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ routed,
-                                  Params<T, Acc, Index> p, PoolDims<Index> d, Index outputs) {
-  const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
+__device__ __forceinline__ void pool_window_backward(const T* __restrict__ g, const T* __restrict__ x,
+                                                     T* __restrict__ gx, const Params<T, Acc, Index>& p,
+                                                     const PoolDims<Index>& d, Index o, Acc& sum_w, Acc& sum_b) {
+  Index base, c;
+  int rows, cols;
+  d.window(o, base, c, rows, cols);
   const Index rs = d.row_stride(), cs = d.col_stride();
-  for (Index o = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x; o < outputs; o += step) {
-    Index base, c;
-    int rows, cols;
-    d.window(o, base, c, rows, cols);
-    const int at = static_cast<int>(scan_output_window(x, d, p, base, c, rows, cols).at);
-    const T zero = from_acc<T>(Acc(0));
-    for (int r = 0; r < rows; ++r)
-      for (int cc = 0; cc < cols; ++cc) routed[base + r * rs + cc * cs] = 2 * r + cc == at ? g[o] : zero;
+  window_backward<Acc>([&](int r, int cc) { return to_acc<Acc>(x[base + r * rs + cc * cs]); },
+                       [&](int r, int cc, Acc v) { gx[base + r * rs + cc * cs] = from_acc<T>(v); }, rows, cols,
+                       to_acc<Acc>(g[o]), p.w(c), p.b(c), sum_w, sum_b);
+}
+
+// prelu_pool's backward pass, NCHW: as backward_planes_kernel over the output. Block
+// chunk + chunks * c takes outputs [chunk * per_block, ...) of channel c, in order n, then
+// position in the pooled plane; the windows tile x, so every element of gx is written.
+template <typename T, typename Acc, typename Index>
+__global__ void pool_backward_planes_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
+                                            Acc* __restrict__ partial, Params<T, Acc, Index> p, PoolDims<Index> d,
+                                            Index per_channel, Index per_block, Index chunks) {
+  __shared__ Acc scratch[kThreads / kWarp];
+  const Index chunk = blockIdx.x % chunks, c = blockIdx.x / chunks;
+  const Index plane = d.oh * d.ow;
+  const Index begin = chunk * per_block;
+  const Index end = per_channel - begin < per_block ? per_channel : begin + per_block;
+  Acc sum_w = 0, sum_b = 0;
+  for (Index k = begin + threadIdx.x; k < end; k += blockDim.x) {
+    const Index n = k / plane;
+    pool_window_backward(g, x, gx, p, d, (n * d.channels + c) * plane + (k - n * plane), sum_w, sum_b);
   }
+  store_channel_partials(sum_w, sum_b, scratch, partial, chunk, d.channels, c);
+}
+
+// prelu_pool's backward pass, channels_last: as backward_rows_kernel (V = 1) over the output's
+// pixels, a row of `channels` contiguous outputs each.
+template <typename T, typename Acc, typename Index>
+__global__ void pool_backward_rows_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
+                                          Acc* __restrict__ partial, Params<T, Acc, Index> p, PoolDims<Index> d,
+                                          Index pixels, Index per_block) {
+  extern __shared__ __align__(16) unsigned char shared_bytes[];
+  const Index c = blockIdx.y * blockDim.x + threadIdx.x;
+  const Index chunk = blockIdx.x;
+  const Index begin = chunk * per_block;
+  const Index end = pixels - begin < per_block ? pixels : begin + per_block;
+  Acc sum_w[1] = {0}, sum_b[1] = {0};
+  if (c < d.channels)
+    for (Index pixel = begin + threadIdx.y; pixel < end; pixel += blockDim.y)
+      pool_window_backward(g, x, gx, p, d, pixel * d.channels + c, sum_w[0], sum_b[0]);
+  store_tile_partials<Acc, 1, Index>(sum_w, sum_b, reinterpret_cast<Acc*>(shared_bytes), partial, chunk, d.channels, c);
 }
 
 // Calls f(T{}, Acc{}) for x's element type.
@@ -457,26 +509,54 @@ BackwardGrid backward_grid(const ChannelLayout& l, int v) {
   return {ceil_div(l.outer, per_block), per_block, tx, v};
 }
 
+// The slope and bias gradients, uninitialised; zeros when x is empty (no pass adds to them).
+std::pair<Tensor, Tensor> empty_parameter_gradients(const Activation& a, const Tensor& weight) {
+  Tensor grad_w = empty_on(a.x, {weight.size(0)}, a.x.scalar_type(), MemoryFormat::Contiguous);
+  Tensor grad_b = empty_on(a.x, {a.layout.channels}, a.x.scalar_type(), MemoryFormat::Contiguous);
+  if (a.numel() == 0) {
+    torch::stable::zero_(grad_w);
+    torch::stable::zero_(grad_b);
+  }
+  return {grad_w, grad_b};
+}
+
+// Writes grad_w and grad_b: pass(partial) fills `chunks` partial (slope, bias) sums per channel,
+// laid out as store_channel_partials writes them, which are then added per channel in a fixed
+// order (and over the channels when one slope is shared).
+template <typename T, typename Acc, typename Pass>
+void parameter_gradients(const Activation& a, int64_t chunks, Tensor& grad_w, Tensor& grad_b, cudaStream_t stream,
+                         Pass pass) {
+  const int64_t channels = a.layout.channels;
+  const ScalarType acc_type = sizeof(Acc) == 8 ? ScalarType::Double : ScalarType::Float;
+  // Partials of every chunk, then (shared slope only) the per-channel slope sums.
+  const int64_t partial_size = 2 * chunks * channels + (a.shared_weight ? channels : 0);
+  Tensor partial = empty_on(a.x, {partial_size}, acc_type, MemoryFormat::Contiguous);
+  Acc* pp = static_cast<Acc*>(partial.mutable_data_ptr());
+  Acc* channel_w = a.shared_weight ? pp + 2 * chunks * channels : nullptr;
+  pass(pp);
+  T* gwp = static_cast<T*>(grad_w.mutable_data_ptr());
+  finish_channels_kernel<T, Acc><<<dim3(static_cast<unsigned>(channels), 2), kThreads, 0, stream>>>(
+      pp, chunks, channels, gwp, static_cast<T*>(grad_b.mutable_data_ptr()), channel_w);
+  PYDCR_CUDA_CHECK(cudaGetLastError());
+  if (channel_w) {
+    finish_shared_slope_kernel<T, Acc><<<1, kThreads, 0, stream>>>(channel_w, channels, gwp);
+    PYDCR_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
 // The gradients of x, the slopes and the bias for output gradient g (dense, in x's layout).
 std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const Tensor& g, const Tensor& weight,
                                                     const std::optional<Tensor>& bias) {
-  const Tensor& x = a.x;
-  const auto [w, b] = dense_params(weight, bias);
   const ChannelLayout& l = a.layout;
   Tensor grad_x = a.empty_like_x();
-  Tensor grad_w = empty_on(x, {weight.size(0)}, x.scalar_type(), MemoryFormat::Contiguous);
-  Tensor grad_b = empty_on(x, {l.channels}, x.scalar_type(), MemoryFormat::Contiguous);
+  auto [grad_w, grad_b] = empty_parameter_gradients(a, weight);
   const int64_t numel = a.numel();
-  if (numel == 0) {
-    torch::stable::zero_(grad_w);
-    torch::stable::zero_(grad_b);
-    return {grad_x, grad_w, grad_b};
-  }
-  cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
-  dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+  if (numel == 0) return {grad_x, grad_w, grad_b};
+  const auto [w, b] = dense_params(weight, bias);
+  cudaStream_t stream = pydcr::cuda::current_stream(a.x.get_device_index());
+  dispatch(a.x.scalar_type(), [&](auto t_tag, auto acc_tag) {
     using T = decltype(t_tag);
     using Acc = decltype(acc_tag);
-    const ScalarType acc_type = sizeof(Acc) == 8 ? ScalarType::Double : ScalarType::Float;
     const T* gp = static_cast<const T*>(g.const_data_ptr());
     const T* xp = static_cast<const T*>(a.x.const_data_ptr());
     T* gxp = static_cast<T*>(grad_x.mutable_data_ptr());
@@ -484,23 +564,12 @@ std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const T
     const bool aligned = aligned16(gp) && aligned16(xp) && aligned16(gxp);
     const bool fits = l.inner > 1 ? l.inner % V == 0 : l.channels % V == 0;
     const BackwardGrid bg = backward_grid(l, aligned && fits ? V : 1);
-    // Partials of every chunk, then (shared slope only) the per-channel slope sums.
-    const int64_t partial_size = 2 * bg.chunks * l.channels + (a.shared_weight ? l.channels : 0);
-    Tensor partial = empty_on(x, {partial_size}, acc_type, MemoryFormat::Contiguous);
-    Acc* pp = static_cast<Acc*>(partial.mutable_data_ptr());
-    Acc* channel_w = a.shared_weight ? pp + 2 * bg.chunks * l.channels : nullptr;
-    dispatch_index(numel, [&](auto index_tag) {
-      using Index = decltype(index_tag);
-      launch_backward<T, Acc, Index>(l, gp, xp, gxp, pp, params_of<T, Acc, Index>(a, w, b), bg, stream);
+    parameter_gradients<T, Acc>(a, bg.chunks, grad_w, grad_b, stream, [&](Acc* partial) {
+      dispatch_index(numel, [&](auto index_tag) {
+        using Index = decltype(index_tag);
+        launch_backward<T, Acc, Index>(l, gp, xp, gxp, partial, params_of<T, Acc, Index>(a, w, b), bg, stream);
+      });
     });
-    T* gwp = static_cast<T*>(grad_w.mutable_data_ptr());
-    finish_channels_kernel<T, Acc><<<dim3(static_cast<unsigned>(l.channels), 2), kThreads, 0, stream>>>(
-        pp, bg.chunks, l.channels, gwp, static_cast<T*>(grad_b.mutable_data_ptr()), channel_w);
-    PYDCR_CUDA_CHECK(cudaGetLastError());
-    if (channel_w) {
-      finish_shared_slope_kernel<T, Acc><<<1, kThreads, 0, stream>>>(channel_w, l.channels, gwp);
-      PYDCR_CUDA_CHECK(cudaGetLastError());
-    }
   });
   return {grad_x, grad_w, grad_b};
 }
@@ -547,24 +616,44 @@ std::tuple<Tensor, Tensor, Tensor> prelu_pool_backward_cuda(Tensor grad, Tensor 
   const Activation a = check_cuda(kPoolBackward, x, weight, bias);
   check_pooled_grad(kPoolBackward, grad, x);
   torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  Tensor grad_x = a.empty_like_x();
+  auto [grad_w, grad_b] = empty_parameter_gradients(a, weight);
+  if (a.numel() == 0) return {grad_x, grad_w, grad_b};
   const Tensor g = a.dense(grad);
   const auto [w, b] = dense_params(weight, bias);
-  Tensor routed = a.empty_like_x();
-  const int64_t outputs = g.numel();
-  if (outputs > 0) {
-    cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
-    dispatch_all(x.scalar_type(), a.numel(), [&](auto t_tag, auto acc_tag, auto index_tag) {
-      using T = decltype(t_tag);
-      using Acc = decltype(acc_tag);
-      using Index = decltype(index_tag);
-      pool_route_kernel<T, Acc, Index><<<pydcr::cuda::blocks_for(outputs, kThreads), kThreads, 0, stream>>>(
-          static_cast<const T*>(g.const_data_ptr()), static_cast<const T*>(a.x.const_data_ptr()),
-          static_cast<T*>(routed.mutable_data_ptr()), params_of<T, Acc, Index>(a, w, b), pool_dims<Index>(a),
-          static_cast<Index>(outputs));
-      PYDCR_CUDA_CHECK(cudaGetLastError());
+  // The output as a dense outer x channels x inner array, as ChannelLayout reads x.
+  const int64_t n = x.size(0), channels = x.size(1), pixels = pooled_size(x.size(2)) * pooled_size(x.size(3));
+  const bool channels_last = a.format == MemoryFormat::ChannelsLast;
+  const ChannelLayout out = channels_last ? ChannelLayout{n * pixels, channels, 1} : ChannelLayout{n, channels, pixels};
+  const BackwardGrid bg = backward_grid(out, 1);
+  cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
+  dispatch(x.scalar_type(), [&](auto t_tag, auto acc_tag) {
+    using T = decltype(t_tag);
+    using Acc = decltype(acc_tag);
+    const T* gp = static_cast<const T*>(g.const_data_ptr());
+    const T* xp = static_cast<const T*>(a.x.const_data_ptr());
+    T* gxp = static_cast<T*>(grad_x.mutable_data_ptr());
+    parameter_gradients<T, Acc>(a, bg.chunks, grad_w, grad_b, stream, [&](Acc* partial) {
+      dispatch_index(a.numel(), [&](auto index_tag) {
+        using Index = decltype(index_tag);
+        const auto p = params_of<T, Acc, Index>(a, w, b);
+        const PoolDims<Index> d = pool_dims<Index>(a);
+        if (out.inner > 1) {
+          pool_backward_planes_kernel<T, Acc, Index>
+              <<<static_cast<unsigned>(bg.chunks * channels), kThreads, 0, stream>>>(
+                  gp, xp, gxp, partial, p, d, static_cast<Index>(out.outer * out.inner),
+                  static_cast<Index>(bg.per_block), static_cast<Index>(bg.chunks));
+        } else {
+          const dim3 block(bg.tx, kThreads / bg.tx);
+          const dim3 grid(static_cast<unsigned>(bg.chunks), static_cast<unsigned>(ceil_div(channels, bg.tx)));
+          pool_backward_rows_kernel<T, Acc, Index><<<grid, block, 2 * sizeof(Acc) * kThreads, stream>>>(
+              gp, xp, gxp, partial, p, d, static_cast<Index>(out.outer), static_cast<Index>(bg.per_block));
+        }
+        PYDCR_CUDA_CHECK(cudaGetLastError());
+      });
     });
-  }
-  return backward_results(a, routed, weight, bias);
+  });
+  return {grad_x, grad_w, grad_b};
 }
 
 }  // namespace
