@@ -44,8 +44,10 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, min_time: float =
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, min_time: float = 0.3,
-                     repeats: int = 7) -> dict[str, float]:
-    """Median milliseconds per call of each function, timed in alternating rounds.
+                     repeats: int = 7, statistic: Callable[[list[float]], float] = statistics.median
+                     ) -> dict[str, float]:
+    """Milliseconds per call of each function, timed in alternating rounds: the median round
+    (or `statistic`'s pick: min for a cost that noise can only add to).
 
     For contenders that take seconds a call on a shared machine: a burst of load then slows a
     round of every contender instead of one contender's whole measurement.
@@ -67,7 +69,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
                 fn()
             sync(device)
             samples[label].append((time.perf_counter() - start) / calls[label] * 1e3)
-    return {label: statistics.median(v) for label, v in samples.items()}
+    return {label: statistic(v) for label, v in samples.items()}
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
