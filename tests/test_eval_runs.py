@@ -73,6 +73,13 @@ def test_runs_that_differ_in_more_than_the_seed_are_refused(change, message):
         summarize_runs([a, b], ["a", "b"])
 
 
+def test_a_seed_may_not_count_twice():
+    runs = [report(table((0.8, 0.8), (0.8, 0.8)), seed=s) for s in (0, 1, 0)]
+    with pytest.raises(ValueError, match="c and a have the same seed, 0"):
+        summarize_runs(runs, ["a", "b", "c"])
+    summarize_runs(runs[:2], ["a", "b"])
+
+
 def test_one_run_is_not_a_summary():
     with pytest.raises(ValueError, match="at least two runs"):
         summarize_runs([report(table((0.8, 0.8), (0.8, 0.8)))], ["a"])

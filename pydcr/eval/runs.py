@@ -48,6 +48,12 @@ def _check_comparable(reports: Sequence[dict], names: Sequence[str]) -> None:
             if report.get(key) != first.get(key):
                 raise ValueError(f"{name} has {key} = {report.get(key)!r}, {names[0]} {first.get(key)!r}: "
                                  "the runs differ in more than their seed")
+    seeds = {}  # reports written before the seed was recorded have none
+    for name, report in zip(names, reports):
+        seed = report.get("seed")
+        if seed is not None and seed in seeds:
+            raise ValueError(f"{name} and {seeds[seed]} have the same seed, {seed}: one run would count twice")
+        seeds.setdefault(seed, name)
 
 
 def _rows(table: dict) -> list[str]:
@@ -59,7 +65,7 @@ def summarize_runs(reports: Sequence[dict], names: Sequence[str], reference: str
     row per run (points), with the folds of all runs where `reference` is higher.
 
     reports: report.json contents of runs that differ only in their seed (checked: same columns,
-    rows, test folds, preset, epochs and PCA); names label them in the list of runs.
+    rows, test folds, preset, epochs and PCA, and no seed twice); names label them in the list of runs.
     """
     _check_comparable(reports, names)
     tables = [r["table"] for r in reports]
