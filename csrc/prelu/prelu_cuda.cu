@@ -135,30 +135,39 @@ __device__ __forceinline__ void store_channel_partials(Acc sum_w, Acc sum_b, Acc
 }
 
 // Thread (tx, ty)'s sums of the V channels from c0 of a tile of tx * V channels: they meet in
-// shared memory (`sums`, 2 x ty x (tx * V) values), are added over ty in order, and are written
-// as the block's chunk's partials (layout as in store_channel_partials).
+// shared memory (`sums`, 2 x ty x (tx * V) values), are added over ty in a tree (ty is a power of
+// two; every thread takes part, where a loop in the ty == 0 threads alone left a handful of
+// threads adding hundreds of values at the block's end), and are written as the block's chunk's
+// partials (layout as in store_channel_partials). The tree's order is fixed by the shape.
 template <typename Acc, int V, typename Index>
 __device__ __forceinline__ void store_tile_partials(const Acc (&sum_w)[V], const Acc (&sum_b)[V], Acc* sums,
                                                     Acc* __restrict__ partial, Index chunk, Index channels, Index c0) {
   const Index tile = static_cast<Index>(blockDim.x) * V;
   const Index lane = threadIdx.x * V;
+  Acc* w_row = sums + threadIdx.y * tile + lane;                  // this thread's slope sums
+  Acc* b_row = sums + (blockDim.y + threadIdx.y) * tile + lane;    // and bias sums
 #pragma unroll
   for (int e = 0; e < V; ++e) {
-    sums[threadIdx.y * tile + lane + e] = sum_w[e];
-    sums[(blockDim.y + threadIdx.y) * tile + lane + e] = sum_b[e];
+    w_row[e] = sum_w[e];
+    b_row[e] = sum_b[e];
   }
   __syncthreads();
+  for (unsigned half = blockDim.y / 2; half > 0; half /= 2) {
+    if (threadIdx.y < half) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) {
+        w_row[e] += w_row[half * tile + e];
+        b_row[e] += b_row[half * tile + e];
+      }
+    }
+    __syncthreads();
+  }
   if (threadIdx.y != 0) return;
 #pragma unroll
   for (int e = 0; e < V; ++e) {
     if (c0 + e >= channels) break;
-    Acc total_w = 0, total_b = 0;
-    for (unsigned j = 0; j < blockDim.y; ++j) {
-      total_w += sums[j * tile + lane + e];
-      total_b += sums[(blockDim.y + j) * tile + lane + e];
-    }
-    partial[(2 * chunk) * channels + c0 + e] = total_w;
-    partial[(2 * chunk + 1) * channels + c0 + e] = total_b;
+    partial[(2 * chunk) * channels + c0 + e] = w_row[e];
+    partial[(2 * chunk + 1) * channels + c0 + e] = b_row[e];
   }
 }
 
