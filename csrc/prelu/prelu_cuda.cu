@@ -121,16 +121,23 @@ __device__ __forceinline__ Acc block_sum(Acc v, Acc* scratch) {
   return total;
 }
 
-// The block's sums of channel c, written as its chunk's partials:
-// partial[(chunk * 2 + {0: slope, 1: bias}) * channels + c]. `scratch` as in block_sum.
+// Where the partial sum of chunk `chunk` (of `chunks`) lies for channel c: the slope sums, then
+// the bias sums (q = 0, 1), each channel's chunks side by side so that finish_channels_kernel
+// reads them coalesced.
+template <typename Index>
+__device__ __forceinline__ Index partial_index(int q, Index c, Index chunk, Index channels, Index chunks) {
+  return (q * channels + c) * chunks + chunk;
+}
+
+// The block's sums of channel c, written as its chunk's partials. `scratch` as in block_sum.
 template <typename Acc, typename Index>
 __device__ __forceinline__ void store_channel_partials(Acc sum_w, Acc sum_b, Acc* scratch, Acc* __restrict__ partial,
-                                                       Index chunk, Index channels, Index c) {
+                                                       Index chunk, Index chunks, Index channels, Index c) {
   sum_w = block_sum(sum_w, scratch);
   sum_b = block_sum(sum_b, scratch);
   if (threadIdx.x == 0 && threadIdx.y == 0) {
-    partial[(2 * chunk) * channels + c] = sum_w;
-    partial[(2 * chunk + 1) * channels + c] = sum_b;
+    partial[partial_index(0, c, chunk, channels, chunks)] = sum_w;
+    partial[partial_index(1, c, chunk, channels, chunks)] = sum_b;
   }
 }
 
@@ -138,10 +145,11 @@ __device__ __forceinline__ void store_channel_partials(Acc sum_w, Acc sum_b, Acc
 // shared memory (`sums`, 2 x ty x (tx * V) values), are added over ty in a tree (ty is a power of
 // two; every thread takes part, where a loop in the ty == 0 threads alone left a handful of
 // threads adding hundreds of values at the block's end), and are written as the block's chunk's
-// partials (layout as in store_channel_partials). The tree's order is fixed by the shape.
+// partials (partial_index). The tree's order is fixed by the shape.
 template <typename Acc, int V, typename Index>
 __device__ __forceinline__ void store_tile_partials(const Acc (&sum_w)[V], const Acc (&sum_b)[V], Acc* sums,
-                                                    Acc* __restrict__ partial, Index chunk, Index channels, Index c0) {
+                                                    Acc* __restrict__ partial, Index chunk, Index chunks,
+                                                    Index channels, Index c0) {
   const Index tile = static_cast<Index>(blockDim.x) * V;
   const Index lane = threadIdx.x * V;
   Acc* w_row = sums + threadIdx.y * tile + lane;                  // this thread's slope sums
@@ -166,14 +174,14 @@ __device__ __forceinline__ void store_tile_partials(const Acc (&sum_w)[V], const
 #pragma unroll
   for (int e = 0; e < V; ++e) {
     if (c0 + e >= channels) break;
-    partial[(2 * chunk) * channels + c0 + e] = w_row[e];
-    partial[(2 * chunk + 1) * channels + c0 + e] = b_row[e];
+    partial[partial_index(0, c0 + e, chunk, channels, chunks)] = w_row[e];
+    partial[partial_index(1, c0 + e, chunk, channels, chunks)] = b_row[e];
   }
 }
 
 // Channel-major layouts (inner > 1). Block chunk + chunks * c covers elements [chunk * per_block, ...)
 // of channel c, in order n, then position in the plane. V > 1 needs inner % V == 0 and per_block % V == 0,
-// so a vector never leaves its plane. Partials as in store_channel_partials.
+// so a vector never leaves its plane.
 template <typename T, typename Acc, int V, typename Index>
 __global__ void backward_planes_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
                                        Acc* __restrict__ partial, Params<T, Acc, Index> p, Index channels,
@@ -194,13 +202,12 @@ __global__ void backward_planes_kernel(const T* __restrict__ g, const T* __restr
       out.v[e] = from_acc<T>(backward_value(to_acc<Acc>(gv.v[e]), to_acc<Acc>(xv.v[e]), w, b, sum_w, sum_b));
     *reinterpret_cast<Vec<T, V>*>(gx + i) = out;
   }
-  store_channel_partials(sum_w, sum_b, scratch, partial, chunk, channels, c);
+  store_channel_partials(sum_w, sum_b, scratch, partial, chunk, chunks, channels, c);
 }
 
 // Channel-minor layouts (inner == 1): rows of `channels` contiguous elements. A block is tx x ty
 // threads over a tile of tx * V channels (blockIdx.y) and rows [chunk * per_block, ...) (blockIdx.x);
-// thread (tx, ty) takes V channels and every ty-th row. V > 1 needs channels % V == 0. Partials
-// as in store_tile_partials.
+// thread (tx, ty) takes V channels and every ty-th row. V > 1 needs channels % V == 0.
 template <typename T, typename Acc, int V, typename Index>
 __global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restrict__ x, T* __restrict__ gx,
                                      Acc* __restrict__ partial, Params<T, Acc, Index> p, Index rows, Index channels,
@@ -231,18 +238,19 @@ __global__ void backward_rows_kernel(const T* __restrict__ g, const T* __restric
       *reinterpret_cast<Vec<T, V>*>(gx + i) = out;
     }
   }
-  store_tile_partials<Acc, V, Index>(sum_w, sum_b, sums, partial, chunk, channels, c0);
+  store_tile_partials<Acc, V, Index>(sum_w, sum_b, sums, partial, chunk, static_cast<Index>(gridDim.x), channels, c0);
 }
 
-// Block (c, q) adds partial[(k * 2 + q) * channels + c] over k < chunks: q = 0 gives the slope
-// gradient (into grad_w, or into channel_w when one slope is shared), q = 1 the bias gradient.
+// Block (c, q) adds channel c's partials of quantity q over the chunks, in order: q = 0 gives the
+// slope gradient (into grad_w, or into channel_w when one slope is shared), q = 1 the bias gradient.
 template <typename T, typename Acc>
 __global__ void finish_channels_kernel(const Acc* __restrict__ partial, int64_t chunks, int64_t channels,
                                        T* __restrict__ grad_w, T* __restrict__ grad_b, Acc* __restrict__ channel_w) {
   __shared__ Acc scratch[kThreads / kWarp];
   const int64_t c = blockIdx.x, q = blockIdx.y;
   Acc sum = 0;
-  for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) sum += partial[(2 * k + q) * channels + c];
+  const Acc* sums = partial + partial_index<int64_t>(static_cast<int>(q), c, 0, channels, chunks);
+  for (int64_t k = threadIdx.x; k < chunks; k += blockDim.x) sum += sums[k];
   sum = block_sum(sum, scratch);
   if (threadIdx.x != 0) return;
   if (q == 1) grad_b[c] = from_acc<T>(sum);
@@ -347,7 +355,7 @@ __global__ void pool_backward_planes_kernel(const T* __restrict__ g, const T* __
     const Index n = k / plane;
     pool_window_backward(g, x, gx, p, d, (n * d.channels + c) * plane + (k - n * plane), sum_w, sum_b);
   }
-  store_channel_partials(sum_w, sum_b, scratch, partial, chunk, d.channels, c);
+  store_channel_partials(sum_w, sum_b, scratch, partial, chunk, chunks, d.channels, c);
 }
 
 // prelu_pool's backward pass, channels_last: as backward_rows_kernel (V = 1) over the output's
@@ -365,7 +373,8 @@ __global__ void pool_backward_rows_kernel(const T* __restrict__ g, const T* __re
   if (c < d.channels)
     for (Index pixel = begin + threadIdx.y; pixel < end; pixel += blockDim.y)
       pool_window_backward(g, x, gx, p, d, pixel * d.channels + c, sum_w[0], sum_b[0]);
-  store_tile_partials<Acc, 1, Index>(sum_w, sum_b, reinterpret_cast<Acc*>(shared_bytes), partial, chunk, d.channels, c);
+  store_tile_partials<Acc, 1, Index>(sum_w, sum_b, reinterpret_cast<Acc*>(shared_bytes), partial, chunk,
+                                     static_cast<Index>(gridDim.x), d.channels, c);
 }
 
 // Calls f(T{}, Acc{}) for x's element type.
@@ -530,8 +539,8 @@ std::pair<Tensor, Tensor> empty_parameter_gradients(const Activation& a, const T
 }
 
 // Writes grad_w and grad_b: pass(partial) fills `chunks` partial (slope, bias) sums per channel,
-// laid out as store_channel_partials writes them, which are then added per channel in a fixed
-// order (and over the channels when one slope is shared).
+// laid out by partial_index, which are then added per channel in a fixed order (and over the
+// channels when one slope is shared).
 template <typename T, typename Acc, typename Pass>
 void parameter_gradients(const Activation& a, int64_t chunks, Tensor& grad_w, Tensor& grad_b, cudaStream_t stream,
                          Pass pass) {
