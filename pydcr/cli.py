@@ -28,8 +28,19 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version, read without loading the compiled extension."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pydcr")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pydcr", description="Deep Coupled ResNet for low-resolution faces")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="how pydcr was built and what it runs with")
     info.add_argument("--json", action="store_true", help="print as JSON")

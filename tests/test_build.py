@@ -31,6 +31,15 @@ def test_info_command(argv, tmp_path):
     assert "torch_built" in out and pydcr.build_info()["torch_built"] in out
 
 
+def test_version_flag(capsys):
+    from pydcr.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pydcr {pydcr.__version__}"
+
+
 def test_failed_load_names_the_torch_and_the_fix(monkeypatch):
     """A build the running torch cannot load gives a clear ImportError, not a bare linker error."""
     from pydcr import _extension
