@@ -46,10 +46,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=None, help="default: 32 on CPU, 256 on CUDA")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of both")
-    p.add_argument("--host", action="store_true", help="per-call host cost: width 0.0625, 36x36, batch 1")
+    p.add_argument("--host", action="store_true", help="per-call host cost: width 0.0625, 36x36, batch 1 (--batch and --width are not used)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    case = dict(HOST_CASE) if args.host else {"width": args.width, "input_size": (112, 96), "batch": args.batch}
+    case = HOST_CASE if args.host else {"width": args.width, "input_size": (112, 96), "batch": args.batch}
     if args.host and device.type == "cpu":
         torch.set_num_threads(1)  # nothing to share out at this size; threads only add noise
     ours, eager, x, autocast = setup(device, case["batch"], case["width"], case["input_size"])
@@ -71,7 +71,8 @@ def main(argv=None) -> None:
             loss = model(x).float().sum()
         loss.backward()
 
-    report = Report("trunk-host" if args.host else "trunk", device, ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"])
+    columns = ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"]
+    report = Report("trunk-host" if args.host else "trunk", device, columns)
     min_time = 0.5 if args.quick else 2.0
     for name, step in (("inference", infer), ("train_step", train)):
         runnable, failures = {}, {}
