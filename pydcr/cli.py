@@ -87,7 +87,8 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("src", type=Path, help="dataset root")
     p.add_argument("--layout", choices=LAYOUTS, default="auto",
-                   help="lfw (ROOT/lfw/<Name>/...), folder (ROOT/<identity>/...), scface, or auto (default)")
+                   help="lfw (ROOT/lfw/<Name>/...), folder (ROOT/<identity>/...), flat (ROOT/<image>, no "
+                        "identities), scface, or auto (default)")
     p.add_argument("--workers", type=int, default=None, help="threads (default: one per CPU core)")
     p.add_argument("--device", default=None, help="where MTCNN runs (default: cuda if available)")
     p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
@@ -108,15 +109,29 @@ def _add_pack(sub) -> None:
     p.set_defaults(func=_pack)
 
 
-def _pack(args: argparse.Namespace) -> int:
-    from pydcr.data import MTCNN, PackedFaces, open_dataset, pack
+def _open_source(args: argparse.Namespace, landmarks: Path | None = None, size=(112, 96)):
+    """The dataset under args.src; a missing folder or landmark list, or no image, is a usage error."""
+    from pydcr.data import open_dataset
 
-    dataset = open_dataset(args.src, args.layout, args.landmarks, args.size)
+    if not args.src.is_dir():
+        raise UsageError(f"no such dataset folder: {args.src}")
+    if landmarks is not None and not (landmarks.is_file() or (args.src / landmarks).is_file()):
+        raise UsageError(f"no such landmark list: {landmarks}")
+    dataset = open_dataset(args.src, args.layout, landmarks, size)
+    if len(dataset) == 0:
+        raise UsageError(f"no images under {args.src} in the {args.layout} layout (see --layout)")
+    return dataset
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from pydcr.data import MTCNN, PackedFaces, pack
+
+    dataset = _open_source(args, args.landmarks, args.size)
     detector = MTCNN(args.device) if args.detect else None
     out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
                detector=detector, resume=not args.fresh, progress=not args.quiet)
     with PackedFaces(out) as faces:
-        print(f"{out}: {len(faces)} faces of {len(set(faces.labels.tolist()))} identities, "
+        print(f"{out}: {len(faces)} faces of {len(set(faces.labels.tolist()) - {-1})} identities, "
               f"{out.stat().st_size / 2**20:.1f} MiB, {faces.format} {faces.size[0]}x{faces.size[1]}")
         for path, reason in faces.skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -134,10 +149,10 @@ def _add_align(sub) -> None:
 
 
 def _align(args: argparse.Namespace) -> int:
-    from pydcr.data import MTCNN, open_dataset
+    from pydcr.data import MTCNN
     from pydcr.data.mtcnn import detect_landmarks
 
-    dataset = open_dataset(args.src, args.layout)
+    dataset = _open_source(args)
     detector = MTCNN(args.device, min_face_size=args.min_face_size, threads=args.threads)
     missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
                                workers=args.workers, resume=not args.fresh, progress=not args.quiet)

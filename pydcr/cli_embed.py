@@ -113,19 +113,14 @@ def _detector(args: argparse.Namespace, embedder):
 
 def open_input(path: Path, crop_size, landmarks: Path | None):
     """A folder, list file or pack as a dataset (or PackedFaces), and a description for the metadata."""
-    from .data import CorruptPackError, FaceDataset, PackedFaces, open_dataset
+    from .data import CorruptPackError, FlatFolder, PackedFaces, open_dataset
     from .data.datasets import IMAGE_EXTENSIONS
 
     if landmarks is not None and not landmarks.is_file():
         raise UsageError(f"no such landmark list: {landmarks}")
     if path.is_dir():
-        with os.scandir(path) as entries:
-            entries = list(entries)
-        if any(e.is_dir() for e in entries):
-            return open_dataset(path, "auto", landmarks, crop_size), {"source": str(path), "kind": "folder"}
-        files = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
-        return (FaceDataset(path, files, [-1] * len(files), [], landmarks, crop_size),
-                {"source": str(path), "kind": "flat folder"})
+        dataset = open_dataset(path, "auto", landmarks, crop_size)
+        return dataset, {"source": str(path), "kind": "flat folder" if isinstance(dataset, FlatFolder) else "folder"}
     if not path.is_file():
         raise UsageError(f"no such input folder, list or pack: {path}")
     with open(path, "rb") as f:

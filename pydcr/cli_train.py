@@ -93,6 +93,8 @@ def _faces(path: Path, size: tuple[int, int]):
                          f"{size[0]}x{size[1]}: pack the faces at that size or choose another preset")
     if len(faces) == 0:
         raise UsageError(f"{path} holds no faces")
+    if not faces.classes:
+        raise UsageError(f"{path} holds no identities: training needs one folder per person (ROOT/<identity>/<image>)")
     return faces, len(faces.classes)
 
 

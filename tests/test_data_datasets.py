@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from pydcr.data import LFW, IdentityFolder, SCface, align, read_image, read_landmarks
+from pydcr.data import LFW, FlatFolder, IdentityFolder, SCface, align, open_dataset, read_image, read_landmarks
 from pydcr.data.datasets import read_pairs
 
 
@@ -42,6 +42,34 @@ def test_landmark_list_file_relative_to_root(tmp_path):
     (tmp_path / "marks.txt").write_text("x/1.jpg" + "\t5" * 10 + "\n")
     data = IdentityFolder(tmp_path, landmarks="marks.txt")
     np.testing.assert_array_equal(data.landmarks_of(0), np.full((5, 2), 5.0))
+
+
+def test_flat_folder_and_auto_layout(tmp_path):
+    for name in ["b.jpg", "a.png"]:
+        write_image(tmp_path / "flat" / name)
+    (tmp_path / "flat" / "notes.txt").write_text("not an image")
+    data = open_dataset(tmp_path / "flat")
+    assert isinstance(data, FlatFolder)
+    assert data.paths == ["a.png", "b.jpg"] and data.labels.tolist() == [-1, -1] and data.classes == []
+    write_image(tmp_path / "people" / "ann" / "1.jpg")
+    assert type(open_dataset(tmp_path / "people")) is IdentityFolder
+    assert open_dataset(tmp_path / "people", "flat").paths == []  # the layout asked for, not guessed
+    write_image(tmp_path / "lfw_root" / "lfw" / "Ann" / "Ann_0001.jpg")
+    assert type(open_dataset(tmp_path / "lfw_root")) is LFW
+    with pytest.raises(FileNotFoundError, match="no such dataset folder"):
+        open_dataset(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("where", ["root", "cwd"])
+def test_lfw_landmark_list_under_root_or_current_folder(tmp_path, monkeypatch, where):
+    """A relative landmark list is looked for under the LFW root first, then where it was given."""
+    write_image(tmp_path / "lfw_root" / "lfw" / "Ann" / "Ann_0001.jpg")
+    home = tmp_path / "lfw_root" if where == "root" else tmp_path / "work"
+    home.mkdir(exist_ok=True)
+    (home / "marks.txt").write_text("Ann/Ann_0001.jpg" + "\t7" * 10 + "\n")
+    monkeypatch.chdir(tmp_path / "work" if where == "cwd" else tmp_path)
+    data = LFW(tmp_path / "lfw_root", pairs=None, landmarks="marks.txt")
+    np.testing.assert_array_equal(data.landmarks_of(0), np.full((5, 2), 7.0))
 
 
 @pytest.mark.parametrize(

@@ -176,6 +176,31 @@ def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "pydcr", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
+def test_pack_command_on_a_flat_folder_and_its_errors(tmp_path):
+    """A folder of loose images packs without identities; a missing folder or landmark list, or a
+    folder without images, exits 2 with one line and writes nothing."""
+    (tmp_path / "photos").mkdir()
+    for name in ["a.jpg", "b.png"]:
+        cv2.imwrite(str(tmp_path / "photos" / name), np.full((120, 100, 3), 128, np.uint8))
+    (tmp_path / "marks.txt").write_text("".join(f"{n}" + "\t40\t50\t60\t50\t50\t62\t42\t75\t58\t75\n"
+                                                for n in ["a.jpg", "b.png"]))
+    done = run_cli("pack", "photos", "p.pack", "--landmarks", "marks.txt", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "2 faces of 0 identities" in done.stdout
+    faces = PackedFaces(tmp_path / "p.pack")
+    assert faces.paths == ["a.jpg", "b.png"] and faces.labels.tolist() == [-1, -1] and faces.classes == []
+
+    (tmp_path / "empty").mkdir()
+    for args, message in [
+        (("missing", "x.pack"), "no such dataset folder: missing"),
+        (("photos", "x.pack", "--landmarks", "nowhere.txt"), "no such landmark list: nowhere.txt"),
+        (("empty", "x.pack"), "no images under empty in the auto layout (see --layout)"),
+    ]:
+        done = run_cli("pack", *args, cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.strip() == f"pydcr pack: {message}", done.stderr
+        assert not (tmp_path / "x.pack").exists()
+
+
 @pytest.mark.data
 def test_align_and_pack_commands(lfw_root, tmp_path):
     """`pydcr align` writes MTCNN landmarks for a folder without any; `pydcr pack` uses them."""

@@ -3,7 +3,7 @@ multi-resolution batches."""
 
 from .align import REFERENCE_112x96, align, align_many, alignment_matrix, similarity_transform, template
 from .batches import MultiResolution, MultiResolutionBatch, face_loader
-from .datasets import LFW, FaceArrays, FaceDataset, IdentityFolder, Pairs, SCface, open_dataset
+from .datasets import LFW, FaceArrays, FaceDataset, FlatFolder, IdentityFolder, Pairs, SCface, open_dataset
 from .image import read_image
 from .landmarks import read_landmarks, write_landmarks
 from .mtcnn import MTCNN
@@ -13,6 +13,7 @@ __all__ = [
     "CorruptPackError",
     "FaceArrays",
     "FaceDataset",
+    "FlatFolder",
     "IdentityFolder",
     "LFW",
     "MTCNN",

@@ -108,13 +108,22 @@ class IdentityFolder(FaceDataset):
             classes = sorted(e.name for e in entries if e.is_dir())
         paths, labels = [], []
         for label, name in enumerate(classes):
-            with os.scandir(root / name) as entries:
-                files = sorted(
-                    e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
-                )
+            files = _image_files(root / name)
             paths += [f"{name}/{f}" for f in files]
             labels += [label] * len(files)
         super().__init__(root, paths, labels, classes, landmarks, size)
+
+
+class FlatFolder(FaceDataset):
+    """A folder of images with no identities (``root/<image>``): a gallery or probe set to align,
+    pack or embed. Images are sorted by name; every label is -1 and ``classes`` is empty."""
+
+    def __init__(self, root: str | os.PathLike, landmarks: Landmarks = None, size: Sequence[int] = (112, 96)) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"no such dataset folder: {root}")
+        paths = _image_files(root)
+        super().__init__(root, paths, [-1] * len(paths), [], landmarks, size)
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,9 @@ class LFW(IdentityFolder):
     ) -> None:
         root = Path(root)
         if isinstance(landmarks, (str, os.PathLike)):
-            path = root / landmarks
+            path = Path(landmarks)
+            if not path.is_absolute() and (root / path).is_file():  # under the LFW root first, as the default is
+                path = root / path
             landmarks = None if landmarks == LFW_LANDMARKS and not path.is_file() else path
         super().__init__(root / "lfw", landmarks, size)
         self.root = root
@@ -293,22 +304,38 @@ def load_landmarks(landmarks: Landmarks, root: Path) -> dict[str, np.ndarray] | 
     return read_landmarks(path)
 
 
-LAYOUTS = ("auto", "lfw", "folder", "scface")
+LAYOUTS = ("auto", "lfw", "folder", "flat", "scface")
 
 
 def open_dataset(
     root: str | os.PathLike, layout: str = "auto", landmarks: Landmarks = None, size: Sequence[int] = (112, 96)
 ) -> FaceDataset:
-    """A dataset by layout name: "lfw", "folder" (one folder per identity), "scface", or "auto"
-    (LFW when root has an ``lfw/`` folder, else an identity folder). landmarks: a list or mapping;
+    """A dataset by layout name: "lfw", "folder" (one folder per identity), "flat" (images with no
+    identities, directly under root), "scface", or "auto" (LFW when root has an ``lfw/`` folder,
+    else an identity folder when root has any subfolder, else flat). landmarks: a list or mapping;
     for LFW, None means its own ``lfw_landmark.txt`` when present."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such dataset folder: {root}")
     if layout == "auto":
-        layout = "lfw" if (root / "lfw").is_dir() else "folder"
+        layout = "lfw" if (root / "lfw").is_dir() else "folder" if _has_subfolder(root) else "flat"
     if layout == "lfw":
         return LFW(root, pairs=None, landmarks=LFW_LANDMARKS if landmarks is None else landmarks, size=size)
     if layout == "folder":
         return IdentityFolder(root, landmarks, size)
+    if layout == "flat":
+        return FlatFolder(root, landmarks, size)
     if layout == "scface":
         return SCface(root, landmarks=landmarks, size=size)
     raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+
+
+def _has_subfolder(root: Path) -> bool:
+    with os.scandir(root) as entries:
+        return any(e.is_dir() for e in entries)
+
+
+def _image_files(folder: Path) -> list[str]:
+    """The names of the image files (by extension) directly in folder, sorted."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
