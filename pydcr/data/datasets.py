@@ -148,8 +148,8 @@ class LFW(IdentityFolder):
 
     pairs: a pairs file relative to root (View 2 ``pairs.txt``: 10 folds of 300 matched then 300
     mismatched pairs; View 1 ``pairsDevTrain.txt``/``pairsDevTest.txt`` read as one fold), or None.
-    landmarks: a landmark list relative to root (default ``lfw_landmark.txt``, skipped when absent),
-    a mapping, or None.
+    landmarks: a landmark list (a relative path is looked for under root first, then as given;
+    default ``lfw_landmark.txt``, skipped when absent), a mapping, or None.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """The Face-ResNet trunk: 27 convolutions with PReLU, no batch norm, a 512-d feature.
 
-Stages for a 112 x 96 input (DESIGN.md section 1):
+Stages for a 112 x 96 input (the paper's Face-ResNet):
 
     stem  conv 3->32, conv 32->64 (pad 0), max-pool       64 x 54 x 46
     2     1 residual unit                                 64 x 54 x 46
