@@ -219,6 +219,21 @@ def test_topk_equals_brute_force(n, k):
         np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
 
 
+def test_topk_input_errors():
+    gallery, probes = torch.randn(6, 8), torch.randn(3, 8)
+    scores, rows = topk(gallery.numpy(), probes.numpy(), k=2)  # numpy arrays are taken as they are
+    assert torch.equal(rows, topk(gallery, probes, k=2)[1])
+    with pytest.raises(ValueError, match=r"probe features must be N x D, got shape \(8,\)"):
+        topk(gallery, probes[0], k=2)
+    with pytest.raises(ValueError, match="probe features are 4-d, the gallery's are 8-d"):
+        topk(gallery, probes[:, :4], k=2)
+    for bad in ("gallery", "probe"):
+        g, p = gallery.clone(), probes.clone()
+        (g if bad == "gallery" else p)[1, 3] = float("nan")
+        with pytest.raises(ValueError, match=f"the {bad} features hold NaN"):
+            topk(g, p, k=2)
+
+
 def test_faiss_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match="pip install faiss-cpu"):

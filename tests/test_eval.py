@@ -78,6 +78,15 @@ def test_verify_errors():
         verify_10fold(g, p, same[:5], folds)
     with pytest.raises(ValueError, match="pca_dim"):
         verify_10fold(g, p, same, folds, pca_dim=5)
+    with pytest.raises(ValueError, match="booleans or 0/1"):  # -1/1 labels, which astype(bool) reads as all same
+        verify_10fold(g, p, np.where(same, 1, -1), folds)
+    bad = g.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        verify_10fold(bad, p, same, folds)
+    assert verify_10fold(g, p, same.astype(int), folds).mean == verify_10fold(g, p, same, folds).mean
+    with pytest.raises(ValueError, match="at least one score"):
+        best_threshold(np.zeros(0), np.zeros(0, bool))
 
 
 def test_identify_matches_brute_force():
@@ -96,6 +105,11 @@ def test_identify_matches_brute_force():
         assert result.top_ids.shape == (200, k)
     with pytest.raises(ValueError, match="k must be"):
         identify(gallery, gallery_ids, probes, probe_ids, k=51)
+    with pytest.raises(ValueError, match="chunk must be positive"):
+        identify(gallery, gallery_ids, probes, probe_ids, chunk=0)
+    gallery[7, 2] = np.nan  # topk would rank this row first for every probe
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        identify(gallery, gallery_ids, probes, probe_ids)
 
 
 def test_scores_are_the_test_fold_scores_behind_the_accuracies():

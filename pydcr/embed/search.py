@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,14 +26,14 @@ class ExactIndex:
 
     def add(self, features: torch.Tensor) -> None:
         self.chunks.append(_normalize(features.to(self.device)))
-        self.size += len(features)
+        self.size += len(self.chunks[-1])
 
     @torch.inference_mode()
     def search(self, probes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, gallery rows), each len(probes) x min(k, gallery size), best first."""
         k = min(int(k), self.size)
         scores, rows = [], []
-        for q in _normalize(probes.to(self.device)).split(self.probe_chunk):
+        for q in _normalize(torch.as_tensor(probes).to(self.device)).split(self.probe_chunk):
             best_s = q.new_empty(len(q), 0)
             best_i = torch.empty(len(q), 0, dtype=torch.int64, device=self.device)
             offset = 0
@@ -98,12 +99,27 @@ def topk(gallery: torch.Tensor | Iterable[torch.Tensor], probes: torch.Tensor, k
     if int(k) <= 0:
         raise ValueError(f"k must be positive, got {k}")
     index = make_index(backend, device)
-    for chunk in [gallery] if isinstance(gallery, torch.Tensor) else gallery:
-        index.add(chunk)
+    width = None
+    for chunk in [gallery] if isinstance(gallery, (torch.Tensor, np.ndarray)) else gallery:
+        width = _check_features(chunk, "gallery", width)
+        index.add(torch.as_tensor(chunk))
     if index.size == 0:
         raise ValueError("the gallery is empty")
-    return index.search(probes, k)
+    _check_features(probes, "probe", width)
+    return index.search(torch.as_tensor(probes), k)
+
+
+def _check_features(x, what: str, width: int | None) -> int:
+    """Features are N x D rows of finite numbers, D the same as the gallery's; returns D."""
+    x = torch.as_tensor(x)
+    if x.dim() != 2:
+        raise ValueError(f"{what} features must be N x D, got shape {tuple(x.shape)}")
+    if width is not None and x.shape[1] != width:
+        raise ValueError(f"{what} features are {x.shape[1]}-d, the gallery's are {width}-d")
+    if not torch.isfinite(x).all():  # topk ranks NaN first: one bad row would top every list
+        raise ValueError(f"the {what} features hold NaN or infinite values")
+    return x.shape[1]
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x.float(), dim=1)
+    return F.normalize(torch.as_tensor(x).float(), dim=1)

@@ -27,6 +27,10 @@ def identify(gallery_feats, gallery_ids, probe_feats, probe_ids, k: int = 1, chu
         raise ValueError("one identity per gallery and per probe feature is needed")
     if not 1 <= k <= g.shape[0]:
         raise ValueError(f"k must be in [1, {g.shape[0]}], got {k}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    if not (torch.isfinite(g).all() and torch.isfinite(p).all()):  # topk ranks NaN first
+        raise ValueError("the features hold NaN or infinite values")
     g = torch.nn.functional.normalize(g, dim=1)
     top_ids, top_scores = [], []
     for start in range(0, p.shape[0], chunk):

@@ -32,6 +32,8 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     Candidates are the midpoints between consecutive distinct sorted scores, plus one below the
     lowest and one above the highest; ties go to the lowest threshold.
     """
+    if len(scores) == 0:
+        raise ValueError("best_threshold needs at least one score")
     order = np.argsort(scores, kind="stable")
     s, y = scores[order], same[order].astype(np.int64)
     distinct = np.r_[s[1:] != s[:-1], True]  # the last of each run of equal scores
@@ -76,10 +78,15 @@ def verify_10fold(gallery_feats, probe_feats, same, folds, pca_dim: int | None =
     """
     g = _as_numpy(gallery_feats, np.float64)
     p = _as_numpy(probe_feats, np.float64)
-    same = _as_numpy(same).astype(bool)
+    same = _as_numpy(same)
+    if same.dtype != bool and not np.isin(same, (0, 1)).all():  # e.g. -1/1 labels would all read as True
+        raise ValueError(f"same must be booleans or 0/1, got the values {np.unique(same)[:5].tolist()}")
+    same = same.astype(bool)
     folds = _as_numpy(folds).astype(np.int64)
     if g.ndim != 2 or g.shape != p.shape:
         raise ValueError(f"gallery and probe features must both be P x D, got {g.shape} and {p.shape}")
+    if not (np.isfinite(g).all() and np.isfinite(p).all()):  # one NaN row would spoil every fold's PCA
+        raise ValueError("the features hold NaN or infinite values")
     if same.shape != (len(g),) or folds.shape != (len(g),):
         raise ValueError(f"same and folds must hold one entry per pair ({len(g)}), got {same.shape} and {folds.shape}")
     if pca_dim is not None and not 1 <= pca_dim <= g.shape[1]:
