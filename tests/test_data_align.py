@@ -73,6 +73,7 @@ def test_template_scales_per_axis():
         (np.zeros((4, 2)), (112, 96), "5 x 2"),
         (np.random.rand(5, 2), (0, 96), "positive"),
         (np.ones((5, 2)), (112, 96), "all equal"),
+        (np.full((5, 2), np.nan), (112, 96), "not all finite"),
     ],
 )
 def test_align_errors(landmarks, size, match):
@@ -128,6 +129,18 @@ def test_read_landmarks_errors(tmp_path):
     bad.write_text("a.jpg" + "\t1" * 10 + "\n\nb.jpg" + "\tx" * 10 + "\n")
     with pytest.raises(ValueError, match=r"bad.txt:3: bad coordinate"):
         read_landmarks(bad)
+    bad.write_text("a.jpg" + "\t1" * 10 + "\nb.jpg" + "\tnan" * 10 + "\n")  # float() reads it; the list must not
+    with pytest.raises(ValueError, match=r"bad.txt:2: coordinates must be finite"):
+        read_landmarks(bad)
+    bad.write_text("a.jpg" + "\t1" * 10 + "\na.jpg" + "\t2" * 10 + "\n")
+    with pytest.raises(ValueError, match=r"bad.txt:2: a.jpg is listed twice"):
+        read_landmarks(bad)
+
+
+def test_read_landmarks_ignores_a_byte_order_mark(tmp_path):
+    path = tmp_path / "marks.txt"
+    path.write_text("a.jpg" + "\t1" * 10 + "\n", encoding="utf-8-sig")
+    assert list(read_landmarks(path)) == ["a.jpg"]
 
 
 def test_read_image_bad_files(tmp_path):

@@ -33,6 +33,15 @@ def tree(tmp_path):
     return root, marks
 
 
+def test_degenerate_landmarks_are_skipped_and_listed(tree, tmp_path):
+    root, marks = tree
+    marks["ann/1.png"] = np.full((5, 2), 30, np.float32)  # all five points equal: no alignment exists
+    out = pack(IdentityFolder(root, landmarks=marks), tmp_path / "x.pack", progress=False)
+    with PackedFaces(out) as faces:
+        assert "ann/1.png" not in faces.paths and "ann/2.png" in faces.paths
+        assert dict(faces.skipped)["ann/1.png"].startswith("bad landmarks: source points are all equal")
+
+
 @pytest.mark.parametrize("fmt", ["raw", "png", "jpeg"])
 def test_round_trip(tree, tmp_path, fmt):
     root, marks = tree

@@ -17,7 +17,7 @@ def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     seen in the image). A malformed line raises ValueError naming the file and line number.
     """
     out: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first path
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -28,6 +28,10 @@ def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 points = np.asarray(fields[1:], dtype=np.float32).reshape(5, 2)
             except ValueError as err:
                 raise ValueError(f"{path}:{number}: bad coordinate ({err})") from None
+            if not np.isfinite(points).all():
+                raise ValueError(f"{path}:{number}: coordinates must be finite, got {fields[1:]}")
+            if fields[0] in out:
+                raise ValueError(f"{path}:{number}: {fields[0]} is listed twice")
             out[fields[0]] = points
     return out
 

@@ -151,7 +151,10 @@ class _ItemPacker:
             points = self._detect(image)
             if points is None:
                 return SKIPPED, item, b"no face found", nan
-        crop = align(image, points, self.settings.size)
+        try:
+            crop = align(image, points, self.settings.size)
+        except ValueError as err:  # degenerate landmarks: skipped and listed, as an unreadable image is
+            return SKIPPED, item, f"bad landmarks: {err}".encode(), nan
         return PACKED, item, encode(crop, self.settings), np.asarray(points, np.float32)
 
     def _detect(self, image: np.ndarray) -> np.ndarray | None:
