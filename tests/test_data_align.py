@@ -164,6 +164,28 @@ def test_read_image_converts_gray_and_rgba(tmp_path):
     assert read_image(tmp_path / "a.png")[0, 0].tolist() == [200, 0, 10]
 
 
+def test_read_image_upright_by_exif_orientation(tmp_path):
+    """A photo stored sideways with an EXIF rotation comes out as viewers (and cv2.imread) show it."""
+    from PIL import Image
+
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[:20, :20] = (250, 0, 0)  # a red corner, top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    Image.fromarray(rgb).save(tmp_path / "o.jpg", exif=exif, quality=95)
+    image = read_image(tmp_path / "o.jpg")
+    assert image.shape == (80, 60, 3)
+    np.testing.assert_array_equal(image, cv2.cvtColor(cv2.imread(str(tmp_path / "o.jpg")), cv2.COLOR_BGR2RGB))
+    assert image[:20, -20:, 0].mean() > 200 and image[:20, :20, 0].mean() < 50  # the corner turned to top right
+
+
+def test_read_image_16_bit_and_float(tmp_path):
+    cv2.imwrite(str(tmp_path / "g16.png"), np.full((4, 4), 0x8000 + 0x7F, np.uint16))
+    assert (read_image(tmp_path / "g16.png") == 0x80).all()
+    cv2.imwrite(str(tmp_path / "f.tiff"), np.full((4, 4, 3), 0.5, np.float32))
+    assert (read_image(tmp_path / "f.tiff") == 128).all()  # 0 to 1, not cast to 0
+
+
 @pytest.fixture(scope="module")
 def lfw_sample(lfw_root):
     """Every 500th LFW image with its listed landmarks."""

@@ -10,7 +10,9 @@ import numpy as np
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to an H x W x 3 uint8 RGB array (grayscale and RGBA are converted).
+    """Decode an image file to an H x W x 3 uint8 RGB array, upright as its EXIF orientation says
+    (as viewers and ``cv2.imread`` show it). Grayscale is converted, alpha dropped; 16-bit images
+    keep their top 8 bits and floating-point ones (TIFF, EXR) are read as 0 to 1.
 
     Raises FileNotFoundError for a missing file and ValueError, naming the file, for one that is
     empty, corrupt, truncated (JPEG) or not an image.
@@ -24,13 +26,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
         # OpenCV decodes a cut-off JPEG with a warning, filling the missing rows with grey.
         raise ValueError(f"truncated JPEG (no end-of-image marker): {path}")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    # Not IMREAD_UNCHANGED: that flag also skips the EXIF rotation, and phone photos come out sideways.
+    image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise ValueError(f"cannot decode image (corrupt or not an image): {path}")
-    if image.dtype != np.uint8:  # 16-bit PNG/TIFF: keep the top 8 bits
-        image = (image >> 8).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype.kind == "f":
+        image = np.clip(np.nan_to_num(image) * 255 + 0.5, 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported image sample type {image.dtype}: {path}")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
