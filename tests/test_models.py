@@ -93,6 +93,22 @@ def test_bad_inputs(model):
         model.embed_lr(torch.zeros(3, 12, 12))
     with pytest.raises(RuntimeError, match="no branch pairs"):
         DCR(Trunk(width=0.125, feature_dim=32)).nearest_resolution(12)
+    with pytest.raises(ValueError, match="uint8 or floating point"):
+        model.trunk(torch.zeros(1, 3, 112, 96, dtype=torch.int32))
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        model.embed_lr(torch.zeros(1, 3, 112, 96), size=0)
+    with pytest.raises(ValueError, match="larger than the model's 112x96 input"):
+        model.embed_lr(torch.zeros(1, 3, 120, 100))
+    with pytest.raises(ValueError, match="resolution must be a positive int"):
+        DCR(Trunk(width=0.125, feature_dim=32), {8.7: BranchPair(10, in_dim=32, dim=16)})
+
+
+def test_other_float_types_and_empty_batches(model):
+    x = torch.randint(0, 256, (2, 3, 112, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.trunk(x.double()), model.trunk(x))  # cast to the model's dtype
+        empty = model.embed_lr(x[:0].float())  # estimated route, no image to route
+    assert empty.shape == (0, 16)
 
 
 def test_save_load_round_trip_is_exact(model, tmp_path):
@@ -137,6 +153,18 @@ def test_branches_can_be_added_and_removed(model, tmp_path):
     loaded = models.load(models.save(model, tmp_path / "m.safetensors"))
     assert loaded.resolutions == [8, 12, 16, 40]
     torch.testing.assert_close(loaded.trunk.fc.weight, model.trunk.fc.weight, rtol=0, atol=0)
+
+
+def test_a_failed_save_changes_nothing(model, tmp_path):
+    from pathlib import Path
+
+    with pytest.raises(TypeError, match="provenance must hold JSON values"):
+        models.save(model, tmp_path / "m.safetensors", provenance={"data": Path("/x")})
+    assert "data" not in getattr(model, "provenance", {}) and not list(tmp_path.iterdir())
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        models.save(model, tmp_path)
+    assert not list(tmp_path.iterdir())
+    models.save(model, tmp_path / "m.safetensors")  # the model is still good to save
 
 
 def test_load_errors(model, tmp_path):

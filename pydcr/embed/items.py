@@ -141,11 +141,19 @@ def _read_one(item) -> np.ndarray:
     if isinstance(item, torch.Tensor):
         if item.dim() != 3 or item.shape[0] != 3:
             raise ValueError(f"expected a 3 x H x W image tensor, got shape {tuple(item.shape)}")
-        item = item.detach().cpu().permute(1, 2, 0)
-        return item.numpy() if item.dtype == torch.uint8 else item.float().numpy()
-    if item.ndim != 3 or item.shape[2] != 3:
+        item = item.detach().cpu().permute(1, 2, 0).numpy()
+    elif item.ndim != 3 or item.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 RGB array, got shape {item.shape}")
-    return item if item.dtype == np.uint8 else item.astype(np.float32)
+    if item.dtype == np.uint8:
+        return item
+    if item.dtype.kind != "f":
+        raise ValueError(f"images must be uint8 or floating point in [0, 255], got {item.dtype}")
+    item = item.astype(np.float32)
+    if not np.isfinite(item).all():
+        raise ValueError("the image holds NaN or infinite values")
+    if item.size and item.min() >= 0 and item.max() <= 1:  # [0, 1] images would embed as nearly black faces
+        raise ValueError("the image's values are all in [0, 1]: pydcr takes [0, 255] (multiply by 255, or give uint8)")
+    return item
 
 
 def _pack_reader(pack: PackedFaces):

@@ -36,8 +36,8 @@ class DCR(nn.Module):
         return sorted(int(k) for k in self.branches)
 
     def add_branch(self, resolution: int, pair: BranchPair) -> None:
-        if int(resolution) <= 0:
-            raise ValueError(f"resolution must be a positive int, got {resolution}")
+        if isinstance(resolution, bool) or int(resolution) != resolution or resolution <= 0:
+            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
         if pair.in_dim != self.trunk.feature_dim:
             raise ValueError(f"branch pair takes {pair.in_dim}-d features, the trunk gives {self.trunk.feature_dim}")
         self.branches[str(int(resolution))] = pair
@@ -89,7 +89,13 @@ class DCR(nn.Module):
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"expected probe images N x 3 x H x W, got {shape}")
+        if size is not None and (isinstance(size, bool) or int(size) != size or size <= 0):
+            raise ValueError(f"size must be a positive int (the probe's resolution k), got {size!r}")
         h, w = images.shape[-2:]
+        input_h, input_w = self.trunk.input_size
+        if (h, w) != (input_h, input_w) and (h > input_h or w > input_w):
+            raise ValueError(f"probe images are {h}x{w}, larger than the model's {input_h}x{input_w} input: "
+                             "align them to the input size (then `size` names their resolution) or give low-resolution crops")
         if (h, w) != self.trunk.input_size:
             k = size if size is not None else native_resolution(h, w)
             images = ops.resize(images, self.trunk.input_size, antialias=self.antialias)
@@ -99,7 +105,7 @@ class DCR(nn.Module):
         # Per-image estimate: route each group of images to its branch.
         routes = [self.nearest_resolution(int(k)) for k in estimate_resolution(images, antialias=self.antialias)]
         v = self.embed_trunk(images, flip=flip)
-        out = v.new_empty(v.shape[0], self.branch(routes[0]).dim)
+        out = v.new_empty(v.shape[0], self.branch(self.resolutions[0]).dim)
         for r in set(routes):
             idx = torch.tensor([i for i, ri in enumerate(routes) if ri == r], device=v.device)
             out[idx] = self._branch_features(v[idx], r, hr=False)

@@ -49,15 +49,21 @@ def save(model: DCR | Trunk, path: str | os.PathLike, provenance: dict | None = 
         model = DCR(model)
     if not isinstance(model, DCR):
         raise TypeError(f"save() takes a pydcr DCR or Trunk, got {type(model).__name__}")
-    if provenance:
-        model.provenance = {**getattr(model, "provenance", {}), **provenance}
     config = config_of(model)
+    config["provenance"].update(provenance or {})
+    try:
+        metadata = {"pydcr": json.dumps(config)}
+    except TypeError as err:
+        raise TypeError(f"provenance must hold JSON values (str, number, bool, list, dict): {err}") from None
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save a model to {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"pydcr": json.dumps(config)})
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)  # never leave a half-written model under the real name
+    model.provenance = config["provenance"]  # only once saved: a failed save changes nothing
     return path
 
 

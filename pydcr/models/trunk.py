@@ -109,6 +109,8 @@ class Trunk(nn.Module):
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"expected images N x 3 x H x W, got {shape}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ValueError(f"images must be uint8 or floating point in [0, 255], got {images.dtype}")
         if tuple(images.shape[-2:]) != self.input_size:
             raise ValueError(
                 f"the trunk takes {self.input_size[0]} x {self.input_size[1]} images, got "
@@ -117,7 +119,11 @@ class Trunk(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.check_images(images)
-        return self.fc(self.body(normalize(images)).flatten(1))
+        x = normalize(images)
+        weight = self.fc.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(weight.dtype)  # e.g. float64 images into a float32 model; autocast casts on its own
+        return self.fc(self.body(x).flatten(1))
 
 
 def key_from_v1(key: str) -> str:
