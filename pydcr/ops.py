@@ -409,6 +409,7 @@ def center_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.
     for name, t in (("centers", centers), ("features", features), ("labels", labels)):
         _check_tensor("center_update_", name, t)
     torch.ops.pydcr.center_update_.default(centers, features, labels, float(alpha))
+    _mark_modified(centers)
     return centers
 
 
@@ -438,7 +439,16 @@ def center_apply_(
     for name, t in (("centers", centers), ("classes", classes), ("sums", sums), ("counts", counts)):
         _check_tensor("center_apply_", name, t)
     torch.ops.pydcr.center_apply_.default(centers, classes, sums, counts, float(alpha))
+    _mark_modified(centers)
     return centers
+
+
+def _mark_modified(t: torch.Tensor) -> None:
+    """Bump the version counter as a built-in in-place op does, so that a backward which saved `t`
+    before it changed raises instead of using the new values. (Compiled graphs track the mutation
+    from the schema; inference tensors have no counter.)"""
+    if not torch.compiler.is_compiling() and not t.is_inference():
+        torch.autograd.graph.increment_version(t)
 
 
 def _sums_dtype(features: torch.Tensor) -> torch.dtype:

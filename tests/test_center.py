@@ -217,6 +217,33 @@ def test_compile():
     torch.testing.assert_close(f(x, c), reference.center_loss(features, labels, centers) * 2)
 
 
+def test_compiled_update_equals_eager():
+    features, labels, centers = make_batch(12, 5, 8, torch.float32)
+    f = torch.compile(lambda c, x: ops.center_update_(c, x, labels, 0.5), fullgraph=True, backend="eager")
+    compiled, eager = centers.clone(), centers.clone()
+    f(compiled, features)
+    ops.center_update_(eager, features, labels, 0.5)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("update", ["center_update_", "center_apply_"])
+def test_in_place_updates_bump_the_version(update):
+    """As a built-in in-place op: a backward that saved the centers before they moved must raise,
+    not silently use the new centers."""
+    features, labels, centers = make_batch(12, 5, 8, torch.float32)
+    x = features.clone().requires_grad_()
+    loss = ops.center_loss(x, labels, centers)
+    if update == "center_update_":
+        ops.center_update_(centers, features, labels, 0.5)
+    else:
+        ops.center_apply_(centers, *ops.center_stats(features, labels, centers), 0.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    with torch.inference_mode():  # inference tensors have no version counter to bump
+        c = centers.clone()
+        ops.center_update_(c, features, labels, 0.5)
+
+
 # ---- opcheck -------------------------------------------------------------------------------------
 
 def opcheck_samples(device="cpu", dtypes=(torch.float32, torch.float64)):
