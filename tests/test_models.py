@@ -7,7 +7,7 @@ import torch
 
 from pydcr import models, ops
 from pydcr.models import DCR, BranchPair, Trunk
-from pydcr.models.serialization import read_config
+from pydcr.models.serialization import config_of, read_config
 
 
 def table_parameter_count(width=1.0, feature_dim=512, input_size=(112, 96)):
@@ -99,6 +99,10 @@ def test_bad_inputs(model):
         model.embed_lr(torch.zeros(1, 3, 112, 96), size=0)
     with pytest.raises(ValueError, match="larger than the model's 112x96 input"):
         model.embed_lr(torch.zeros(1, 3, 120, 100))
+    with pytest.raises(ValueError, match="feature_dim must be positive"):
+        Trunk(width=0.125, feature_dim=0)
+    with pytest.raises(ValueError, match=r"input_size must be \(height, width\)"):
+        Trunk(width=0.125, input_size=56)
     with pytest.raises(ValueError, match="resolution must be a positive int"):
         DCR(Trunk(width=0.125, feature_dim=32), {8.7: BranchPair(10, in_dim=32, dim=16)})
 
@@ -127,7 +131,6 @@ def test_format_version_1_files_load(model, tmp_path):
     # Version 1 kept each max-pool as a module of its own in trunk.body, so later keys sat higher.
     from safetensors.torch import save_file
 
-    from pydcr.models.serialization import config_of
     from pydcr.models.trunk import key_from_v1
 
     to_v1 = {key_from_v1(f"body.{i}.w").split(".")[1]: str(i) for i in range(40) if i not in (2, 5, 9, 16)}
@@ -187,6 +190,12 @@ def test_load_errors(model, tmp_path):
               metadata={"pydcr": json.dumps({"format": "pydcr.dcr", "architecture": "resnet-50"})})
     with pytest.raises(ValueError, match="resnet-50"):
         models.load(tmp_path / "arch.safetensors")
+    for meta, match in [("[1, 2]", "not a JSON object"), ("{not json", "not valid JSON"),
+                        (json.dumps({"format": "pydcr.dcr", "architecture": config_of(model)["architecture"]}),
+                         "lacks width, feature_dim, input_size, degrade, branches")]:
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "cfg.safetensors"), metadata={"pydcr": meta})
+        with pytest.raises(ValueError, match=match):
+            models.load(tmp_path / "cfg.safetensors")
     with torch.no_grad():
         model.trunk.fc.weight[0, 0] = float("nan")
     models.save(model, tmp_path / "nan.safetensors")

@@ -79,7 +79,12 @@ def read_config(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
     if "pydcr" not in meta:
         raise ValueError(f"{path} is a safetensors file but not a pydcr model (no pydcr config in its header)")
-    config = json.loads(meta["pydcr"])
+    try:
+        config = json.loads(meta["pydcr"])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: its pydcr config is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: its pydcr config is not a JSON object")
     if config.get("format") != FORMAT or config.get("architecture") != ARCHITECTURE:
         raise ValueError(
             f"{path} holds a {config.get('format')} / {config.get('architecture')} model; this pydcr reads "
@@ -87,6 +92,9 @@ def read_config(path: str | os.PathLike) -> dict:
         )
     if int(config.get("format_version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer pydcr (format version {config['format_version']})")
+    missing = [k for k in ("width", "feature_dim", "input_size", "degrade", "branches") if k not in config]
+    if missing:
+        raise ValueError(f"{path}: its pydcr config lacks {', '.join(missing)}")
     return config
 
 

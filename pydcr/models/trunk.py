@@ -68,6 +68,10 @@ class Trunk(nn.Module):
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
+        if int(feature_dim) < 1:
+            raise ValueError(f"feature_dim must be positive, got {feature_dim}")
+        if isinstance(input_size, int) or len(input_size) != 2:
+            raise ValueError(f"input_size must be (height, width), got {input_size!r}")
         self.width = float(width)
         self.feature_dim = int(feature_dim)
         self.input_size = (int(input_size[0]), int(input_size[1]))
