@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
-from .cli_train import UsageError, add_train_parser
+from .cli_train import UsageError, add_train_parser, check_out, check_positive, device_or_default, reading
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -39,7 +40,10 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pydcr", description="Deep Coupled ResNet for low-resolution faces")
+    parser = argparse.ArgumentParser(
+        prog="pydcr", description="Deep Coupled ResNet for low-resolution faces",
+        epilog="A bad argument exits with status 2, an unusable input (a damaged file, say) with 1, each with a "
+               "one-line message; set PYDCR_DEBUG=1 for the Python traceback instead.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="how pydcr was built and what it runs with")
@@ -60,15 +64,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("pydcr-demo"), help="output folder (default: ./pydcr-demo)")
     p.add_argument("--preset", default="demo", help="training preset (default: demo)")
     p.add_argument("--epochs", type=int, default=None, help="trunk epochs (default: the preset's)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -78,7 +76,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         print(f"pydcr demo: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
         return 2
-    run_demo(args.out, preset=args.preset, epochs=args.epochs, device=args.device, progress=not args.quiet)
+    check_positive(args, "epochs")
+    run_demo(args.out, preset=args.preset, epochs=args.epochs, device=device_or_default(args.device),
+             progress=not args.quiet)
     return 0
 
 
@@ -117,7 +117,12 @@ def _open_source(args: argparse.Namespace, landmarks: Path | None = None, size=(
         raise UsageError(f"no such dataset folder: {args.src}")
     if landmarks is not None and not (landmarks.is_file() or (args.src / landmarks).is_file()):
         raise UsageError(f"no such landmark list: {landmarks}")
-    dataset = open_dataset(args.src, args.layout, landmarks, size)
+    check_positive(args, "workers")
+    # where the dataset may look for its landmark list (LFW's own by default)
+    listed = landmarks or Path("lfw_landmark.txt")
+    check_out(args.out, listed, args.src / listed, args.src / "lfw" / listed)
+    with reading(landmarks or "the landmark list"):
+        dataset = open_dataset(args.src, args.layout, landmarks, size)
     if len(dataset) == 0:
         raise UsageError(f"no images under {args.src} in the {args.layout} layout (see --layout)")
     return dataset
@@ -126,8 +131,12 @@ def _open_source(args: argparse.Namespace, landmarks: Path | None = None, size=(
 def _pack(args: argparse.Namespace) -> int:
     from pydcr.data import MTCNN, PackedFaces, pack
 
+    if min(args.size) <= 0:
+        raise UsageError(f"--size must be positive, got {' '.join(map(str, args.size))}")
+    if not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be in 1-100, got {args.quality}")
     dataset = _open_source(args, args.landmarks, args.size)
-    detector = MTCNN(args.device) if args.detect else None
+    detector = MTCNN(device_or_default(args.device)) if args.detect else None
     out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
                detector=detector, resume=not args.fresh, progress=not args.quiet)
     with PackedFaces(out) as faces:
@@ -152,8 +161,11 @@ def _align(args: argparse.Namespace) -> int:
     from pydcr.data import MTCNN
     from pydcr.data.mtcnn import detect_landmarks
 
+    check_positive(args, "batch_size", "threads")
+    if args.min_face_size < 12:  # P-Net's window: MTCNN finds no smaller face
+        raise UsageError(f"--min-face-size must be at least 12 pixels, got {args.min_face_size:g}")
     dataset = _open_source(args)
-    detector = MTCNN(args.device, min_face_size=args.min_face_size, threads=args.threads)
+    detector = MTCNN(device_or_default(args.device), min_face_size=args.min_face_size, threads=args.threads)
     missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
                                workers=args.workers, resume=not args.fresh, progress=not args.quiet)
     print(f"{args.out}: landmarks of {len(dataset) - len(missing)} of {len(dataset)} images")
@@ -169,6 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"pydcr {args.command}: {err}", file=sys.stderr)
         return 2
+    except (ValueError, KeyError, OSError) as err:  # an unusable input (CorruptPackError is a ValueError)
+        if os.environ.get("PYDCR_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"pydcr {args.command}: {_input_error(err)}", file=sys.stderr)
+        return 1
+
+
+def _input_error(err: Exception) -> str:
+    """One line for an input error the command let through."""
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    lines = message.strip().splitlines() or [type(err).__name__]
+    # a DataLoader worker's error carries its traceback: the last line says what went wrong
+    return lines[-1] if len(lines) > 1 and lines[1].startswith("Original Traceback") else lines[0]
 
 
 if __name__ == "__main__":

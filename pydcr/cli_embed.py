@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_train import UsageError
+from .cli_train import UsageError, check_out, check_positive, device_or_default, load_model, reading
 
 PACK_MAGIC = b"PYDCRPK1"
 
@@ -77,25 +77,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 # Shared pieces
 
 
-def _positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
-
-
 def _embedder(args: argparse.Namespace):
     from .embed import Embedder
-    from .models import load
 
-    if not args.model.is_file():
-        raise UsageError(f"no such model file: {args.model}")
+    device = device_or_default(args.device)
+    model = load_model(args.model)
     try:
-        model = load(args.model)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    try:
-        return Embedder(model, device=args.device, batch_size=getattr(args, "batch_size", None),
+        return Embedder(model, device=device, batch_size=getattr(args, "batch_size", None),
                         workers=getattr(args, "workers", None))
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None
@@ -119,7 +107,8 @@ def open_input(path: Path, crop_size, landmarks: Path | None):
     if landmarks is not None and not landmarks.is_file():
         raise UsageError(f"no such landmark list: {landmarks}")
     if path.is_dir():
-        dataset = open_dataset(path, "auto", landmarks, crop_size)
+        with reading(landmarks or "the landmark list"):
+            dataset = open_dataset(path, "auto", landmarks, crop_size)
         return dataset, {"source": str(path), "kind": "flat folder" if isinstance(dataset, FlatFolder) else "folder"}
     if not path.is_file():
         raise UsageError(f"no such input folder, list or pack: {path}")
@@ -166,7 +155,8 @@ def _match_landmarks(path: Path, images: list) -> dict:
     key that is the longest tail of the image's path ("Name/Name_0001.jpg" for ".../lfw/Name/Name_0001.jpg")."""
     from .data import read_landmarks
 
-    table = read_landmarks(path)
+    with reading(path):
+        table = read_landmarks(path)
     out = {}
     for image in images:
         parts = Path(image).parts
@@ -223,6 +213,7 @@ def run_embed(args: argparse.Namespace) -> int:
         for p in args.merge:
             if not p.is_file():
                 raise UsageError(f"no such shard file: {p}")
+        check_out(args.out, *args.merge)
         try:
             out = merge_shards(args.merge, args.out)
         except ValueError as err:
@@ -231,8 +222,9 @@ def run_embed(args: argparse.Namespace) -> int:
         return 0
     if args.model is None or args.input is None:
         raise UsageError("give MODEL and INPUT (or --merge SHARD...)")
-    _positive(args, "batch_size", "workers", "chunk_size")
+    check_positive(args, "batch_size", "workers", "chunk_size")
     shard = _shard(args.shard)
+    check_out(shard.path(args.out) if shard else args.out, args.model, args.input, args.landmarks)
     embedder = _embedder(args)
     model = embedder.model
     if args.trunk and args.resolution:
@@ -255,6 +247,10 @@ def run_embed(args: argparse.Namespace) -> int:
         return 130
     gallery = Gallery(out)
     _report_failures("embed", gallery.failures, len(gallery) + len(gallery.failures))
+    if len(gallery) == 0 and shard is None:  # an empty shard is still needed by --merge
+        out.unlink()
+        print(f"pydcr embed: no face could be embedded from {args.input}; {out} not written", file=sys.stderr)
+        return 1
     print(f"{out}: {len(gallery)} faces, {', '.join(gallery.heads)} features ({args.dtype})")
     return 0
 
@@ -268,9 +264,10 @@ def run_identify(args: argparse.Namespace) -> int:
     from .embed.embedder import LR, TRUNK, hr_head
     from .embed.search import import_faiss
 
-    _positive(args, "size", "top_k", "batch_size", "workers")
+    check_positive(args, "size", "top_k", "batch_size", "workers")
     if not args.gallery.is_file():
         raise UsageError(f"no such gallery file: {args.gallery}")
+    check_out(args.out, args.model, args.gallery, args.probes, args.landmarks)
     if args.backend == "faiss":
         try:
             import_faiss()
@@ -312,29 +309,36 @@ def run_identify(args: argparse.Namespace) -> int:
     bar = progress_bar(len(source), 0, "identify", not args.quiet)
     failures, matched = [], 0
     tmp = args.out.with_name(args.out.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery", "gallery_identity", "score"])
-        head = TRUNK if trunk_only else LR
-        for batch in embedder.stream(source, [head], size=args.size):
-            failures += [(source.names[i], reason) for i, reason in batch.failures]
-            bar.update(batch.size)
-            if not len(batch.index):
-                continue
-            routes = batch.routes if batch.routes is not None else [0] * len(batch.index)
-            for r in sorted({int(r) for r in routes}):
-                rows = [j for j, rj in enumerate(routes) if rj == r]
-                scores, hits = index_of(TRUNK if trunk_only else hr_head(r)).search(
-                    batch.features[head][rows], args.top_k)
-                for j, s_row, h_row in zip(rows, scores.tolist(), hits.tolist()):
-                    item = int(batch.index[j])
-                    for rank, (s, g) in enumerate(zip(s_row, h_row), 1):
-                        writer.writerow([source.names[item], _identity(source, item), r or "", rank,
-                                         gallery.paths[g], gallery.identity(g), f"{s:.6f}"])
-                matched += len(rows)
-    bar.close()
-    os.replace(tmp, args.out)
-    _report_failures("identify", failures, len(source))
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery", "gallery_identity", "score"])
+            head = TRUNK if trunk_only else LR
+            for batch in embedder.stream(source, [head], size=args.size):
+                failures += [(source.names[i], reason) for i, reason in batch.failures]
+                bar.update(batch.size)
+                if not len(batch.index):
+                    continue
+                routes = batch.routes if batch.routes is not None else [0] * len(batch.index)
+                for r in sorted({int(r) for r in routes}):
+                    rows = [j for j, rj in enumerate(routes) if rj == r]
+                    scores, hits = index_of(TRUNK if trunk_only else hr_head(r)).search(
+                        batch.features[head][rows], args.top_k)
+                    for j, s_row, h_row in zip(rows, scores.tolist(), hits.tolist()):
+                        item = int(batch.index[j])
+                        for rank, (s, g) in enumerate(zip(s_row, h_row), 1):
+                            writer.writerow([source.names[item], _identity(source, item), r or "", rank,
+                                             gallery.paths[g], gallery.identity(g), f"{s:.6f}"])
+                    matched += len(rows)
+        bar.close()
+        _report_failures("identify", failures, len(source))
+        if not matched:
+            print(f"pydcr identify: no face could be embedded from {args.probes}; {args.out} not written",
+                  file=sys.stderr)
+            return 1
+        os.replace(tmp, args.out)
+    finally:  # a run that stopped or matched nothing leaves no half-written file
+        tmp.unlink(missing_ok=True)
     print(f"{args.out}: top-{args.top_k} matches of {matched} probes in a gallery of {len(gallery)}")
     return 0
 
@@ -354,7 +358,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     from .embed.embedder import TRUNK, hr_head
 
-    _positive(args, "size")
+    check_positive(args, "size")
     for p in (args.image_a, args.image_b):
         if not p.is_file():
             raise UsageError(f"no such image file: {p}")

@@ -41,6 +41,7 @@ def run_lfw(args: argparse.Namespace) -> int:
     from .eval.report import write_report
     from .models import load
 
+    device = device_or_default(args.device)
     if not args.model.is_file():
         raise UsageError(f"no such model file: {args.model}")
     check_lfw_root(args.root)
@@ -54,7 +55,7 @@ def run_lfw(args: argparse.Namespace) -> int:
         lfw = LFW(args.root, size=model.trunk.input_size)
         pack = PackedFaces(args.pack) if args.pack is not None else None
         table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
-                             device=device_or_default(args.device), progress=not args.quiet)
+                             device=device, progress=not args.quiet)
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(table.markdown())
@@ -107,6 +108,7 @@ def run_scface(args: argparse.Namespace) -> int:
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
     preset = preset_named(args.preset)
+    device = device_or_default(args.device)
     if not args.model.is_file():
         raise UsageError(f"no such model file: {args.model}")
     if not args.root.is_dir():
@@ -130,7 +132,7 @@ def run_scface(args: argparse.Namespace) -> int:
         lr = args.finetune_lr if args.finetune_lr is not None else preset.branch.lr / 10
         finetune = replace(preset.branch, epochs=args.finetune_epochs, lr=lr)
     result = evaluate_scface(model, dataset, resolutions=resolutions, finetune=finetune, pca_dim=args.pca_dim,
-                             seed=args.seed, batch_size=args.batch_size, device=device_or_default(args.device),
+                             seed=args.seed, batch_size=args.batch_size, device=device,
                              progress=not args.quiet)
     table = format_table(result)
     print(f"SCface rank-1 identification (%): {len(result.test_subjects)} test subjects, "

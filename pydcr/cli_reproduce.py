@@ -38,20 +38,35 @@ def add_reproduce_parser(sub) -> None:
 
 
 def run_reproduce_lfw(args: argparse.Namespace) -> int:
+    from .data import LFW
+    from .eval.lfw import lfw_disjoint_split
     from .reproduce import reproduce_lfw
 
-    preset_named(args.preset)
+    preset = preset_named(args.preset)
     check_lfw_root(args.root)
     test_folds = view2_folds("--test-folds", args.test_folds)
     if min(args.sizes) < 1:
         raise UsageError(f"--sizes must be positive, got {args.sizes}")
     if args.min_images < 1:
         raise UsageError(f"--min-images must be >= 1, got {args.min_images}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be positive, got {args.epochs}")
+    # the table's PCA runs on trunk and branch features, whose sizes the preset fixes before any training
+    dim = min(preset.trunk.feature_dim, preset.branch.dim)
+    if args.pca_dim is not None and not 1 <= args.pca_dim <= dim:
+        raise UsageError(f"--pca-dim must be in 1-{dim} (the {args.preset} preset's feature size), got {args.pca_dim}")
     if args.pack is not None and not args.pack.is_file():
         raise UsageError(f"no such pack: {args.pack}")
+    device = device_or_default(args.device)
+    # the split reproduce_lfw will train on, computed here too so that an empty one stops before any work
+    split = lfw_disjoint_split(LFW(args.root, size=preset.trunk.input_size), test_folds, args.min_images)
+    if split.num_classes == 0:
+        raise UsageError(f"no one in {args.root} trains: every person is in a pair of test folds "
+                         f"{' '.join(map(str, args.test_folds))} or has fewer than {args.min_images} images "
+                         "(see --test-folds and --min-images)")
     reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
                   min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
-                  pack_path=args.pack, device=device_or_default(args.device), seed=args.seed, progress=not args.quiet,
+                  pack_path=args.pack, device=device, seed=args.seed, progress=not args.quiet,
                   command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines)
     return 0
 

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,9 +72,64 @@ def view2_folds(option: str, folds: list[int]) -> list[int]:
 
 
 def device_or_default(name: str | None) -> str:
+    """The --device to run on (default: cuda when available), or a UsageError for one torch cannot use."""
     import torch
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device: give cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
+    return name
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """A UsageError for any of the named options that is given and not positive."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_out(out: Path, *inputs: Path | None) -> None:
+    """A UsageError when the output file cannot be written, or is an input file (writing would destroy it)."""
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise UsageError(f"cannot write {out}: it is a folder; give a file name")
+    for path in inputs:
+        if path is not None and out.exists() and path.exists() and os.path.samefile(out, path):
+            raise UsageError(f"cannot write {out}: it is the input {path}, which writing would destroy")
+
+
+@contextmanager
+def reading(path: Path | str):
+    """Names `path` in a decoding error raised while reading it: the codec's message names no file."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason})") from None
+
+
+def load_model(path: Path):
+    """The model file at path, or a UsageError naming what it is instead."""
+    from .data.packed import MAGIC
+    from .models import load
+
+    if not path.is_file():
+        raise UsageError(f"no such model file: {path}")
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            raise UsageError(f"{path} is a pack of faces, not a model file")
+    try:
+        return load(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _faces(path: Path, size: tuple[int, int]):
@@ -107,6 +164,11 @@ def _torchrun_world():
         raise UsageError(str(err)) from None
 
 
+def _check_workers(args: argparse.Namespace) -> None:
+    if args.workers < 0:
+        raise UsageError(f"--workers must be 0 (load in this process) or more, got {args.workers}")
+
+
 def run_trunk(args: argparse.Namespace) -> int:
     from .train import distributed
 
@@ -117,6 +179,8 @@ def run_trunk(args: argparse.Namespace) -> int:
     for key, value in overrides.items():
         if value <= 0:
             raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
+    _check_workers(args)
+    device = device_or_default(args.device)
     config = replace(preset.trunk, **overrides)
     if args.tensorboard:
         from .train.metrics_log import summary_writer_class
@@ -127,12 +191,12 @@ def run_trunk(args: argparse.Namespace) -> int:
             raise UsageError(str(err)) from None
     faces, classes = _faces(args.data, config.input_size)
     if world is None:
-        return _train_and_save(args, config, faces, classes, device_or_default(args.device))
+        return _train_and_save(args, config, faces, classes, device)
     if config.batch_size % world.size:
         raise UsageError(f"a batch of {config.batch_size} images does not split over {world.size} processes: "
                          "give a --batch-size that is a multiple of --nproc_per_node")
     try:
-        device = distributed.local_device(world, device_or_default(args.device))
+        device = distributed.local_device(world, device)
     except ValueError as err:
         raise UsageError(str(err)) from None
     with distributed.process_group(world, device):
@@ -160,7 +224,7 @@ def _train_and_save(args, config, faces, classes, device, world=None) -> int:
 
 
 def run_branch(args: argparse.Namespace) -> int:
-    from .models import load, save
+    from .models import save
     from .train import train_branches
 
     world = _torchrun_world()
@@ -172,13 +236,14 @@ def run_branch(args: argparse.Namespace) -> int:
         raise UsageError(f"--size must be positive resolutions, got {args.size}")
     if args.epochs is not None and args.epochs <= 0:
         raise UsageError(f"--epochs must be positive, got {args.epochs}")
+    _check_workers(args)
+    device = device_or_default(args.device)
     config = preset.branch if args.epochs is None else replace(preset.branch, epochs=args.epochs)
     path = args.trunk / "model.safetensors" if args.trunk.is_dir() else args.trunk
     if not path.is_file():
         raise UsageError(f"no trained model at {path}: run `pydcr train trunk` first")
-    model = load(path)
+    model = load_model(path)
     faces, classes = _faces(args.data, model.trunk.input_size)
-    device = device_or_default(args.device)
     train_branches(model.to(device), faces, classes, args.size, config, seed=args.seed, device=device,
                    progress=not args.quiet)
     model.provenance.setdefault("branches", {}).update(

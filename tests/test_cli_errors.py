@@ -1,0 +1,289 @@
+"""The command line's error paths: an output that is an input, bad arguments and unusable inputs end
+in one line on stderr (exit 2 for a usage error, 1 for an input error), change no input and leave
+no output behind."""
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pydcr.cli import main
+from pydcr.data import REFERENCE_112x96, PackedFaces, open_dataset, pack
+from pydcr.demo import DEMO_PACK
+from pydcr.models import DCR, BranchPair, Trunk, save
+
+MARKS = "\t40\t50\t60\t50\t50\t62\t42\t75\t58\t75\n"  # one landmark line's coordinates
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pydcr", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def tree(root):
+    """Every file under root and its bytes: what a refused command must leave as it was."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def inputs_of(work):
+    """tree(work) less a training run's folder (a stopped run resumes from it)."""
+    return {k: v for k, v in tree(work).items() if not k.startswith("run/")}
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A tiny model with pairs 8 and 16, 4 aligned crops of 2 people, a list of them, a landmark
+    list, a pack of them, and the gallery of the folder and of pair 8 only."""
+    root = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    save(DCR(Trunk(width=0.125), {8: BranchPair(0), 16: BranchPair(0)}), root / "m.safetensors")
+    demo = PackedFaces(DEMO_PACK)
+    paths = []
+    for i in range(4):
+        (root / "faces" / f"p{i % 2}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "faces" / f"p{i % 2}" / f"{i}.png"), cv2.cvtColor(demo.image(i), cv2.COLOR_RGB2BGR))
+        paths.append(f"p{i % 2}/{i}.png")
+    (root / "list.txt").write_text("".join(f"faces/{p}\n" for p in paths))
+    (root / "marks.txt").write_text("".join(p + MARKS for p in paths))
+    dataset = open_dataset(root / "faces", "folder", {p: REFERENCE_112x96 for p in paths})
+    pack(dataset, root / "f.pack", format="png", progress=False)
+    for name, extra in (("g", []), ("g8", ["--resolution", "8"])):
+        assert main(["embed", str(root / "m.safetensors"), str(root / "faces"), "--out",
+                     str(root / f"{name}.safetensors"), "--quiet", *extra]) == 0
+    return root
+
+
+@pytest.fixture
+def work(inputs, tmp_path):
+    """A copy of the inputs to run in (a refused command must change none of them)."""
+    for name, data in tree(inputs).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "m.safetensors")
+    return tmp_path
+
+
+def refused(argv, work, capsys, code=2):
+    """Run argv in work (main, in this process); the one line on stderr, after checking that the
+    exit code is `code` and that no file under work changed, appeared or vanished."""
+    before = tree(work)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(argv) == code
+    assert tree(work) == before
+    return one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("argv, out", [
+    (["embed", "m.safetensors", "faces", "--out", "m.safetensors"], "m.safetensors"),
+    (["embed", "m.safetensors", "faces", "--out", "link.safetensors"], "link.safetensors"),
+    (["embed", "m.safetensors", "list.txt", "--out", "list.txt"], "list.txt"),
+    (["embed", "m.safetensors", "f.pack", "--out", "f.pack"], "f.pack"),
+    (["embed", "m.safetensors", "faces", "--landmarks", "marks.txt", "--out", "marks.txt"], "marks.txt"),
+    (["embed", "--merge", "g.safetensors", "g8.safetensors", "--out", "g.safetensors"], "g.safetensors"),
+    (["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "faces", "--out", "g.safetensors"],
+     "g.safetensors"),
+    (["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "list.txt", "--out", "list.txt"],
+     "list.txt"),
+    (["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "faces", "--out", "m.safetensors"],
+     "m.safetensors"),
+    (["pack", "faces", "marks.txt", "--landmarks", "marks.txt", "--quiet"], "marks.txt"),
+    (["pack", "faces", "faces/marks.txt", "--landmarks", "marks.txt", "--quiet"], "faces/marks.txt"),
+])
+def test_an_output_that_is_an_input_is_refused(argv, out, work, capsys):
+    (work / "faces" / "marks.txt").write_text((work / "marks.txt").read_text())  # found under the root first
+    line = refused(argv, work, capsys)
+    assert line.startswith(f"pydcr {argv[0]}: cannot write {out}: it is the input "), line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pack", "faces", "x.pack", "--quality", "200"], "--quality must be in 1-100, got 200"),
+    (["pack", "faces", "x.pack", "--quality", "0"], "--quality must be in 1-100, got 0"),
+    (["pack", "faces", "x.pack", "--size", "0", "0"], "--size must be positive, got 0 0"),
+    (["pack", "faces", "x.pack", "--workers", "0"], "--workers must be positive, got 0"),
+    (["pack", "faces", "nowhere/x.pack"], "cannot write nowhere/x.pack: the folder nowhere does not exist"),
+    (["pack", "faces", "faces"], "cannot write faces: it is a folder; give a file name"),
+    (["align", "faces", "x.txt", "--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["align", "faces", "x.txt", "--min-face-size", "5"], "--min-face-size must be at least 12 pixels, got 5"),
+    (["align", "faces", "x.txt", "--threads", "0"], "--threads must be positive, got 0"),
+    (["align", "faces", "x.txt", "--workers", "-1"], "--workers must be positive, got -1"),
+    (["align", "faces", "x.txt", "--device", "gpu"], "--device 'gpu' is not a device: give cpu, cuda or cuda:N"),
+    (["embed", "m.safetensors", "faces", "--out", "nowhere/x.safetensors"],
+     "cannot write nowhere/x.safetensors: the folder nowhere does not exist"),
+    (["embed", "m.safetensors", "faces", "--out", "x.safetensors", "--device", "gpu"],
+     "--device 'gpu' is not a device"),
+    (["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "faces", "--out", "nowhere/r.csv"],
+     "cannot write nowhere/r.csv: the folder nowhere does not exist"),
+    (["eval", "lfw", "m.safetensors", "--root", "lfw-root", "--device", "gpu"], "--device 'gpu' is not a device"),
+    (["train", "branch", "--trunk", "f.pack", "--data", "f.pack", "--size", "8"],
+     "f.pack is a pack of faces, not a model file"),
+    (["train", "branch", "--trunk", "list.txt", "--data", "f.pack", "--size", "8"], "list.txt is not a readable"),
+    (["train", "trunk", "--data", "f.pack", "--out", "run", "--workers", "-1"],
+     "--workers must be 0 (load in this process) or more, got -1"),
+    (["train", "trunk", "--data", "f.pack", "--out", "run", "--device", "gpu"], "--device 'gpu' is not a device"),
+    (["demo", "--out", "demo", "--device", "gpu"], "--device 'gpu' is not a device"),
+])
+def test_bad_arguments_are_one_line_usage_errors(argv, message, work, capsys):
+    line = refused(argv, work, capsys)
+    assert line.startswith(f"pydcr {argv[0]}: {message}"), line
+
+
+def test_cuda_without_a_cuda_device(work, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = refused(["embed", "m.safetensors", "faces", "--out", "x.safetensors", "--device", "cuda"], work, capsys)
+    assert line == "pydcr embed: --device cuda: no CUDA device is available"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pack", "faces", "x.pack", "--landmarks", "latin1.txt", "--quiet"],
+     "latin1.txt is not UTF-8 text (invalid continuation byte)"),
+    (["embed", "m.safetensors", "faces", "--landmarks", "short.txt", "--out", "x.safetensors", "--quiet"],
+     "short.txt:1: expected a path and 10 coordinates, got 2 fields"),
+    (["embed", "m.safetensors", "list.txt", "--landmarks", "latin1.txt", "--out", "x.safetensors", "--quiet"],
+     "latin1.txt is not UTF-8 text (invalid continuation byte)"),
+    (["embed", "m.safetensors", "small.pack", "--out", "x.safetensors", "--quiet"],
+     "small.pack holds 56x48 crops; the model takes 112x96"),
+])
+def test_unusable_inputs_end_in_one_line(argv, message, work):
+    """Through `python -m pydcr`: exit 1 (an input error, not a usage error), no traceback."""
+    (work / "latin1.txt").write_bytes("p0/0.png".encode() + b"\xe9" + MARKS.encode())
+    (work / "short.txt").write_text("p0/0.png\t1\t2\n")
+    marks = {f"p{i % 2}/{i}.png": REFERENCE_112x96 for i in range(4)}
+    pack(open_dataset(work / "faces", "folder", marks, size=(56, 48)), work / "small.pack", progress=False)
+    before = tree(work)
+    done = run_cli(*argv, cwd=work)
+    assert done.returncode == 1 and one_line(done.stderr) == f"pydcr {argv[0]}: {message}", done.stderr
+    assert tree(work) == before
+
+
+def test_a_damaged_pack_record_met_mid_run(work, capsys):
+    """Training reads every crop: a damaged record ends the run in one line, exit 1."""
+    data = bytearray((work / "f.pack").read_bytes())
+    start = int(PackedFaces(work / "f.pack").offsets[2])
+    data[start + 40:start + 104] = bytes(64)  # inside record 2's payload: the index still opens
+    (work / "f.pack").write_bytes(bytes(data))
+    before = tree(work)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        code = main(["train", "trunk", "--data", "f.pack", "--out", "run", "--width", "0.125", "--batch-size", "4",
+                     "--epochs", "1", "--quiet"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 1 and line.startswith("pydcr train: f.pack: record 2 (") and line.endswith(
+        ") is damaged (checksum mismatch)"), line
+    assert inputs_of(work) == before
+
+
+def test_missing_landmarks_met_mid_run(work, capsys):
+    """A dataset folder without a landmark list: the KeyError of its first crop is one line, exit 1."""
+    before = tree(work)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        code = main(["train", "trunk", "--data", "faces", "--out", "run", "--width", "0.125", "--batch-size", "4",
+                     "--epochs", "1", "--quiet"])
+    line = one_line(capsys.readouterr().err)
+    assert code == 1 and line.startswith("pydcr train: no landmarks for p"), line
+    assert inputs_of(work) == before
+
+
+def test_os_errors_bugs_and_the_debug_switch(work, capsys, monkeypatch):
+    import pydcr.data
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "x.pack.partial")
+
+    monkeypatch.setattr(pydcr.data, "pack", denied)
+    argv = ["pack", "faces", "x.pack", "--landmarks", "marks.txt", "--quiet"]
+    assert refused(argv, work, capsys, code=1) == "pydcr pack: x.pack.partial: Permission denied"
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PYDCR_DEBUG", "1")  # the developer's traceback
+    with pytest.raises(PermissionError):
+        main(argv)
+    monkeypatch.delenv("PYDCR_DEBUG")
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a genuine bug")
+
+    monkeypatch.setattr(pydcr.data, "pack", bug)
+    with pytest.raises(RuntimeError, match="a genuine bug"):  # not an input error: the traceback stays
+        main(argv)
+
+
+def test_help_names_the_debug_switch(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "PYDCR_DEBUG=1" in capsys.readouterr().out
+
+
+@pytest.fixture
+def tiny_lfw(tmp_path):
+    """An LFW root whose two people are both in every fold's pairs: no one is left to train on."""
+    for name, count in (("Ann", 2), ("Bob", 1)):
+        (tmp_path / "lfw" / name).mkdir(parents=True)
+        for i in range(1, count + 1):
+            cv2.imwrite(str(tmp_path / "lfw" / name / f"{name}_{i:04d}.jpg"), np.full((120, 100, 3), 99, np.uint8))
+    (tmp_path / "pairs.txt").write_text("10\t1\n" + "Ann\t1\t2\nAnn\t1\tBob\t1\n" * 10)
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "-1"], "--epochs must be positive, got -1"),
+    (["--epochs", "0"], "--epochs must be positive, got 0"),
+    (["--pca-dim", "0"], "--pca-dim must be in 1-DIM (the small preset's feature size), got 0"),
+    (["--pca-dim", "100000"], "--pca-dim must be in 1-DIM (the small preset's feature size), got 100000"),
+    ([], "no one in ROOT trains: every person is in a pair of test folds 6 7 8 9 10 or has fewer than 2 images"),
+    (["--test-folds", "1", "2", "--min-images", "3"], "no one in ROOT trains"),
+])
+def test_reproduce_refuses_before_any_training(args, message, tiny_lfw, tmp_path, capsys, monkeypatch):
+    import pydcr.reproduce
+    from pydcr.train import get_preset
+
+    small = get_preset("small")
+    message = message.replace("DIM", str(min(small.trunk.feature_dim, small.branch.dim)))
+
+    def training(*args, **kwargs):
+        raise AssertionError("reproduce_lfw was called")
+
+    monkeypatch.setattr(pydcr.reproduce, "reproduce_lfw", training)
+    out = tmp_path / "run"
+    assert main(["reproduce", "lfw", "--root", str(tiny_lfw), "--out", str(out), "--quiet", *args]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("pydcr reproduce: " + message.replace("ROOT", str(tiny_lfw))), line
+    assert not out.exists()
+
+
+def test_identify_stopped_mid_run_leaves_no_file(work, capsys):
+    """A 16 x 16 probe routes to pair 16, which a gallery of pair 8 lacks: no results.csv(.tmp) stays."""
+    (work / "probes").mkdir()
+    crop = cv2.imread(str(work / "faces" / "p0" / "0.png"))
+    cv2.imwrite(str(work / "probes" / "q.png"), cv2.resize(crop, (16, 16), interpolation=cv2.INTER_AREA))
+    line = refused(["identify", "m.safetensors", "--gallery", "g8.safetensors", "--probes", "probes",
+                    "--out", "results.csv", "--quiet"], work, capsys)
+    assert line == ("pydcr identify: a probe routes to hr16, but g8.safetensors holds only ['hr8']: "
+                    "embed the gallery for every pair, or give --size")
+
+
+@pytest.mark.parametrize("argv", [
+    ["embed", "m.safetensors", "junk", "--out", "x.safetensors", "--quiet"],
+    ["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "junk", "--out", "r.csv", "--quiet"],
+])
+def test_no_face_embedded_is_a_failure(argv, work, capsys):
+    (work / "junk").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (work / "junk" / name).write_bytes(b"not an image")
+    before = tree(work)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(argv) == 1
+    assert tree(work) == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [e.split(":")[0] for e in err[:2]] == ["skipped a.jpg", "skipped b.png"]
+    assert err[2:] == [f"pydcr {argv[0]}: 2 of 2 inputs skipped (listed above)",
+                       f"pydcr {argv[0]}: no face could be embedded from junk; {argv[-2]} not written"]
