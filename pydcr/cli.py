@@ -136,6 +136,8 @@ def _pack(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be in 1-100, got {args.quality}")
     dataset = _open_source(args, args.landmarks, args.size)
+    if args.out.exists() and args.out.resolve().is_relative_to(args.src.resolve()):  # not over a source image
+        check_out(args.out, *(dataset.path(i) for i in range(len(dataset))))
     detector = MTCNN(device_or_default(args.device)) if args.detect else None
     out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
                detector=detector, resume=not args.fresh, progress=not args.quiet)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 from pathlib import Path
@@ -359,6 +360,8 @@ def run_verify(args: argparse.Namespace) -> int:
     from .embed.embedder import TRUNK, hr_head
 
     check_positive(args, "size")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise UsageError(f"--threshold must be a finite score, got {args.threshold}")
     for p in (args.image_a, args.image_b):
         if not p.is_file():
             raise UsageError(f"no such image file: {p}")

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli_train import UsageError, check_lfw_root, device_or_default, preset_named, view2_folds
+from .cli_train import UsageError, check_lfw_root, check_out, device_or_default, preset_named, view2_folds
 
 
 def add_reproduce_parser(sub) -> None:
@@ -79,8 +79,10 @@ def run_summary(args: argparse.Namespace) -> int:
         text = summarize_runs(reports, [str(path) for path in args.runs])
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
-    print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        check_out(args.out, *args.runs, *(run / "report.json" for run in args.runs))
+    print(text)
+    if args.out is not None:
         args.out.write_text(text + "\n")
     return 0

@@ -97,6 +97,7 @@ def refused(argv, work, capsys, code=2):
      "m.safetensors"),
     (["pack", "faces", "marks.txt", "--landmarks", "marks.txt", "--quiet"], "marks.txt"),
     (["pack", "faces", "faces/marks.txt", "--landmarks", "marks.txt", "--quiet"], "faces/marks.txt"),
+    (["pack", "faces", "faces/p0/0.png", "--landmarks", "marks.txt", "--quiet"], "faces/p0/0.png"),  # a source image
 ])
 def test_an_output_that_is_an_input_is_refused(argv, out, work, capsys):
     (work / "faces" / "marks.txt").write_text((work / "marks.txt").read_text())  # found under the root first
@@ -130,6 +131,8 @@ def test_an_output_that_is_an_input_is_refused(argv, out, work, capsys):
      "--workers must be 0 (load in this process) or more, got -1"),
     (["train", "trunk", "--data", "f.pack", "--out", "run", "--device", "gpu"], "--device 'gpu' is not a device"),
     (["demo", "--out", "demo", "--device", "gpu"], "--device 'gpu' is not a device"),
+    (["verify", "m.safetensors", "faces/p0/0.png", "faces/p1/1.png", "--threshold", "nan"],
+     "--threshold must be a finite score, got nan"),
 ])
 def test_bad_arguments_are_one_line_usage_errors(argv, message, work, capsys):
     line = refused(argv, work, capsys)

@@ -113,5 +113,10 @@ def test_summary_command_prints_and_writes(tmp_path, capsys):
     assert out.read_text() == printed
     assert main(["reproduce", "summary", str(tmp_path / "seed0")]) == 2
     assert "at least two runs" in capsys.readouterr().err
+    before = (tmp_path / "seed1" / "report.json").read_text()
+    argv = ["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out"]
+    assert main([*argv, str(tmp_path / "seed1" / "report.json")]) == 2  # not over one of its own inputs
+    assert "is the input" in capsys.readouterr().err
+    assert (tmp_path / "seed1" / "report.json").read_text() == before
     assert main(["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "missing")]) == 2
     assert "no report" in capsys.readouterr().err
