@@ -167,6 +167,15 @@ def test_unusable_inputs_end_in_one_line(argv, message, work):
     assert tree(work) == before
 
 
+def train_one_epoch(work, data, capsys):
+    """`pydcr train trunk` of a tiny trunk on data, in work: (exit code, its one stderr line)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        code = main(["train", "trunk", "--data", data, "--out", "run", "--width", "0.125", "--batch-size", "4",
+                     "--epochs", "1", "--quiet"])
+    return code, one_line(capsys.readouterr().err)
+
+
 def test_a_damaged_pack_record_met_mid_run(work, capsys):
     """Training reads every crop: a damaged record ends the run in one line, exit 1."""
     data = bytearray((work / "f.pack").read_bytes())
@@ -174,11 +183,7 @@ def test_a_damaged_pack_record_met_mid_run(work, capsys):
     data[start + 40:start + 104] = bytes(64)  # inside record 2's payload: the index still opens
     (work / "f.pack").write_bytes(bytes(data))
     before = tree(work)
-    with pytest.MonkeyPatch.context() as m:
-        m.chdir(work)
-        code = main(["train", "trunk", "--data", "f.pack", "--out", "run", "--width", "0.125", "--batch-size", "4",
-                     "--epochs", "1", "--quiet"])
-    line = one_line(capsys.readouterr().err)
+    code, line = train_one_epoch(work, "f.pack", capsys)
     assert code == 1 and line.startswith("pydcr train: f.pack: record 2 (") and line.endswith(
         ") is damaged (checksum mismatch)"), line
     assert inputs_of(work) == before
@@ -187,11 +192,7 @@ def test_a_damaged_pack_record_met_mid_run(work, capsys):
 def test_missing_landmarks_met_mid_run(work, capsys):
     """A dataset folder without a landmark list: the KeyError of its first crop is one line, exit 1."""
     before = tree(work)
-    with pytest.MonkeyPatch.context() as m:
-        m.chdir(work)
-        code = main(["train", "trunk", "--data", "faces", "--out", "run", "--width", "0.125", "--batch-size", "4",
-                     "--epochs", "1", "--quiet"])
-    line = one_line(capsys.readouterr().err)
+    code, line = train_one_epoch(work, "faces", capsys)
     assert code == 1 and line.startswith("pydcr train: no landmarks for p"), line
     assert inputs_of(work) == before
 
