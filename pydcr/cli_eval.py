@@ -54,10 +54,11 @@ def run_lfw(args: argparse.Namespace) -> int:
         model = load(args.model)
         lfw = LFW(args.root, size=model.trunk.input_size)
         pack = PackedFaces(args.pack) if args.pack is not None else None
-        table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
-                             device=device, progress=not args.quiet)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    # an input found unusable mid-run (a damaged pack record) is an input error, not a usage error
+    table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
+                         device=device, progress=not args.quiet)
     print(table.markdown())
     if args.out is not None:
         meta = {"model": str(args.model), "root": str(args.root), "folds": args.folds or "1-10",

@@ -143,6 +143,11 @@ def _faces(path: Path, size: tuple[int, int]):
             raise UsageError(str(err)) from None
     elif path.is_dir():
         faces = open_dataset(path, size=size)
+        unaligned = [p for i, p in enumerate(faces.paths) if faces.landmarks_of(i) is None]
+        if unaligned:  # found now, not at the first such crop of a run already started
+            raise UsageError(f"{len(unaligned)} of {len(faces)} images under {path} have no landmarks "
+                             f"(first: {unaligned[0]}): pack the faces with `pydcr pack --landmarks` or "
+                             "`--detect` and train on the pack")
     else:
         raise UsageError(f"no such pack file or dataset folder: {path}")
     if tuple(faces.size) != tuple(size):

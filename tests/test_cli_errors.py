@@ -189,12 +189,12 @@ def test_a_damaged_pack_record_met_mid_run(work, capsys):
     assert inputs_of(work) == before
 
 
-def test_missing_landmarks_met_mid_run(work, capsys):
-    """A dataset folder without a landmark list: the KeyError of its first crop is one line, exit 1."""
+def test_missing_landmarks_found_before_training(work, capsys):
+    """A dataset folder without a landmark list is refused before a run folder is made."""
     before = tree(work)
     code, line = train_one_epoch(work, "faces", capsys)
-    assert code == 1 and line.startswith("pydcr train: no landmarks for p"), line
-    assert inputs_of(work) == before
+    assert code == 2 and line.startswith("pydcr train: 4 of 4 images under faces have no landmarks (first: p0/0.png)"), line
+    assert tree(work) == before
 
 
 def test_os_errors_bugs_and_the_debug_switch(work, capsys, monkeypatch):
@@ -291,3 +291,15 @@ def test_no_face_embedded_is_a_failure(argv, work, capsys):
     assert [e.split(":")[0] for e in err[:2]] == ["skipped a.jpg", "skipped b.png"]
     assert err[2:] == [f"pydcr {argv[0]}: 2 of 2 inputs skipped (listed above)",
                        f"pydcr {argv[0]}: no face could be embedded from junk; {argv[-2]} not written"]
+
+
+def test_eval_input_error_met_mid_run_is_exit_1(inputs, tiny_lfw, capsys, monkeypatch):
+    """What evaluation finds unusable while it runs (a damaged pack record, say) is an input error."""
+    import pydcr.eval.lfw
+
+    def damaged(*args, **kwargs):
+        raise ValueError("f.pack: record 2 is damaged (checksum mismatch)")
+
+    monkeypatch.setattr(pydcr.eval.lfw, "evaluate_lfw", damaged)
+    assert main(["eval", "lfw", str(inputs / "m.safetensors"), "--root", str(tiny_lfw), "--quiet"]) == 1
+    assert one_line(capsys.readouterr().err) == "pydcr eval: f.pack: record 2 is damaged (checksum mismatch)"
