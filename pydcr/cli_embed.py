@@ -318,19 +318,7 @@ def run_identify(args: argparse.Namespace) -> int:
             for batch in embedder.stream(source, [head], size=args.size):
                 failures += [(source.names[i], reason) for i, reason in batch.failures]
                 bar.update(batch.size)
-                if not len(batch.index):
-                    continue
-                routes = batch.routes if batch.routes is not None else [0] * len(batch.index)
-                for r in sorted({int(r) for r in routes}):
-                    rows = [j for j, rj in enumerate(routes) if rj == r]
-                    scores, hits = index_of(TRUNK if trunk_only else hr_head(r)).search(
-                        batch.features[head][rows], args.top_k)
-                    for j, s_row, h_row in zip(rows, scores.tolist(), hits.tolist()):
-                        item = int(batch.index[j])
-                        for rank, (s, g) in enumerate(zip(s_row, h_row), 1):
-                            writer.writerow([source.names[item], _identity(source, item), r or "", rank,
-                                             gallery.paths[g], gallery.identity(g), f"{s:.6f}"])
-                    matched += len(rows)
+                matched += _write_matches(writer, batch, head, index_of, source, gallery, args.top_k)
         bar.close()
         _report_failures("identify", failures, len(source))
         if not matched:
@@ -342,6 +330,23 @@ def run_identify(args: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
     print(f"{args.out}: top-{args.top_k} matches of {matched} probes in a gallery of {len(gallery)}")
     return 0
+
+
+def _write_matches(writer, batch, head: str, index_of, source, gallery, top_k: int) -> int:
+    """The results rows of one batch of probes: each probe's top-k in the gallery features of the
+    pair it routed to (the trunk's when `head` is the trunk). Returns the number of probes."""
+    from .embed.embedder import TRUNK, hr_head
+
+    routes = batch.routes if batch.routes is not None else [0] * len(batch.index)
+    for r in sorted({int(r) for r in routes}):
+        rows = [j for j, rj in enumerate(routes) if rj == r]
+        scores, hits = index_of(TRUNK if head == TRUNK else hr_head(r)).search(batch.features[head][rows], top_k)
+        for j, s_row, h_row in zip(rows, scores.tolist(), hits.tolist()):
+            item = int(batch.index[j])
+            for rank, (s, g) in enumerate(zip(s_row, h_row), 1):
+                writer.writerow([source.names[item], _identity(source, item), r or "", rank,
+                                 gallery.paths[g], gallery.identity(g), f"{s:.6f}"])
+    return len(batch.index)
 
 
 def _identity(source, item: int) -> str:
