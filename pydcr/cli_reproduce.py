@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli_train import UsageError, check_lfw_root, check_out, device_or_default, preset_named, view2_folds
+from .cli_train import UsageError, check_lfw_root, check_out, check_positive, device_or_default, preset_named, view2_folds
 
 
 def add_reproduce_parser(sub) -> None:
@@ -49,8 +49,7 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
         raise UsageError(f"--sizes must be positive, got {args.sizes}")
     if args.min_images < 1:
         raise UsageError(f"--min-images must be >= 1, got {args.min_images}")
-    if args.epochs is not None and args.epochs < 1:
-        raise UsageError(f"--epochs must be positive, got {args.epochs}")
+    check_positive(args, "epochs")
     # the table's PCA runs on trunk and branch features, whose sizes the preset fixes before any training
     dim = min(preset.trunk.feature_dim, preset.branch.dim)
     if args.pca_dim is not None and not 1 <= args.pca_dim <= dim:

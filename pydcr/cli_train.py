@@ -239,8 +239,7 @@ def run_branch(args: argparse.Namespace) -> int:
     preset = preset_named(args.preset)
     if any(k <= 0 for k in args.size):
         raise UsageError(f"--size must be positive resolutions, got {args.size}")
-    if args.epochs is not None and args.epochs <= 0:
-        raise UsageError(f"--epochs must be positive, got {args.epochs}")
+    check_positive(args, "epochs")
     _check_workers(args)
     device = device_or_default(args.device)
     config = preset.branch if args.epochs is None else replace(preset.branch, epochs=args.epochs)
