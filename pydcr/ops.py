@@ -181,7 +181,8 @@ def prelu(
     ``bias`` (optional) one value per channel, shape (C,); ``residual`` (optional) has x's shape.
     Equals ``F.prelu(x + bias.view(1, -1, 1, 1), weight) + residual`` (:func:`pydcr.reference.prelu`).
     NCHW and channels_last are read in place and the result keeps x's layout; all tensors share
-    x's dtype and device (float32/float64 on CPU, also float16/bfloat16 on CUDA).
+    x's dtype and device: float16, bfloat16 (autocast's types, computed on in float and rounded
+    once), float32 or float64.
 
     Backward is one pass too (``torch.ops.pydcr.prelu_backward``): the gradients of x, the slopes
     and the bias, with the per-channel sums fused into the pass and added in a fixed order (the

@@ -1,5 +1,7 @@
 """prelu and prelu_backward against their reference in pydcr.reference (F.prelu with adds)."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -8,6 +10,11 @@ from torch.library import opcheck
 from pydcr import ops, reference
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+# float16 and bfloat16 (autocast's types) are computed on in float and rounded once.
+LOW_PRECISION = [torch.float16, torch.bfloat16]
+ALL_DTYPES = LOW_PRECISION + [torch.float32, torch.float64]
+# Tolerance against the float64 reference of the same inputs, per dtype.
+FLOAT64_TOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2, torch.float32: 1e-5, torch.float64: 1e-12}
 # Slopes worth covering: zero (ReLU), negative, the nn.PReLU default, identity and steeper than 1.
 slopes = st.sampled_from([0.0, -0.5, 0.25, 1.0, 2.5]) | st.floats(-3, 3, allow_nan=False, width=32)
 layouts = st.sampled_from(["contiguous", "channels_last", "strided"])
@@ -68,6 +75,62 @@ def test_matches_reference(shape, dtype, layout, residual_layout, shared, slope_
     for ours, ref in zip(grads, grads_ref):
         assert ours.shape == ref.shape
         torch.testing.assert_close(ours, ref, atol=tol, rtol=TOL[dtype])
+
+
+def check_against_float64(args, grad):
+    """ops.prelu on args (any dtype, any device) against the reference in float64 on the CPU."""
+    y, grads = forward_and_grads(ops.prelu, args, grad)
+    ref_args = [None if a is None else a.detach().cpu().double() for a in args]
+    y_ref, grads_ref = forward_and_grads(reference.prelu, ref_args, grad.cpu().double())
+    dtype = args[0].dtype
+    assert y.device == args[0].device and y.dtype == dtype
+    tol = FLOAT64_TOL[dtype]
+    torch.testing.assert_close(y.cpu().double(), y_ref, atol=tol * 4, rtol=tol)
+    for ours, ref in zip(grads, grads_ref):
+        scale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
+        torch.testing.assert_close(ours.cpu().double(), ref, atol=tol * scale * 4, rtol=tol)
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=shapes, dtype=st.sampled_from(LOW_PRECISION), layout=layouts, residual_layout=layouts,
+       shared=st.booleans(), slope_values=st.lists(slopes, min_size=1, max_size=6), bias=st.booleans(),
+       residual=st.booleans())
+def test_low_precision_matches_float64_reference(shape, dtype, layout, residual_layout, shared, slope_values, bias,
+                                                 residual):
+    if len(shape) != 4:
+        layout, residual_layout = layout.replace("channels_last", "contiguous"), "contiguous"
+    args = make_args(shape, dtype, layout, shared=shared, slope_values=slope_values, bias=bias, residual=residual,
+                     residual_layout=residual_layout)
+    check_against_float64(args, activation(shape, dtype, seed=3))
+
+
+def wide_range(shape, dtype, seed):
+    """Values over the dtype's whole range: subnormals, values next to overflow, infinities, NaN."""
+    g = torch.Generator().manual_seed(seed)
+    info = torch.finfo(dtype)
+    exponent = torch.empty(shape, dtype=torch.float64).uniform_(math.log2(info.smallest_normal) - 12,
+                                                                math.log2(info.max) + 0.5, generator=g)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).sign() * exponent.exp2()
+    pick = torch.rand((2,) + tuple(shape), generator=g)
+    x[pick[0] < 0.02] = float("nan")
+    x[pick[1] < 0.02] = float("inf")
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_rounds_once_as_the_float32_reference_rounded(dtype, layout):
+    # The sum x + b and the product w * z are taken in float and rounded to nearest even once:
+    # exactly the float32 reference's result rounded, overflow, subnormals and NaN included.
+    x = wide_range((3, 8, 9, 37), dtype, seed=0)
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    w = torch.tensor([0.25, -0.5, 0.0, 1.0, 3.0, 1e-3, -7.0, 0.1], dtype=dtype)
+    b = wide_range((8,), dtype, seed=1).nan_to_num(0.0, 0.0, 0.0)
+    grad = wide_range(x.shape, dtype, seed=2)
+    y, grads = forward_and_grads(ops.prelu, (x, w, b), grad)
+    y_ref, grads_ref = forward_and_grads(reference.prelu, (x.float(), w.float(), b.float()), grad.float())
+    torch.testing.assert_close(y, y_ref.to(dtype), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(grads[0], grads_ref[0].to(dtype), rtol=0, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
@@ -141,7 +204,7 @@ def test_gradcheck(shared, layout):
     assert torch.autograd.gradgradcheck(lambda m, w: ops.prelu(m, w[:1]), (m, w))
 
 
-def opcheck_samples(device="cpu", dtypes=(torch.float32, torch.float64)):
+def opcheck_samples(device="cpu", dtypes=ALL_DTYPES):
     for dtype in dtypes:
         for layout in ("contiguous", "channels_last"):
             for shared in (False, True):
@@ -205,9 +268,9 @@ def _x(*shape, dtype=torch.float32):
         (lambda: ops.prelu(_x(2, 3), _x(3), None, _x(2, 3, dtype=torch.float64)), RuntimeError,
          "residual has dtype float64"),
         (lambda: ops.prelu(torch.ones(2, 3, dtype=torch.int32), torch.ones(3, dtype=torch.int32)), RuntimeError,
-         "x has dtype int32; expected one of float32, float64 on CPU"),
-        (lambda: ops.prelu(_x(2, 3, dtype=torch.float16), _x(3, dtype=torch.float16)), RuntimeError,
-         "x has dtype float16"),
+         "x has dtype int32; expected one of float16, bfloat16, float32, float64 on CPU"),
+        (lambda: ops.prelu(_x(2, 3, dtype=torch.bfloat16), _x(3)), RuntimeError,
+         "weight has dtype float32; expected bfloat16, the dtype of x"),
         (lambda: ops.prelu(_x(2, 3), torch.empty(3, device="meta")), RuntimeError,
          "weight is on meta; expected cpu, the device of x"),
         (lambda: ops.prelu([[1.0]], _x(1)), TypeError, "x must be a torch.Tensor"),
@@ -223,14 +286,12 @@ def test_bad_arguments(call, error, match):
 
 # CUDA: the same checks on the device (run by scripts/gpu_check.sh on a GPU machine).
 
-CUDA_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
-CUDA_TOL = {torch.float16: 2e-3, torch.bfloat16: 2e-2, torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 @pytest.mark.cuda
 @settings(max_examples=100, deadline=None)
 @given(shape=shapes | st.tuples(st.integers(1, 3), st.integers(1, 130), st.integers(1, 9), st.integers(1, 9)),
-       dtype=st.sampled_from(CUDA_DTYPES), layout=layouts, residual_layout=layouts, shared=st.booleans(),
+       dtype=st.sampled_from(ALL_DTYPES), layout=layouts, residual_layout=layouts, shared=st.booleans(),
        slope_values=st.lists(slopes, min_size=1, max_size=6), bias=st.booleans(), residual=st.booleans(),
        offset=st.booleans())
 def test_cuda_matches_reference(shape, dtype, layout, residual_layout, shared, slope_values, bias, residual, offset):
@@ -240,17 +301,7 @@ def test_cuda_matches_reference(shape, dtype, layout, residual_layout, shared, s
                      residual_layout=residual_layout, device="cuda")
     if offset:  # unaligned data: the scalar (not vector) kernels
         args = (torch.cat([args[0].flatten(), args[0].flatten()])[1 : args[0].numel() + 1].view(shape),) + args[1:]
-    grad = activation(shape, dtype, device="cuda", seed=3)
-    y, grads = forward_and_grads(ops.prelu, args, grad)
-    # The oracle: the reference in float64 on the CPU, then compared in float64.
-    ref_args = [None if a is None else a.detach().cpu().double() for a in args]
-    y_ref, grads_ref = forward_and_grads(reference.prelu, ref_args, grad.cpu().double())
-    assert y.device.type == "cuda" and y.dtype == dtype
-    tol = CUDA_TOL[dtype]
-    torch.testing.assert_close(y.cpu().double(), y_ref, atol=tol * 4, rtol=tol)
-    for ours, ref in zip(grads, grads_ref):
-        scale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
-        torch.testing.assert_close(ours.cpu().double(), ref, atol=tol * scale * 4, rtol=tol)
+    check_against_float64(args, activation(shape, dtype, device="cuda", seed=3))
 
 
 @pytest.mark.cuda

@@ -6,8 +6,8 @@ from hypothesis import given, settings, strategies as st
 from torch.library import opcheck
 
 from pydcr import ops, reference
-from test_prelu import (CUDA_DTYPES, CUDA_TOL, TOL, activation, assert_same_for_any_thread_count, forward_and_grads,
-                        layouts, slopes)
+from test_prelu import (ALL_DTYPES, FLOAT64_TOL, LOW_PRECISION, TOL, activation, assert_same_for_any_thread_count,
+                        forward_and_grads, layouts, slopes, wide_range)
 
 # Widths past 32 windows take the CPU kernel's whole 16-window spans as well as its padded tail;
 # odd sizes give the ceil-mode edge windows.
@@ -23,17 +23,23 @@ def make_args(shape, dtype, layout, *, shared, slope_values, bias, device="cpu")
 
 
 def check_against_reference(args, tol):
+    """ops.prelu_pool against the reference run in the type the kernels compute in (float for
+    float16 and bfloat16, whose results are rounded once from it)."""
     x = args[0]
     grad = activation(reference.prelu_pool(*args).shape, x.dtype, device=x.device, seed=3)
     y, grads = forward_and_grads(ops.prelu_pool, args, grad)
-    y_ref, grads_ref = forward_and_grads(reference.prelu_pool, args, grad)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ref_args = [None if a is None else a.to(acc) for a in args]
+    y_ref, grads_ref = forward_and_grads(reference.prelu_pool, ref_args, grad.to(acc))
     # The same arithmetic picks the same element: the values and grad_x are exact; the slope
     # and bias gradients are sums, added in another order.
-    assert torch.equal(y, y_ref)
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    assert y.dtype == x.dtype
+    torch.testing.assert_close(y, y_ref.to(x.dtype), **exact)
     assert y.is_contiguous(memory_format=ops._result_layout(x))
-    assert torch.equal(grads[0], grads_ref[0])
+    torch.testing.assert_close(grads[0], grads_ref[0].to(x.dtype), **exact)
     for ours, ref in zip(grads[1:], grads_ref[1:]):
-        torch.testing.assert_close(ours, ref, rtol=tol, atol=tol * max(1, x.numel()) ** 0.5)
+        torch.testing.assert_close(ours, ref.to(x.dtype), rtol=tol, atol=tol * max(1, x.numel()) ** 0.5)
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,6 +48,30 @@ def check_against_reference(args, tol):
 def test_matches_reference(shape, dtype, layout, shared, slope_values, bias):
     args = make_args(shape, dtype, layout, shared=shared, slope_values=slope_values, bias=bias)
     check_against_reference(args, TOL[dtype])
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=shapes, dtype=st.sampled_from(LOW_PRECISION), layout=layouts, shared=st.booleans(),
+       slope_values=st.lists(slopes, min_size=1, max_size=6), bias=st.booleans())
+def test_low_precision_matches_reference(shape, dtype, layout, shared, slope_values, bias):
+    args = make_args(shape, dtype, layout, shared=shared, slope_values=slope_values, bias=bias)
+    check_against_reference(args, FLOAT64_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_over_the_whole_range(dtype, layout):
+    # Subnormals, overflow, infinities and NaN: chosen and rounded as the float32 reference does.
+    x = wide_range((2, 4, 9, 37), dtype, seed=0)
+    x = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+    w = torch.tensor([0.25, -0.5, 3.0, 1e-3], dtype=dtype)
+    b = wide_range((4,), dtype, seed=1).nan_to_num(0.0, 0.0, 0.0)
+    grad = wide_range((2, 4, 5, 19), dtype, seed=2)
+    y, (gx,) = forward_and_grads(lambda x: ops.prelu_pool(x, w, b), (x,), grad)
+    y_ref, (gx_ref,) = forward_and_grads(lambda x: reference.prelu_pool(x, w.float(), b.float()), (x.float(),),
+                                         grad.float())
+    torch.testing.assert_close(y, y_ref.to(dtype), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(gx, gx_ref.to(dtype), rtol=0, atol=0, equal_nan=True)
 
 
 def special_values(shape, seed, device="cpu"):
@@ -88,7 +118,7 @@ def test_gradcheck(shared, layout):
     assert torch.autograd.gradgradcheck(lambda x, w: ops.prelu_pool(x, w), (x, w))
 
 
-def opcheck_samples(device="cpu", dtypes=(torch.float32, torch.float64)):
+def opcheck_samples(device="cpu", dtypes=ALL_DTYPES):
     for dtype in dtypes:
         for layout in ("contiguous", "channels_last"):
             for shared in (False, True):
@@ -140,7 +170,7 @@ def _x(*shape, dtype=torch.float32):
         (lambda: ops.prelu_pool(_x(2, 3, 4, 4), _x(2)), RuntimeError, r"weight must hold 1 or C = 3 slopes"),
         (lambda: ops.prelu_pool(_x(2, 3, 4, 4), _x(3), _x(4)), RuntimeError, r"bias must hold C = 3 values"),
         (lambda: ops.prelu_pool(torch.ones(2, 3, 4, 4, dtype=torch.int32), torch.ones(3, dtype=torch.int32)),
-         RuntimeError, "x has dtype int32; expected one of float32, float64 on CPU"),
+         RuntimeError, "x has dtype int32; expected one of float16, bfloat16, float32, float64 on CPU"),
         (lambda: ops.prelu_pool(_x(2, 3, 4, 4), _x(3, dtype=torch.float64)), RuntimeError, "weight has dtype float64"),
         (lambda: ops.prelu_pool(_x(2, 3, 4, 4), 0.25), TypeError, "weight must be a torch.Tensor"),
         (lambda: torch.ops.pydcr.prelu_pool_backward(_x(2, 3, 3, 3), _x(2, 3, 7, 8), _x(3)), RuntimeError,
@@ -158,11 +188,11 @@ def test_bad_arguments(call, error, match):
 @pytest.mark.cuda
 @settings(max_examples=100, deadline=None)
 @given(shape=shapes | st.tuples(st.integers(1, 3), st.integers(1, 130), st.integers(1, 9), st.integers(1, 9)),
-       dtype=st.sampled_from(CUDA_DTYPES), layout=layouts, shared=st.booleans(),
+       dtype=st.sampled_from(ALL_DTYPES), layout=layouts, shared=st.booleans(),
        slope_values=st.lists(slopes, min_size=1, max_size=6), bias=st.booleans())
 def test_cuda_matches_reference(shape, dtype, layout, shared, slope_values, bias):
     args = make_args(shape, dtype, layout, shared=shared, slope_values=slope_values, bias=bias, device="cuda")
-    check_against_reference(args, CUDA_TOL[dtype])
+    check_against_reference(args, FLOAT64_TOL[dtype])
 
 
 @pytest.mark.cuda
@@ -181,7 +211,7 @@ def test_cuda_special_values_and_gradcheck(layout):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("op,args", list(opcheck_samples("cuda", CUDA_DTYPES)) if torch.cuda.is_available() else [])
+@pytest.mark.parametrize("op,args", list(opcheck_samples("cuda")) if torch.cuda.is_available() else [])
 def test_cuda_opcheck(op, args):
     opcheck(op, tuple(None if a is None else a.requires_grad_() for a in args))
 

@@ -3,7 +3,8 @@
 // One pass each way over the activation. Work goes to threads in planes (NCHW: one channel of one
 // image, a contiguous run with one slope and bias) or in rows (channels_last and N x C: one pixel's
 // C channels, contiguous, with the slopes and biases as vectors). Inner loops are `omp simd` and
-// cloned for AVX-512 and AVX2.
+// cloned for AVX-512 and AVX2. float16 and bfloat16 activations (autocast's) are computed on in
+// float, and their gradient sums added in float, as on CUDA.
 //
 // The backward pass fuses the per-channel slope and bias reductions into the grad_x pass. Each
 // plane, or each fixed chunk of rows, writes its own partial sums; the partials are then added in
@@ -20,10 +21,17 @@
 #include <tuple>
 #include <vector>
 
+#include "common/cpu_float16.h"
 #include "prelu/prelu_ops.h"
 
 namespace pydcr::prelu {
 namespace {
+
+using pydcr::cpu::acc_t;
+using pydcr::cpu::BFloat16;
+using pydcr::cpu::Half;
+using pydcr::cpu::narrow;
+using pydcr::cpu::widen;
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PYDCR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -34,7 +42,9 @@ namespace {
 // Elements per task: enough that a task's memory traffic outweighs the scheduling cost.
 constexpr int64_t kTaskElements = 1 << 15;
 
-// The hot loops, one set per element type (target_clones does not apply to templates).
+// The hot loops, one set per element type T (target_clones does not apply to templates). They
+// compute in Acc = acc_t<T> (float for the 16-bit types) and take the slopes and biases, and give
+// the sums, in Acc.
 //
 // forward_planes: planes [begin, end) of `inner` elements, plane p in channel p % channels.
 // forward_rows:   `rows` rows of `channels` elements, slopes and biases as vectors.
@@ -45,58 +55,65 @@ constexpr int64_t kTaskElements = 1 << 15;
 #define PYDCR_PRELU_LOOPS(T)                                                                                  \
   PYDCR_CPU_CLONES void forward_planes(T* __restrict y, const T* __restrict x, const T* __restrict r,       \
                                        int64_t begin, int64_t end, int64_t channels, int64_t inner,          \
-                                       const T* __restrict w, const T* __restrict b) {                       \
+                                       const acc_t<T>* __restrict w, const acc_t<T>* __restrict b) {         \
+    using Acc = acc_t<T>;                                                                                    \
     for (int64_t p = begin; p < end; ++p) {                                                                  \
-      const T wc = w[p % channels], bc = b[p % channels];                                                    \
+      const Acc wc = w[p % channels], bc = b[p % channels];                                                  \
       const int64_t o = p * inner;                                                                           \
       if (r) {                                                                                               \
-        _Pragma("omp simd") for (int64_t i = 0; i < inner; ++i) y[o + i] = forward_value(x[o + i], wc, bc,   \
-                                                                                         r[o + i]);          \
+        _Pragma("omp simd") for (int64_t i = 0; i < inner; ++i) y[o + i] =                                   \
+            narrow<T>(forward_value(widen(x[o + i]), wc, bc, widen(r[o + i])));                              \
       } else {                                                                                               \
-        _Pragma("omp simd") for (int64_t i = 0; i < inner; ++i) y[o + i] = forward_value(x[o + i], wc, bc,   \
-                                                                                         T(0));              \
+        _Pragma("omp simd") for (int64_t i = 0; i < inner; ++i) y[o + i] =                                   \
+            narrow<T>(forward_value(widen(x[o + i]), wc, bc, Acc(0)));                                       \
       }                                                                                                      \
     }                                                                                                        \
   }                                                                                                          \
   PYDCR_CPU_CLONES void forward_rows(T* __restrict y, const T* __restrict x, const T* __restrict r,         \
-                                     int64_t rows, int64_t channels, const T* __restrict w,                  \
-                                     const T* __restrict b) {                                                \
+                                     int64_t rows, int64_t channels, const acc_t<T>* __restrict w,           \
+                                     const acc_t<T>* __restrict b) {                                         \
+    using Acc = acc_t<T>;                                                                                    \
     for (int64_t row = 0; row < rows; ++row) {                                                               \
       const int64_t o = row * channels;                                                                      \
       if (r) {                                                                                               \
         _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) y[o + c] =                                \
-            forward_value(x[o + c], w[c], b[c], r[o + c]);                                                   \
+            narrow<T>(forward_value(widen(x[o + c]), w[c], b[c], widen(r[o + c])));                          \
       } else {                                                                                               \
         _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) y[o + c] =                                \
-            forward_value(x[o + c], w[c], b[c], T(0));                                                       \
+            narrow<T>(forward_value(widen(x[o + c]), w[c], b[c], Acc(0)));                                   \
       }                                                                                                      \
     }                                                                                                        \
   }                                                                                                          \
   PYDCR_CPU_CLONES void backward_planes(T* __restrict gx, const T* __restrict g, const T* __restrict x,     \
                                         int64_t begin, int64_t end, int64_t channels, int64_t inner,         \
-                                        const T* __restrict w, const T* __restrict b, T* __restrict sums) {  \
+                                        const acc_t<T>* __restrict w, const acc_t<T>* __restrict b,          \
+                                        acc_t<T>* __restrict sums) {                                         \
+    using Acc = acc_t<T>;                                                                                    \
     for (int64_t p = begin; p < end; ++p) {                                                                  \
-      const T wc = w[p % channels], bc = b[p % channels];                                                    \
+      const Acc wc = w[p % channels], bc = b[p % channels];                                                  \
       const int64_t o = p * inner;                                                                           \
-      T sw = 0, sb = 0;                                                                                      \
+      Acc sw = 0, sb = 0;                                                                                    \
       _Pragma("omp simd reduction(+ : sw, sb)") for (int64_t i = 0; i < inner; ++i) gx[o + i] =              \
-          backward_value(g[o + i], x[o + i], wc, bc, sw, sb);                                                \
+          narrow<T>(backward_value(widen(g[o + i]), widen(x[o + i]), wc, bc, sw, sb));                       \
       sums[2 * p] = sw;                                                                                      \
       sums[2 * p + 1] = sb;                                                                                  \
     }                                                                                                        \
   }                                                                                                          \
   PYDCR_CPU_CLONES void backward_rows(T* __restrict gx, const T* __restrict g, const T* __restrict x,       \
-                                      int64_t rows, int64_t channels, const T* __restrict w,                 \
-                                      const T* __restrict b, T* __restrict sum_w, T* __restrict sum_b) {     \
+                                      int64_t rows, int64_t channels, const acc_t<T>* __restrict w,          \
+                                      const acc_t<T>* __restrict b, acc_t<T>* __restrict sum_w,              \
+                                      acc_t<T>* __restrict sum_b) {                                          \
     for (int64_t row = 0; row < rows; ++row) {                                                               \
       const int64_t o = row * channels;                                                                      \
       _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) gx[o + c] =                                 \
-          backward_value(g[o + c], x[o + c], w[c], b[c], sum_w[c], sum_b[c]);                                \
+          narrow<T>(backward_value(widen(g[o + c]), widen(x[o + c]), w[c], b[c], sum_w[c], sum_b[c]));       \
     }                                                                                                        \
   }
 
 PYDCR_PRELU_LOOPS(float)
 PYDCR_PRELU_LOOPS(double)
+PYDCR_PRELU_LOOPS(BFloat16)
+PYDCR_PRELU_LOOPS(Half)
 #undef PYDCR_PRELU_LOOPS
 
 // prelu_pool's hot loops run over kSpan full 2x2 windows side by side in one NCHW plane: input
@@ -107,33 +124,42 @@ PYDCR_PRELU_LOOPS(double)
 // pool_backward_span: grad_x of the two input rows (gx0, gx1), adding to sum_w and sum_b.
 constexpr int64_t kSpan = 16;
 
-// Window j of a span: columns 2j and 2j + 1 of rows x0 and x1.
+// The scan of the full window whose top-left element is x0[0] (x1: the row below), in Acc.
 template <typename T>
-__attribute__((always_inline)) inline WindowScan<T> scan_span_window(const T* x0, const T* x1, int64_t j, T w, T b) {
-  return scan_window4(x0[2 * j], x0[2 * j + 1], x1[2 * j], x1[2 * j + 1], w, b);
+__attribute__((always_inline)) inline WindowScan<acc_t<T>> scan_full_window(const T* x0, const T* x1, int64_t step,
+                                                                            acc_t<T> w, acc_t<T> b) {
+  return scan_window4(widen(x0[0]), widen(x0[step]), widen(x1[0]), widen(x1[step]), w, b);
+}
+
+// grad_x of a full window's four elements, the PReLU backward value gk at the largest (s.at).
+template <typename T, typename Acc>
+__attribute__((always_inline)) inline void store_window_grad(T* gx00, T* gx01, T* gx10, T* gx11, const WindowScan<Acc>& s,
+                                                             Acc gk) {
+  *gx00 = narrow<T>(s.at == Acc(0) ? gk : Acc(0));
+  *gx01 = narrow<T>(s.at == Acc(1) ? gk : Acc(0));
+  *gx10 = narrow<T>(s.at == Acc(2) ? gk : Acc(0));
+  *gx11 = narrow<T>(s.at == Acc(3) ? gk : Acc(0));
 }
 
 template <typename T>
 __attribute__((always_inline)) inline void pool_forward_span(T* __restrict y, const T* __restrict x0,
-                                                             const T* __restrict x1, T w, T b) {
+                                                             const T* __restrict x1, acc_t<T> w, acc_t<T> b) {
 #pragma omp simd
-  for (int64_t j = 0; j < kSpan; ++j) y[j] = scan_span_window(x0, x1, j, w, b).best;
+  for (int64_t j = 0; j < kSpan; ++j) y[j] = narrow<T>(scan_full_window(x0 + 2 * j, x1 + 2 * j, 1, w, b).best);
 }
 
 template <typename T>
 __attribute__((always_inline)) inline void pool_backward_span(T* __restrict gx0, T* __restrict gx1,
                                                               const T* __restrict g, const T* __restrict x0,
-                                                              const T* __restrict x1, T w, T b, T& sum_w,
-                                                              T& sum_b) {
-  T sw = 0, sb = 0;
+                                                              const T* __restrict x1, acc_t<T> w, acc_t<T> b,
+                                                              acc_t<T>& sum_w, acc_t<T>& sum_b) {
+  using Acc = acc_t<T>;
+  Acc sw = 0, sb = 0;
 #pragma omp simd reduction(+ : sw, sb)
   for (int64_t j = 0; j < kSpan; ++j) {
-    const WindowScan<T> s = scan_span_window(x0, x1, j, w, b);
-    const T gk = backward_value(g[j], s.x, w, b, sw, sb);
-    gx0[2 * j] = s.at == T(0) ? gk : T(0);
-    gx0[2 * j + 1] = s.at == T(1) ? gk : T(0);
-    gx1[2 * j] = s.at == T(2) ? gk : T(0);
-    gx1[2 * j + 1] = s.at == T(3) ? gk : T(0);
+    const WindowScan<Acc> s = scan_full_window(x0 + 2 * j, x1 + 2 * j, 1, w, b);
+    const Acc gk = backward_value(widen(g[j]), s.x, w, b, sw, sb);
+    store_window_grad(gx0 + 2 * j, gx0 + 2 * j + 1, gx1 + 2 * j, gx1 + 2 * j + 1, s, gk);
   }
   sum_w += sw;
   sum_b += sb;
@@ -142,7 +168,8 @@ __attribute__((always_inline)) inline void pool_backward_span(T* __restrict gx0,
 // A row of `count` windows: whole spans, then the last count % kSpan windows as a span of
 // zero-padded copies (padding windows have zero gradient and add exact zeros to the sums).
 #define PYDCR_POOL_LOOPS(T)                                                                                 \
-  PYDCR_CPU_CLONES void pool_forward_row(T* y, const T* x0, const T* x1, int64_t count, T w, T b) {         \
+  PYDCR_CPU_CLONES void pool_forward_row(T* y, const T* x0, const T* x1, int64_t count, acc_t<T> w,         \
+                                         acc_t<T> b) {                                                      \
     int64_t j = 0;                                                                                          \
     for (; j + kSpan <= count; j += kSpan) pool_forward_span(y + j, x0 + 2 * j, x1 + 2 * j, w, b);          \
     if (j == count) return;                                                                                 \
@@ -153,7 +180,8 @@ __attribute__((always_inline)) inline void pool_backward_span(T* __restrict gx0,
     std::copy(py, py + (count - j), y + j);                                                                 \
   }                                                                                                         \
   PYDCR_CPU_CLONES void pool_backward_row(T* gx0, T* gx1, const T* g, const T* x0, const T* x1,             \
-                                          int64_t count, T w, T b, T& sum_w, T& sum_b) {                    \
+                                          int64_t count, acc_t<T> w, acc_t<T> b, acc_t<T>& sum_w,           \
+                                          acc_t<T>& sum_b) {                                                \
     int64_t j = 0;                                                                                          \
     for (; j + kSpan <= count; j += kSpan)                                                                  \
       pool_backward_span(gx0 + 2 * j, gx1 + 2 * j, g + j, x0 + 2 * j, x1 + 2 * j, w, b, sum_w, sum_b);      \
@@ -166,46 +194,58 @@ __attribute__((always_inline)) inline void pool_backward_span(T* __restrict gx0,
     std::copy(pgx0, pgx0 + 2 * (count - j), gx0 + 2 * j);                                                   \
     std::copy(pgx1, pgx1 + 2 * (count - j), gx1 + 2 * j);                                                   \
   }                                                                                                         \
-  /* channels_last: one full window, its four pixels' channels contiguous. */                               \
-  PYDCR_CPU_CLONES void pool_forward_pixels(T* __restrict y, const T* __restrict x00, const T* __restrict x01, \
-                                            const T* __restrict x10, const T* __restrict x11,               \
-                                            int64_t channels, const T* __restrict w, const T* __restrict b) { \
+  /* channels_last: one full window, its four pixels' channels contiguous (`step` apart in a row, */       \
+  /* the row below `down` further). */                                                                      \
+  PYDCR_CPU_CLONES void pool_forward_pixels(T* __restrict y, const T* __restrict x, int64_t step,           \
+                                            int64_t down, int64_t channels, const acc_t<T>* __restrict w,   \
+                                            const acc_t<T>* __restrict b) {                                 \
     _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) y[c] =                                       \
-        scan_window4(x00[c], x01[c], x10[c], x11[c], w[c], b[c]).best;                                      \
+        narrow<T>(scan_full_window(x + c, x + down + c, step, w[c], b[c]).best);                            \
   }                                                                                                         \
-  PYDCR_CPU_CLONES void pool_backward_pixels(T* __restrict gx00, T* __restrict gx01, T* __restrict gx10,    \
-                                             T* __restrict gx11, const T* __restrict g,                     \
-                                             const T* __restrict x00, const T* __restrict x01,              \
-                                             const T* __restrict x10, const T* __restrict x11,              \
-                                             int64_t channels, const T* __restrict w, const T* __restrict b, \
-                                             T* __restrict sum_w, T* __restrict sum_b) {                    \
+  PYDCR_CPU_CLONES void pool_backward_pixels(T* __restrict gx, const T* __restrict g, const T* __restrict x, \
+                                             int64_t step, int64_t down, int64_t channels,                  \
+                                             const acc_t<T>* __restrict w, const acc_t<T>* __restrict b,    \
+                                             acc_t<T>* __restrict sum_w, acc_t<T>* __restrict sum_b) {      \
+    using Acc = acc_t<T>;                                                                                   \
     _Pragma("omp simd") for (int64_t c = 0; c < channels; ++c) {                                            \
-      const WindowScan<T> s = scan_window4(x00[c], x01[c], x10[c], x11[c], w[c], b[c]);                     \
-      const T gk = backward_value(g[c], s.x, w[c], b[c], sum_w[c], sum_b[c]);                               \
-      gx00[c] = s.at == T(0) ? gk : T(0);                                                                   \
-      gx01[c] = s.at == T(1) ? gk : T(0);                                                                   \
-      gx10[c] = s.at == T(2) ? gk : T(0);                                                                   \
-      gx11[c] = s.at == T(3) ? gk : T(0);                                                                   \
+      const WindowScan<Acc> s = scan_full_window(x + c, x + down + c, step, w[c], b[c]);                    \
+      const Acc gk = backward_value(widen(g[c]), s.x, w[c], b[c], sum_w[c], sum_b[c]);                      \
+      store_window_grad(gx + c, gx + step + c, gx + down + c, gx + down + step + c, s, gk);                 \
     }                                                                                                       \
   }
 
 PYDCR_POOL_LOOPS(float)
 PYDCR_POOL_LOOPS(double)
+PYDCR_POOL_LOOPS(BFloat16)
+PYDCR_POOL_LOOPS(Half)
 #undef PYDCR_POOL_LOOPS
 
-// The slopes and biases as per-channel vectors: a shared slope repeated, an absent bias as zeros.
+template <typename T>
+const T* data(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+
+template <typename T>
+T* mutable_data(Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+// The slopes and biases as per-channel vectors in acc_t<T>: a shared slope repeated, an absent
+// bias as zeros.
 template <typename T>
 struct ChannelParams {
-  std::vector<T> weight, bias;
+  using Acc = acc_t<T>;
+  std::vector<Acc> weight, bias;
 
   ChannelParams(const Tensor& w, const std::optional<Tensor>& b, int64_t channels)
-      : weight(channels), bias(channels, T(0)) {
+      : weight(channels), bias(channels, Acc(0)) {
     const Tensor wd = in_layout(w, MemoryFormat::Contiguous);
-    const T* wp = wd.const_data_ptr<T>();
-    for (int64_t c = 0; c < channels; ++c) weight[c] = wp[w.size(0) == 1 ? 0 : c];
+    const T* wp = data<T>(wd);
+    for (int64_t c = 0; c < channels; ++c) weight[c] = widen(wp[w.size(0) == 1 ? 0 : c]);
     if (b) {
       const Tensor bd = in_layout(*b, MemoryFormat::Contiguous);
-      std::copy_n(bd.const_data_ptr<T>(), channels, bias.begin());
+      const T* bp = data<T>(bd);
+      for (int64_t c = 0; c < channels; ++c) bias[c] = widen(bp[c]);
     }
   }
 };
@@ -213,8 +253,8 @@ struct ChannelParams {
 template <typename T>
 void forward(const Activation& a, const T* r, T* y, const ChannelParams<T>& p) {
   const ChannelLayout& l = a.layout;
-  const T* x = a.x.const_data_ptr<T>();
-  const T *w = p.weight.data(), *b = p.bias.data();
+  const T* x = data<T>(a.x);
+  const acc_t<T>*w = p.weight.data(), *b = p.bias.data();
   if (l.inner > 1) {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / l.inner);
     torch::stable::parallel_for(0, l.outer * l.channels, grain, [&](int64_t begin, int64_t end) {
@@ -230,16 +270,16 @@ void forward(const Activation& a, const T* r, T* y, const ChannelParams<T>& p) {
 }
 
 // Fills per-channel (slope, bias) gradient sums, channel-major: sums[c], sums[channels + c].
-template <typename T>
-void backward(const Activation& a, const T* g, T* gx, const ChannelParams<T>& p, std::vector<T>& sums) {
+template <typename T, typename Acc = acc_t<T>>
+void backward(const Activation& a, const T* g, T* gx, const ChannelParams<T>& p, std::vector<Acc>& sums) {
   const ChannelLayout& l = a.layout;
   const int64_t channels = l.channels;
-  const T* x = a.x.const_data_ptr<T>();
-  const T *w = p.weight.data(), *b = p.bias.data();
-  sums.assign(2 * channels, T(0));
+  const T* x = data<T>(a.x);
+  const Acc *w = p.weight.data(), *b = p.bias.data();
+  sums.assign(2 * channels, Acc(0));
   if (l.inner > 1) {
     // One partial per plane; plane p = n * channels + c.
-    std::vector<T> partial(2 * l.outer * channels);
+    std::vector<Acc> partial(2 * l.outer * channels);
     const int64_t grain = std::max<int64_t>(1, kTaskElements / l.inner);
     torch::stable::parallel_for(0, l.outer * channels, grain, [&](int64_t begin, int64_t end) {
       backward_planes(gx, g, x, begin, end, channels, l.inner, w, b, partial.data());
@@ -253,11 +293,11 @@ void backward(const Activation& a, const T* g, T* gx, const ChannelParams<T>& p,
     // One partial per chunk of rows; the chunk size depends on the shape only.
     const int64_t chunk = std::max<int64_t>(1, kTaskElements / channels);
     const int64_t chunks = (l.outer + chunk - 1) / chunk;
-    std::vector<T> partial(2 * chunks * channels, T(0));
+    std::vector<Acc> partial(2 * chunks * channels, Acc(0));
     torch::stable::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         const int64_t row = k * chunk, rows = std::min(chunk, l.outer - row), o = row * channels;
-        T* sum_w = partial.data() + 2 * k * channels;
+        Acc* sum_w = partial.data() + 2 * k * channels;
         backward_rows(gx + o, g + o, x + o, rows, channels, w, b, sum_w, sum_w + channels);
       }
     });
@@ -317,18 +357,19 @@ struct PoolGeometry {
 
 template <typename T>
 void pool_forward(const Activation& a, T* y, const ChannelParams<T>& p) {
+  using Acc = acc_t<T>;
   const PoolGeometry geo(a);
-  const T* x = a.x.const_data_ptr<T>();
+  const T* x = data<T>(a.x);
   auto window = [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols) {
     const T* xw = x + x0;
-    auto load = [&](int r, int cc) { return xw[r * geo.row_stride + cc * geo.col_stride]; };
-    y[y0] = scan_window<T>(load, rows, cols, p.weight[c], p.bias[c]).best;
+    auto load = [&](int r, int cc) { return widen(xw[r * geo.row_stride + cc * geo.col_stride]); };
+    y[y0] = narrow<T>(scan_window<Acc>(load, rows, cols, p.weight[c], p.bias[c]).best);
   };
   if (!geo.channels_last) {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / (geo.h * geo.w));
     torch::stable::parallel_for(0, geo.n * geo.channels, grain, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        const T w = p.weight[plane % geo.channels], b = p.bias[plane % geo.channels];
+        const Acc w = p.weight[plane % geo.channels], b = p.bias[plane % geo.channels];
         auto full = [&](int64_t xi, int64_t yi) {
           pool_forward_row(y + yi, x + xi, x + xi + geo.w, geo.ow_full, w, b);
         };
@@ -339,9 +380,8 @@ void pool_forward(const Activation& a, T* y, const ChannelParams<T>& p) {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / (2 * geo.w * geo.channels));
     torch::stable::parallel_for(0, geo.n * geo.oh, grain, [&](int64_t begin, int64_t end) {
       auto full = [&](int64_t x0, int64_t y0) {
-        const int64_t rs = geo.row_stride, cs = geo.col_stride;
-        pool_forward_pixels(y + y0, x + x0, x + x0 + cs, x + x0 + rs, x + x0 + rs + cs, geo.channels,
-                            p.weight.data(), p.bias.data());
+        pool_forward_pixels(y + y0, x + x0, geo.col_stride, geo.row_stride, geo.channels, p.weight.data(),
+                            p.bias.data());
       };
       for (int64_t r = begin; r < end; ++r) geo.for_pixels_of_row(r / geo.oh, r % geo.oh, full, window);
     });
@@ -351,26 +391,27 @@ void pool_forward(const Activation& a, T* y, const ChannelParams<T>& p) {
 // grad_x for every window (the backward terms at its largest element, zero elsewhere), and the
 // per-channel (slope, bias) gradient sums, channel-major as in backward(). Each NCHW plane, or
 // each channels_last output row, keeps its own partial sums, added in a fixed order after.
-template <typename T>
-void pool_backward(const Activation& a, const T* g, T* gx, const ChannelParams<T>& p, std::vector<T>& sums) {
+template <typename T, typename Acc = acc_t<T>>
+void pool_backward(const Activation& a, const T* g, T* gx, const ChannelParams<T>& p, std::vector<Acc>& sums) {
   const PoolGeometry geo(a);
   const int64_t channels = geo.channels;
-  const T* x = a.x.const_data_ptr<T>();
-  auto window = [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols, T& sum_w, T& sum_b) {
+  const T* x = data<T>(a.x);
+  auto window = [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols, Acc& sum_w, Acc& sum_b) {
     const T* xw = x + x0;
     T* gw = gx + x0;
     auto at = [&](int r, int cc) { return r * geo.row_stride + cc * geo.col_stride; };
-    window_backward<T>([&](int r, int cc) { return xw[at(r, cc)]; }, [&](int r, int cc, T v) { gw[at(r, cc)] = v; },
-                       rows, cols, g[y0], p.weight[c], p.bias[c], sum_w, sum_b);
+    window_backward<Acc>([&](int r, int cc) { return widen(xw[at(r, cc)]); },
+                         [&](int r, int cc, Acc v) { gw[at(r, cc)] = narrow<T>(v); }, rows, cols, widen(g[y0]),
+                         p.weight[c], p.bias[c], sum_w, sum_b);
   };
-  sums.assign(2 * channels, T(0));
+  sums.assign(2 * channels, Acc(0));
   if (!geo.channels_last) {
-    std::vector<T> partial(2 * geo.n * channels);  // (slope, bias) of plane n * channels + c
+    std::vector<Acc> partial(2 * geo.n * channels);  // (slope, bias) of plane n * channels + c
     const int64_t grain = std::max<int64_t>(1, kTaskElements / (geo.h * geo.w));
     torch::stable::parallel_for(0, geo.n * channels, grain, [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        const T w = p.weight[plane % channels], b = p.bias[plane % channels];
-        T sum_w = 0, sum_b = 0;
+        const Acc w = p.weight[plane % channels], b = p.bias[plane % channels];
+        Acc sum_w = 0, sum_b = 0;
         auto full = [&](int64_t xi, int64_t yi) {
           pool_backward_row(gx + xi, gx + xi + geo.w, g + yi, x + xi, x + xi + geo.w, geo.ow_full, w, b, sum_w, sum_b);
         };
@@ -387,16 +428,14 @@ void pool_backward(const Activation& a, const T* g, T* gx, const ChannelParams<T
     }
   } else {
     const int64_t units = geo.n * geo.oh;  // output rows, each with slope then bias sums per channel
-    std::vector<T> partial(2 * units * channels, T(0));
+    std::vector<Acc> partial(2 * units * channels, Acc(0));
     const int64_t grain = std::max<int64_t>(1, kTaskElements / (2 * geo.w * channels));
     torch::stable::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {
-        T* part = partial.data() + 2 * u * channels;
+        Acc* part = partial.data() + 2 * u * channels;
         auto full = [&](int64_t x0, int64_t y0) {
-          const int64_t rs = geo.row_stride, cs = geo.col_stride;
-          pool_backward_pixels(gx + x0, gx + x0 + cs, gx + x0 + rs, gx + x0 + rs + cs, g + y0, x + x0, x + x0 + cs,
-                               x + x0 + rs, x + x0 + rs + cs, channels, p.weight.data(), p.bias.data(), part,
-                               part + channels);
+          pool_backward_pixels(gx + x0, g + y0, x + x0, geo.col_stride, geo.row_stride, channels, p.weight.data(),
+                               p.bias.data(), part, part + channels);
         };
         geo.for_pixels_of_row(u / geo.oh, u % geo.oh, full, [&](int64_t x0, int64_t y0, int64_t c, int rows, int cols) {
           window(x0, y0, c, rows, cols, part[c], part[channels + c]);
@@ -414,14 +453,19 @@ constexpr const char* kPoolForward = "pydcr.prelu_pool";
 constexpr const char* kPoolBackward = "pydcr.prelu_pool_backward";
 
 Activation check_cpu(const char* op, const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias) {
-  return check_prelu(op, x, weight, bias, {ScalarType::Float, ScalarType::Double}, "on CPU");
+  return check_prelu(op, x, weight, bias, {ScalarType::Half, ScalarType::BFloat16, ScalarType::Float, ScalarType::Double},
+                     "on CPU");
 }
 
-// Calls f(T{}) for x's element type, float or double.
+// Calls f(T{}) for x's element type.
 template <typename F>
 void dispatch(const Tensor& x, F&& f) {
-  if (x.scalar_type() == ScalarType::Float) f(float{});
-  else f(double{});
+  switch (x.scalar_type()) {
+    case ScalarType::Half: f(Half{}); break;
+    case ScalarType::BFloat16: f(BFloat16{}); break;
+    case ScalarType::Float: f(float{}); break;
+    default: f(double{}); break;
+  }
 }
 
 Tensor prelu_cpu(Tensor x, Tensor weight, std::optional<Tensor> bias, std::optional<Tensor> residual) {
@@ -435,8 +479,7 @@ Tensor prelu_cpu(Tensor x, Tensor weight, std::optional<Tensor> bias, std::optio
   if (a.numel() == 0) return y;
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
-    forward<T>(a, r ? r->const_data_ptr<T>() : nullptr, y.mutable_data_ptr<T>(),
-               ChannelParams<T>(weight, bias, a.layout.channels));
+    forward<T>(a, r ? data<T>(*r) : nullptr, mutable_data<T>(y), ChannelParams<T>(weight, bias, a.layout.channels));
   });
   return y;
 }
@@ -452,16 +495,19 @@ std::tuple<Tensor, Tensor, Tensor> backward_results(const Activation& a, const T
   Tensor grad_b = empty_on(x, {channels}, x.scalar_type(), MemoryFormat::Contiguous);
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
-    std::vector<T> sums(2 * channels, T(0));
-    if (a.numel() > 0) pass(tag, grad_x.mutable_data_ptr<T>(), sums);
-    T* gw = grad_w.mutable_data_ptr<T>();
+    using Acc = acc_t<T>;
+    std::vector<Acc> sums(2 * channels, Acc(0));
+    if (a.numel() > 0) pass(tag, mutable_data<T>(grad_x), sums);
+    T* gw = mutable_data<T>(grad_w);
     if (weight.size(0) == channels) {
-      std::copy_n(sums.begin(), channels, gw);
+      for (int64_t c = 0; c < channels; ++c) gw[c] = narrow<T>(sums[c]);
     } else {  // one shared slope: the channels' sums, added in channel order
-      gw[0] = 0;
-      for (int64_t c = 0; c < channels; ++c) gw[0] += sums[c];
+      Acc total = 0;
+      for (int64_t c = 0; c < channels; ++c) total += sums[c];
+      gw[0] = narrow<T>(total);
     }
-    std::copy_n(sums.begin() + channels, channels, grad_b.mutable_data_ptr<T>());
+    T* gb = mutable_data<T>(grad_b);
+    for (int64_t c = 0; c < channels; ++c) gb[c] = narrow<T>(sums[channels + c]);
   });
   return {grad_x, grad_w, grad_b};
 }
@@ -473,7 +519,7 @@ std::tuple<Tensor, Tensor, Tensor> prelu_backward_cpu(Tensor grad, Tensor x, Ten
   const Tensor g = a.dense(grad);
   return backward_results(a, weight, [&](auto tag, auto* gx, auto& sums) {
     using T = decltype(tag);
-    backward<T>(a, g.const_data_ptr<T>(), gx, ChannelParams<T>(weight, bias, a.layout.channels), sums);
+    backward<T>(a, data<T>(g), gx, ChannelParams<T>(weight, bias, a.layout.channels), sums);
   });
 }
 
@@ -484,7 +530,7 @@ Tensor prelu_pool_cpu(Tensor x, Tensor weight, std::optional<Tensor> bias) {
   if (a.numel() == 0) return y;
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
-    pool_forward<T>(a, y.mutable_data_ptr<T>(), ChannelParams<T>(weight, bias, a.layout.channels));
+    pool_forward<T>(a, mutable_data<T>(y), ChannelParams<T>(weight, bias, a.layout.channels));
   });
   return y;
 }
@@ -497,7 +543,7 @@ std::tuple<Tensor, Tensor, Tensor> prelu_pool_backward_cpu(Tensor grad, Tensor x
   const Tensor g = a.dense(grad);
   return backward_results(a, weight, [&](auto tag, auto* gx, auto& sums) {
     using T = decltype(tag);
-    pool_backward<T>(a, g.const_data_ptr<T>(), gx, ChannelParams<T>(weight, bias, a.layout.channels), sums);
+    pool_backward<T>(a, data<T>(g), gx, ChannelParams<T>(weight, bias, a.layout.channels), sums);
   });
 }
 
