@@ -249,6 +249,18 @@ def test_channels_last_trunk():
     torch.testing.assert_close(cl, Trunk.eager_twin(trunk)(x), rtol=1e-4, atol=1e-4)
 
 
+def test_trunk_under_cpu_autocast():
+    # bfloat16 features, within bfloat16's precision of the eager twin's under the same autocast.
+    trunk = Trunk(width=0.125, feature_dim=32).eval().to(memory_format=torch.channels_last)
+    twin = trunk.eager_twin()
+    x = torch.randint(0, 256, (4, 3, 112, 96), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        v, v_twin = trunk(x), twin(x)
+    assert v.dtype == v_twin.dtype == torch.bfloat16
+    cosine = torch.nn.functional.cosine_similarity(v.float(), v_twin.float())
+    assert cosine.min() > 0.999, cosine
+
+
 @pytest.mark.parametrize("kind,resolution,shape", [("hr", 12, (112, 96)), ("lr", 12, (12, 12)), ("trunk", None, (112, 96))])
 def test_export_runs_without_pydcr_ops(model, kind, resolution, shape):
     from pydcr.models.export import export_embedding

@@ -1,5 +1,7 @@
 """pydcr.nn layers against their eager twins in pydcr.reference, sharing the weights."""
 
+import copy
+
 import pytest
 import torch
 
@@ -53,8 +55,12 @@ def test_parameters_match_the_eager_twin(case):
     assert all(torch.all(p == 0.25) for name, p in ours.named_parameters() if "prelu" in name)
 
 
+# Eager rounds x + bias to 16 bits before the PReLU; the fused pass rounds once, after it.
+TWIN_TOL = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-5, torch.float64: 1e-10}
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", list(TWIN_TOL))
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_matches_eager_twin(case, dtype, layout):
     make_ours, make_eager, channels = CASES[case]
@@ -63,7 +69,39 @@ def test_matches_eager_twin(case, dtype, layout):
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
         ours, eager = ours.to(memory_format=torch.channels_last), eager.to(memory_format=torch.channels_last)
-    assert_twins_agree(ours, eager, x, 1e-5 if dtype == torch.float32 else 1e-10)
+    assert_twins_agree(ours, eager, x, TWIN_TOL[dtype])
+
+
+def autocast_twins(device):
+    """A ConvPReLU then a ResidualUnit, ours and eager with the same float32 weights."""
+    unit, unit_eager = twins(lambda: nn.ResidualUnit(8), lambda: reference.ResidualUnit(8), torch.float32, device)
+    first, first_eager = twins(lambda: nn.ConvPReLU(3, 8), lambda: reference.ConvPReLU(3, 8), torch.float32, device)
+    return (torch.nn.Sequential(first, unit), torch.nn.Sequential(first_eager, unit_eager)), (unit, unit_eager)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_autocast_is_as_accurate_as_the_eager_twin(layout):
+    # Under CPU autocast the convolutions return bfloat16 and the fused ops take it as it comes.
+    # bfloat16 gradients are a few percent off, eager's as much as ours (a per-channel sum over
+    # differently rounded terms can be 5% off either way): each is held to the float64 result,
+    # ours within twice eager's error plus 5%. A wrong gradient is off by tens of percent.
+    (ours, eager), _ = autocast_twins("cpu")
+    exact = copy.deepcopy(eager).double()
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 10).contiguous(memory_format=fmt)
+    grad = torch.randn(2, 8, 12, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, grads = run(ours, x, grad)
+        y_eager, grads_eager = run(eager, x, grad)
+    y_exact, grads_exact = run(exact, x.double(), grad.double())
+    assert y.dtype == y_eager.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=fmt)
+    for a, b, c in zip((y, *grads), (y_eager, *grads_eager), (y_exact, *grads_exact)):
+        assert a.dtype == b.dtype
+        error, eager_error = ((t.double() - c).norm().item() / c.norm().item() for t in (a, b))
+        assert error <= 2 * eager_error + 0.05, (tuple(c.shape), error, eager_error)
 
 
 def test_residual_takes_the_layout_of_its_input_when_the_convolutions_change_it():
@@ -116,9 +154,7 @@ def test_cuda_compiled_residual_unit():
 
 @pytest.mark.cuda
 def test_cuda_autocast_matches_eager_twin():
-    unit, unit_eager = twins(lambda: nn.ResidualUnit(8), lambda: reference.ResidualUnit(8), torch.float32, "cuda")
-    first, first_eager = twins(lambda: nn.ConvPReLU(3, 8), lambda: reference.ConvPReLU(3, 8), torch.float32, "cuda")
-    ours, eager = torch.nn.Sequential(first, unit), torch.nn.Sequential(first_eager, unit_eager)
+    (ours, eager), (unit, unit_eager) = autocast_twins("cuda")
     x = torch.randn(2, 3, 12, 10, device="cuda")
     x8 = torch.randn(2, 8, 12, 10, device="cuda")
     with torch.autocast("cuda", dtype=torch.float16):
