@@ -1,6 +1,6 @@
 """Where a trunk training step spends its time: the top kernels of ours and of the eager twin.
 
-    python -m bench.profile_trunk [--device cuda] [--batch N] [--width W] [--rows 12]
+    python -m bench.profile_trunk [--device cuda] [--batch N] [--width W] [--rows 12] [--bf16]
 
 A companion to bench.trunk (which gives the ratio): torch.profiler over a few steps, self time per
 op or kernel on the device, ours and eager (and with --compile torch.compile of the eager twin)
@@ -26,10 +26,11 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=12, help="ops shown per model")
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
     p.add_argument("--compile", action="store_true", help="also profile torch.compile of the eager twin")
+    p.add_argument("--bf16", action="store_true", help="on the CPU: bf16 autocast, channels_last (CUDA always is)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    ours, eager, x, autocast = setup(device, args.batch, args.width)
+    ours, eager, x, autocast = setup(device, args.batch, args.width, bf16=args.bf16 or cuda)
     batch = len(x)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"

@@ -1,11 +1,12 @@
 """The Face-ResNet trunk on the fused ops against its eager twin: inference and training step.
 
-    python -m bench.trunk [--device cuda] [--batch N] [--width W] [--compile] [--quick] [--host]
+    python -m bench.trunk [--device cuda] [--batch N] [--width W] [--compile] [--quick] [--host] [--bf16]
 
 Images/s for forward (no grad) and a training step (forward + backward of the features' sum, no
 optimizer), ours vs the eager twin (nn.Conv2d / nn.PReLU / add, same weights), timed in alternating
 rounds (denormals flushed on the CPU, as in training), and with --compile
-also torch.compile of each. CUDA runs in bf16 autocast with channels_last; peak memory per step.
+also torch.compile of each. CUDA runs in bf16 autocast with channels_last, the CPU in float32 NCHW
+(with --bf16: bf16 autocast with channels_last, as the Embedder's amp); peak memory per step.
 
 --host times the per-call cost instead of the arithmetic: a trunk so small (width 0.0625, 36 x 36
 faces, batch 1; one thread on the CPU) that what remains is dispatch, allocation, autograd and, on
@@ -26,18 +27,21 @@ from pydcr.models import Trunk
 HOST_CASE = {"width": 0.0625, "input_size": (36, 36), "batch": 1}
 
 
-def setup(device: torch.device, batch: int | None, width: float, input_size: tuple[int, int] = (112, 96)):
+def setup(device: torch.device, batch: int | None, width: float, input_size: tuple[int, int] = (112, 96),
+          bf16: bool | None = None):
     """The trunk, its eager twin with the same weights, a uint8 batch, and the autocast to run them in:
-    bf16 and channels_last on CUDA (default batch 256), float32 NCHW on the CPU (batch 32)."""
+    bf16 and channels_last (default on CUDA, where the batch defaults to 256) or float32 NCHW (default
+    on the CPU, batch 32)."""
     cuda = device.type == "cuda"
+    bf16 = cuda if bf16 is None else bf16
     torch.manual_seed(0)
     ours = Trunk(width=width, input_size=input_size).to(device)
     eager = ours.eager_twin()
-    fmt = torch.channels_last if cuda else torch.contiguous_format
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
     ours, eager = ours.to(memory_format=fmt), eager.to(memory_format=fmt)
     shape = (batch or (256 if cuda else 32), 3, *input_size)
     x = torch.randint(0, 256, shape, dtype=torch.uint8, device=device).contiguous(memory_format=fmt)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     return ours, eager, x, autocast
 
 
@@ -47,12 +51,14 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of both")
     p.add_argument("--host", action="store_true", help="per-call host cost: width 0.0625, 36x36, batch 1 (--batch and --width are not used)")
+    p.add_argument("--bf16", action="store_true", help="on the CPU: bf16 autocast, channels_last (CUDA always is)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     case = HOST_CASE if args.host else {"width": args.width, "input_size": (112, 96), "batch": args.batch}
     if args.host and device.type == "cpu":
         torch.set_num_threads(1)  # nothing to share out at this size; threads only add noise
-    ours, eager, x, autocast = setup(device, case["batch"], case["width"], case["input_size"])
+    bf16 = args.bf16 or device.type == "cuda"
+    ours, eager, x, autocast = setup(device, case["batch"], case["width"], case["input_size"], bf16)
     batch = len(x)
     if device.type == "cpu":  # as training on the CPU does (pydcr.train): denormal values stall both sides
         torch.set_flush_denormal(True)
@@ -72,7 +78,8 @@ def main(argv=None) -> None:
         loss.backward()
 
     columns = ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"]
-    report = Report("trunk-host" if args.host else "trunk", device, columns)
+    name = ("trunk-host" if args.host else "trunk") + ("-bf16" if args.bf16 and device.type == "cpu" else "")
+    report = Report(name, device, columns)
     min_time = 0.5 if args.quick else 2.0
     for name, step in (("inference", infer), ("train_step", train)):
         runnable, failures = {}, {}
@@ -93,7 +100,8 @@ def main(argv=None) -> None:
                 continue
             report.add(**row, ms=times[label], images_per_s=batch / times[label] * 1e3,
                        speedup_vs_eager=times["eager"] / times[label], peak_mib=peak_memory_mib(lambda: step(model), device))
-    report.write(args.out, width=case["width"], input_size=list(case["input_size"]))
+    report.write(args.out, width=case["width"], input_size=list(case["input_size"]),
+                 precision="bf16 autocast, channels_last" if bf16 else "float32, NCHW")
 
 
 if __name__ == "__main__":

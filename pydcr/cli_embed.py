@@ -57,6 +57,7 @@ def add_embed_parsers(sub) -> None:
     v.add_argument("--threshold", type=float, default=None, help="also say same / different at this score")
     _alignment(v)
     v.add_argument("--device", default=None, help="default: cuda when available")
+    _amp(v)
     v.set_defaults(func=run_verify)
 
 
@@ -71,7 +72,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="faces per forward (default 256 on CUDA, 64 on CPU)")
     p.add_argument("--workers", type=int, default=None, help="decode / align threads (default: half the cores, <= 8)")
     p.add_argument("--device", default=None, help="default: cuda when available")
+    _amp(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _amp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast (default: on CUDA only; on a CPU it pays where the processor has "
+                        "bfloat16 arithmetic, AMX or AVX512-BF16)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +92,7 @@ def _embedder(args: argparse.Namespace):
     device = device_or_default(args.device)
     model = load_model(args.model)
     try:
-        return Embedder(model, device=device, batch_size=getattr(args, "batch_size", None),
+        return Embedder(model, device=device, batch_size=getattr(args, "batch_size", None), amp=args.amp,
                         workers=getattr(args, "workers", None))
     except (ValueError, RuntimeError) as err:
         raise UsageError(str(err)) from None

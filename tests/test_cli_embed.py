@@ -116,6 +116,19 @@ def test_list_and_pack_inputs_agree(models, folder, tmp_path):
     torch.testing.assert_close(a.features("hr8"), b.features("hr8"))
 
 
+def test_amp_on_the_cpu(models, folder, tmp_path):
+    """--amp runs the CPU in bfloat16 autocast: features close to float32's, in the same rows."""
+    out = {}
+    for flag in ("--no-amp", "--amp"):
+        out[flag] = tmp_path / f"{flag.strip('-')}.safetensors"
+        assert main(["embed", str(models[0]), str(folder), "--out", str(out[flag]), "--dtype", "float32",
+                     "--device", "cpu", flag, "--quiet"]) == 0
+    exact, fast = Gallery(out["--no-amp"]), Gallery(out["--amp"])
+    assert exact.paths == fast.paths and len(exact) == 12
+    cosine = torch.nn.functional.cosine_similarity(exact.features("hr8"), fast.features("hr8"))
+    assert cosine.min() > 0.99 and not torch.equal(exact.features("hr8"), fast.features("hr8"))
+
+
 def test_two_processes_under_torchrun(models, folder, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     if torchrun is None:

@@ -61,9 +61,11 @@ class Embedder:
 
     model: a :class:`pydcr.models.DCR` (or Trunk), or the path of a saved one. device: default
     CUDA when available. batch_size: faces per forward (default 256 on CUDA, 64 on CPU). amp:
-    bfloat16 autocast (CUDA only; on by default there). workers: threads that decode and align
-    (default: half the cores, at most 8). On CUDA batches are pinned and copied asynchronously and
-    the model runs channels_last. The model is moved to the device and put in eval mode.
+    bfloat16 autocast (default on CUDA; off on the CPU, where it pays on processors with bfloat16
+    arithmetic, AMX or AVX512-BF16, and costs time on others). workers: threads that decode and
+    align (default: half the cores, at most 8). On CUDA batches are pinned and copied
+    asynchronously. The model runs channels_last on CUDA and under autocast. The model is moved to
+    the device and put in eval mode.
 
     Inputs (``items``): a list of image paths, of H x W x 3 uint8 RGB arrays or 3 x H x W tensors,
     an N x 3 x H x W tensor, a :class:`pydcr.data.PackedFaces` or a :class:`pydcr.data.FaceDataset`.
@@ -95,12 +97,10 @@ class Embedder:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.amp = cuda if amp is None else bool(amp)
-        if self.amp and not cuda:
-            raise ValueError("amp (bfloat16 autocast) needs a CUDA device: pydcr's CPU kernels take float32")
         if workers is not None and workers <= 0:
             raise ValueError(f"workers must be positive, got {workers}")
         self.workers = workers
-        self.channels_last = cuda
+        self.channels_last = cuda or self.amp  # what cuDNN and oneDNN's bfloat16 convolutions run fastest in
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
