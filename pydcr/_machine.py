@@ -1,4 +1,5 @@
-"""What a run ran on, for reports and benchmarks: processor, threads, GPU, torch."""
+"""What a run ran on, for reports and benchmarks (processor, threads, GPU, torch), and the one default
+that depends on it: whether the model runs in bfloat16 autocast."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def machine(device: torch.device | str = "cpu") -> dict:
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
     return info
+
+
+def use_amp(amp: bool | None, device: torch.device | str) -> bool:
+    """bfloat16 autocast as asked, else on CUDA only: on a CPU it pays where the processor has
+    bfloat16 arithmetic (AMX, AVX512-BF16) and costs time where it has not."""
+    return torch.device(device).type == "cuda" if amp is None else bool(amp)
 
 
 def describe(m: dict) -> str:

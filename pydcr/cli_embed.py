@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_train import UsageError, check_out, check_positive, device_or_default, load_model, reading
+from .cli_train import (UsageError, add_amp_argument, check_out, check_positive, device_or_default, load_model,
+                        reading)
 
 PACK_MAGIC = b"PYDCRPK1"
 
@@ -57,7 +58,7 @@ def add_embed_parsers(sub) -> None:
     v.add_argument("--threshold", type=float, default=None, help="also say same / different at this score")
     _alignment(v)
     v.add_argument("--device", default=None, help="default: cuda when available")
-    _amp(v)
+    add_amp_argument(v, "the model")
     v.set_defaults(func=run_verify)
 
 
@@ -72,14 +73,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="faces per forward (default 256 on CUDA, 64 on CPU)")
     p.add_argument("--workers", type=int, default=None, help="decode / align threads (default: half the cores, <= 8)")
     p.add_argument("--device", default=None, help="default: cuda when available")
-    _amp(p)
+    add_amp_argument(p, "the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _amp(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bfloat16 autocast (default: on CUDA only; on a CPU it pays where the processor has "
-                        "bfloat16 arithmetic, AMX or AVX512-BF16)")
 
 
 # ----------------------------------------------------------------------------------------------

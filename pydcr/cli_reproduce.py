@@ -7,7 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .cli_train import UsageError, check_lfw_root, check_out, check_positive, device_or_default, preset_named, view2_folds
+from .cli_train import (UsageError, add_amp_argument, check_lfw_root, check_out, check_positive, device_or_default,
+                        preset_named, view2_folds)
 
 
 def add_reproduce_parser(sub) -> None:
@@ -25,6 +26,7 @@ def add_reproduce_parser(sub) -> None:
     lfw.add_argument("--epochs", type=int, default=None, help="trunk epochs (default: the preset's)")
     lfw.add_argument("--pack", type=Path, default=None, help="a pack of this LFW at the preset's input size")
     lfw.add_argument("--device", default=None, help="default: cuda when available")
+    add_amp_argument(lfw, "the trunks' forward passes")
     lfw.add_argument("--seed", type=int, default=0)
     lfw.add_argument("--baselines", action="store_true",
                      help="also train the paper's ResNet and ResNet-FT baselines (about twice the time)")
@@ -66,7 +68,7 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
     reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
                   min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
                   pack_path=args.pack, device=device, seed=args.seed, progress=not args.quiet,
-                  command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines)
+                  command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines, amp=args.amp)
     return 0
 
 

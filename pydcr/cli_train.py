@@ -43,9 +43,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="paper, cpu, small or demo (default: cpu)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument("--device", default=None, help="default: cuda when available")
+    add_amp_argument(p, "the trunk's forward passes")
     p.add_argument("--workers", type=int, default=0, help="data loader processes (default: 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_amp_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{what} in bfloat16 autocast (default: on CUDA only; on a CPU it pays where the "
+                        "processor has bfloat16 arithmetic, AMX or AVX512-BF16)")
 
 
 def preset_named(name: str):
@@ -215,7 +222,7 @@ def _train_and_save(args, config, faces, classes, device, world=None) -> int:
 
     main = world is None or world.is_main
     run = train_trunk(faces, classes, config, args.out, device=device, seed=args.seed,
-                      num_workers=args.workers, progress=not args.quiet, tensorboard=args.tensorboard)
+                      num_workers=args.workers, progress=not args.quiet, tensorboard=args.tensorboard, amp=args.amp)
     if not run.finished:
         if main:
             print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)
@@ -249,7 +256,7 @@ def run_branch(args: argparse.Namespace) -> int:
     model = load_model(path)
     faces, classes = _faces(args.data, model.trunk.input_size)
     train_branches(model.to(device), faces, classes, args.size, config, seed=args.seed, device=device,
-                   progress=not args.quiet)
+                   progress=not args.quiet, amp=args.amp)
     model.provenance.setdefault("branches", {}).update(
         {str(k): {"data": str(args.data), "preset": args.preset, "branch": config.to_dict()} for k in args.size})
     save(model.cpu(), path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._machine import describe, machine
+from ._machine import describe, machine, use_amp
 from .data import LFW, FaceArrays, PackedFaces, pack
 from .eval.lfw import aligned_faces, lfw_disjoint_split
 from .eval.report import write_report
@@ -43,13 +43,15 @@ def reproduce_lfw(
     progress: bool = True,
     command: str | None = None,
     baselines: bool = False,
+    amp: bool | None = None,
 ) -> dict:
     """Train on the LFW people outside `test_folds`, evaluate those folds, write the report; returns it.
 
     The aligned crops come from `pack_path` (a pack of this LFW made by `pydcr pack` at the preset's
     input size), else from out_dir/lfw-HxW.pack, made on the first run. An interrupted run resumes.
     With `baselines`, the table also has the paper's ResNet and ResNet-FT rows (see
-    :func:`train_resnet_baselines`). `command` is recorded in the report.
+    :func:`train_resnet_baselines`). `command` is recorded in the report. amp: the trunks' forward
+    passes in bfloat16 autocast (default: on CUDA only; see :func:`pydcr.train.train_trunk`).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -72,12 +74,13 @@ def reproduce_lfw(
           f"{folds_1based}; testing {len(split.first)} pairs; crops {h}x{w}, preset {preset}")
 
     run = train_trunk(train, split.num_classes, trunk_cfg, out_dir / "trunk", device=device, seed=seed,
-                      progress=progress)
+                      progress=progress, amp=amp)
     if not run.finished:
         print(f"reproduce lfw: stopped; run again with the same arguments to resume from {out_dir / 'trunk'}")
         return {}
     model = DCR(run.trunk, antialias=trunk_cfg.antialias)
-    train_branches(model, train, split.num_classes, sizes, p.branch, seed=seed, device=device, progress=progress)
+    train_branches(model, train, split.num_classes, sizes, p.branch, seed=seed, device=device, progress=progress,
+                   amp=amp)
     save(model, out_dir / "model.safetensors", provenance={
         "data": f"LFW ({lfw.root}) people outside View 2 folds {folds_1based} with >= {min_images} images: "
                 f"{len(train)} images of {split.num_classes} people",
@@ -86,7 +89,7 @@ def reproduce_lfw(
     baseline_trunks = {}
     if baselines:
         baseline_trunks = train_resnet_baselines(train, split.num_classes, trunk_cfg, sizes, out_dir, device=device,
-                                                 seed=seed, progress=progress)
+                                                 seed=seed, progress=progress, amp=amp)
         if baseline_trunks is None:
             print(f"reproduce lfw: stopped; run again with the same arguments to resume from {out_dir}")
             return {}
@@ -101,6 +104,7 @@ def reproduce_lfw(
         "minutes": round(minutes, 1),
         "preset": preset,
         "epochs": trunk_cfg.epochs,
+        "training_precision": "bfloat16 autocast" if use_amp(amp, device) else "float32",
         "seed": seed,
         "test_folds": folds_1based,
         "test_pairs": len(split.first),

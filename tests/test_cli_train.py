@@ -12,9 +12,10 @@ def tiny_pack(synthetic_pack):
     return synthetic_pack((112, 96))
 
 
-def test_trunk_then_branches(tiny_pack, tmp_path):
+@pytest.mark.parametrize("amp", [[], ["--amp"]])
+def test_trunk_then_branches(amp, tiny_pack, tmp_path):
     run = tmp_path / "run"
-    common = ["--data", str(tiny_pack), "--preset", "cpu", "--epochs", "1", "--quiet"]
+    common = ["--data", str(tiny_pack), "--preset", "cpu", "--epochs", "1", "--quiet", *amp]
     assert main(["train", "trunk", "--out", str(run), "--width", "0.125", "--batch-size", "8", *common]) == 0
     model = load(run / "model.safetensors")
     assert model.resolutions == [] and model.provenance["preset"] == "cpu"

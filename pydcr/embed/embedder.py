@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._machine import use_amp
 from ..data._progress import progress_bar
 from ..models import DCR, Trunk, estimate_resolution
 from .items import ItemSource
@@ -96,7 +97,7 @@ class Embedder:
         self.batch_size = int(batch_size) if batch_size is not None else (256 if cuda else 64)
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.amp = cuda if amp is None else bool(amp)
+        self.amp = use_amp(amp, self.device)
         if workers is not None and workers <= 0:
             raise ValueError(f"workers must be positive, got {workers}")
         self.workers = workers

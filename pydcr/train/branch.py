@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import ops
+from .._machine import use_amp
 from ..data import face_loader
 from ..losses import CMLoss
 from ..models import DCR, BranchPair, Trunk
@@ -25,22 +26,31 @@ def trunk_features(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    amp: bool | None = None,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
     """Trunk features of every image at 112 x 96 and degraded to each low size, computed once.
 
-    Returns (hr N x D, {k: N x D}, labels N), on the CPU. The trunk is frozen in step 2, so
-    branch training then costs seconds instead of a trunk pass per step.
+    Returns (hr N x D, {k: N x D}, labels N), float32 on the CPU. The trunk is frozen in step 2, so
+    branch training then costs seconds instead of a trunk pass per step. amp: the trunk in
+    bfloat16 autocast, channels_last, as the Embedder runs it (default: on CUDA only).
     """
     device = torch.device(device)
+    amp = use_amp(amp, device)
     trunk = trunk.eval().to(device)
+    if amp:
+        trunk = trunk.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     hr, low, labels = [], {k: [] for k in low_sizes}, []
     loader = face_loader(dataset, batch_size, shuffle=False, workers=0, pin_memory=device.type == "cuda")
     with Progress(len(loader), "trunk features", enabled=progress) as bar:
         for images, y in loader:
             images = images.to(device)
-            hr.append(trunk(images).float().cpu())
-            for k in low_sizes:
-                low[k].append(trunk(ops.degrade(images, k, antialias=antialias)).float().cpu())
+            if amp:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                hr.append(trunk(images).float().cpu())
+                for k in low_sizes:
+                    low[k].append(trunk(ops.degrade(images, k, antialias=antialias)).float().cpu())
             labels.append(y)
             bar.update()
     return torch.cat(hr), {k: torch.cat(v) for k, v in low.items()}, torch.cat(labels)
@@ -104,10 +114,12 @@ def train_branches(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    amp: bool | None = None,
 ) -> DCR:
-    """Add a trained branch pair (classifiers dropped) to `model` for each size; the trunk is not touched."""
+    """Add a trained branch pair (classifiers dropped) to `model` for each size; the trunk is not
+    touched. amp: the trunk's features in bfloat16 autocast (see :func:`trunk_features`)."""
     hr, low, labels = trunk_features(model.trunk, dataset, sizes, antialias=model.antialias, device=device,
-                                     progress=progress)
+                                     progress=progress, amp=amp)
     for k in sizes:
         pair = train_branch_pair(hr, low[k], labels, num_classes, config, seed=seed, device=device,
                                  progress=progress, desc=f"branch {k}x{k}")

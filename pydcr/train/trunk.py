@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from .._machine import use_amp
 from ..data import MultiResolution, face_loader
 from ..losses import TrunkLoss
 from ..models import Trunk
@@ -69,6 +70,7 @@ def train_trunk(
     on_step: Callable[[int], None] | None = None,
     tensorboard: bool = False,
     init: TrunkRun | None = None,
+    amp: bool | None = None,
 ) -> TrunkRun:
     """Train a trunk on `dataset` (items: an h x w x 3 uint8 aligned crop at the trunk's input size, an
     int label; a pydcr.data.PackedFaces, say) and return it.
@@ -79,6 +81,10 @@ def train_trunk(
     run's trunk and classifier instead of afresh (a fine-tune; the optimizer and schedule start
     anew, and a checkpoint in out_dir still wins). With the same seed, a
     resumed run trains on the same batches (shuffling and flips come from seeded generators).
+
+    amp: the forward pass in bfloat16 autocast, channels_last; the loss, the optimizer and the
+    weights stay float32. Default: on CUDA only. On a CPU with bfloat16 arithmetic (AMX,
+    AVX512-BF16) it makes a step about twice as fast; on other CPUs it costs time.
 
     Data parallel when a torch.distributed process group is initialised (see
     :mod:`pydcr.train.distributed`): each of the W processes trains on config.batch_size / W images
@@ -96,6 +102,8 @@ def train_trunk(
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    amp = use_amp(amp, device)
+    channels_last = amp or device.type == "cuda"  # cuDNN's and oneDNN's bfloat16 convolutions run fastest in it
     torch.manual_seed(seed)
     trunk = Trunk(width=config.width, feature_dim=config.feature_dim, input_size=config.input_size).to(device)
     head = nn.Linear(config.feature_dim, num_classes).to(device)
@@ -113,7 +121,7 @@ def train_trunk(
     steps_per_epoch = -(-len(sampler) // local_batch)
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m * total) for m in config.milestones], config.gamma)
-    if device.type == "cuda":
+    if channels_last:
         trunk = trunk.to(memory_format=torch.channels_last)
 
     ckpt_path = out_dir / "checkpoint.pt"
@@ -140,7 +148,7 @@ def train_trunk(
     if world.distributed:  # after loading the checkpoint: DDP broadcasts rank 0's parameters
         model = DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     # Flips come from a generator reseeded at every step, so a resumed run draws what it would have.
     flips = torch.Generator()
     flip_probability = 0.5 if config.flip else 0.0
@@ -168,7 +176,7 @@ def train_trunk(
                 flipped = world.shard(torch.rand(len(images) * world.size, generator=flips)) < flip_probability
                 b = resolutions(images, flipped)
                 batch = torch.cat([b.hr, *b.low.values()])
-                if device.type == "cuda":
+                if channels_last:
                     batch = batch.contiguous(memory_format=torch.channels_last)
                 targets = labels.repeat(1 + len(config.low_sizes))
                 with autocast:
