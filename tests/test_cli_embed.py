@@ -91,6 +91,25 @@ def test_embed_identify_verify(models, folder, tmp_path, capsys):
     assert out.startswith(f"cosine {want:.4f}") and "different at threshold 2" in out
 
 
+def test_verify_with_a_trunk_only_model_takes_a_native_probe(folder, tmp_path, capsys):
+    """Without branch pairs, verify compares trunk features; a 12 x 12 probe is upsampled, as identify does."""
+    torch.manual_seed(0)
+    trunk = DCR(Trunk(width=0.125))
+    model = save(trunk, tmp_path / "trunk.safetensors")
+    a = sorted(folder.rglob("*.png"))[0]
+    b = tmp_path / "probe.png"
+    cv2.imwrite(str(b), cv2.resize(cv2.imread(str(a)), (12, 12), interpolation=cv2.INTER_AREA))
+    assert main(["verify", str(model), str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    e = pydcr.Embedder(trunk)
+    want = torch.nn.functional.cosine_similarity(e.embed_trunk([str(a)]).features,
+                                                 e.embed_trunk([str(b)]).features).item()
+    with torch.no_grad():
+        probe = torch.from_numpy(cv2.cvtColor(cv2.imread(str(b)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None]
+        torch.testing.assert_close(e.embed_trunk([str(b)]).features, trunk.embed_trunk(probe))
+    assert out.startswith(f"cosine {want:.4f} (trunk vs probe through trunk)")
+
+
 def test_identify_refuses_another_models_gallery(models, folder, tmp_path, capsys):
     gallery = tmp_path / "g.safetensors"
     assert main(["embed", str(models[0]), str(folder), "--out", str(gallery), "--quiet"]) == 0

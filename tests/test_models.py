@@ -73,6 +73,10 @@ def test_low_resolution_probes_use_their_branch(model):
     torch.testing.assert_close(model.embed_lr(ops.resize(low, (112, 96)), size=13), z)
     torch.testing.assert_close(model.embed_hr(x, 12), model.branch(12).hr(model.trunk(x)))
     assert not torch.allclose(model.embed_hr(x, 12), model.embed_hr(x, 16))
+    # the trunk baseline takes native crops as the LR path does; a gallery must be full size
+    torch.testing.assert_close(model.embed_trunk(low), v)
+    with pytest.raises(ValueError, match="the trunk takes 112 x 96 images, got 12 x 12"):
+        model.embed_hr(low, 12)
 
 
 def test_flip_adds_the_mirrored_feature(model):

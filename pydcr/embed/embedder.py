@@ -134,8 +134,9 @@ class Embedder:
 
     def embed_trunk(self, items, *, flip: bool = False, progress: bool = False,
                     landmarks=None, detector=None) -> EmbedResult:
-        """Trunk features v (the trunk-alone baseline)."""
-        source = self.source(items, landmarks=landmarks, detector=detector)
+        """Trunk features v (the trunk-alone baseline), as ``model.embed_trunk``: crops smaller than
+        the model's input are native low-resolution probes, upsampled as for embed_lr."""
+        source = self.source(items, landmarks=landmarks, detector=detector, allow_small=True)
         return self._collect(source, TRUNK, flip=flip, progress=progress)
 
     # Streaming --------------------------------------------------------------------------------

@@ -61,11 +61,13 @@ class DCR(nn.Module):
     # Embedding --------------------------------------------------------------------------------
 
     def embed_trunk(self, images: torch.Tensor, *, flip: bool = False) -> torch.Tensor:
-        """Trunk feature v (the paper's "trunk network" baseline); with flip, plus the mirrored image's."""
-        v = self.trunk(images)
-        if flip:
-            v = v + self.trunk(images.flip(-1))
-        return v
+        """Trunk feature v (the paper's "trunk network" baseline); with flip, plus the mirrored image's.
+
+        images: faces at the trunk's input size, or native low-resolution probe crops (smaller;
+        upsampled here with the model's bicubic convention, as for embed_lr).
+        """
+        images, _ = self._at_input_size(images)
+        return self._trunk_features(images, flip)
 
     def embed_hr(self, images: torch.Tensor, resolution: int | None = None, *, flip: bool = False) -> torch.Tensor:
         """Gallery features x from full-size images, through the HR branch of `resolution`'s pair.
@@ -77,7 +79,7 @@ class DCR(nn.Module):
             if len(self.branches) != 1:
                 raise ValueError(f"this model has pairs for {self.resolutions}: name the resolution to embed for")
             resolution = self.resolutions[0]
-        return self._branch_features(self.embed_trunk(images, flip=flip), resolution, hr=True)
+        return self._branch_features(self._trunk_features(images, flip), resolution, hr=True)
 
     def embed_lr(self, images: torch.Tensor, size: int | None = None, *, flip: bool = False) -> torch.Tensor:
         """Probe features z through the LR branch of the trained resolution nearest the probe's.
@@ -86,30 +88,41 @@ class DCR(nn.Module):
         or faces already brought to the input size. The probe's resolution is `size` when given,
         else the crops' own size, else estimated from content (estimate_resolution) per image.
         """
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"expected probe images N x 3 x H x W, got {shape}")
         if size is not None and (isinstance(size, bool) or int(size) != size or size <= 0):
             raise ValueError(f"size must be a positive int (the probe's resolution k), got {size!r}")
-        h, w = images.shape[-2:]
-        input_h, input_w = self.trunk.input_size
-        if (h, w) != (input_h, input_w) and (h > input_h or w > input_w):
-            raise ValueError(f"probe images are {h}x{w}, larger than the model's {input_h}x{input_w} input: "
-                             "align them to the input size (then `size` names their resolution) or give low-resolution crops")
-        if (h, w) != self.trunk.input_size:
-            k = size if size is not None else native_resolution(h, w)
-            images = ops.resize(images, self.trunk.input_size, antialias=self.antialias)
-            return self._branch_features(self.embed_trunk(images, flip=flip), self.nearest_resolution(k), hr=False)
-        if size is not None:
-            return self._branch_features(self.embed_trunk(images, flip=flip), self.nearest_resolution(size), hr=False)
+        images, native = self._at_input_size(images)
+        if native is not None or size is not None:
+            k = size if size is not None else native
+            return self._branch_features(self._trunk_features(images, flip), self.nearest_resolution(k), hr=False)
         # Per-image estimate: route each group of images to its branch.
         routes = [self.nearest_resolution(int(k)) for k in estimate_resolution(images, antialias=self.antialias)]
-        v = self.embed_trunk(images, flip=flip)
+        v = self._trunk_features(images, flip)
         out = v.new_empty(v.shape[0], self.branch(self.resolutions[0]).dim)
         for r in set(routes):
             idx = torch.tensor([i for i, ri in enumerate(routes) if ri == r], device=v.device)
             out[idx] = self._branch_features(v[idx], r, hr=False)
         return out
+
+    def _at_input_size(self, images: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+        """Probe images at the trunk's input size, and their native resolution when they came as
+        smaller crops (None when they already were at the input size)."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"expected images N x 3 x H x W, got {shape}")
+        h, w = images.shape[-2:]
+        input_h, input_w = self.trunk.input_size
+        if (h, w) == (input_h, input_w):
+            return images, None
+        if h > input_h or w > input_w:
+            raise ValueError(f"images are {h}x{w}, larger than the model's {input_h}x{input_w} input: "
+                             "align them to the input size (then `size` names their resolution) or give low-resolution crops")
+        return ops.resize(images, self.trunk.input_size, antialias=self.antialias), native_resolution(h, w)
+
+    def _trunk_features(self, images: torch.Tensor, flip: bool) -> torch.Tensor:
+        v = self.trunk(images)
+        if flip:
+            v = v + self.trunk(images.flip(-1))
+        return v
 
     def _branch_features(self, v: torch.Tensor, resolution: int, *, hr: bool) -> torch.Tensor:
         pair = self.branch(resolution)
