@@ -156,7 +156,7 @@ def bench_stacks(report, device, batch, layouts, min_time, stages):
 def main(argv=None) -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    p.add_argument("--half", action="store_true", help="also time float16 (CUDA)")
+    p.add_argument("--half", action="store_true", help="also time bfloat16 and float16 (autocast's types)")
     p.add_argument("--stack-batch", type=int, default=None,
                    help="batch of the ResidualUnit stacks (default: 64 on CUDA, 8 on CPU)")
     args = p.parse_args(argv)
@@ -168,7 +168,7 @@ def main(argv=None) -> None:
         cols += ["ours_MiB", "eager_MiB", "compiled_MiB"]
     report = Report("prelu", device, cols)
     min_time = 0.1 if args.quick else 0.5
-    dtypes = [torch.float32] + ([torch.float16] if cuda and args.half else [])
+    dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if args.half else [])
     layouts = ["contiguous", "channels_last"]
     bench_ops(report, device, dtypes, layouts, ["fwd", "fwd+bwd"], not args.no_compile, min_time, args.quick)
     bench_calls(report, device, min_time)
