@@ -1,8 +1,9 @@
 #pragma once
 // 16-bit floating-point storage for the CPU kernels: bfloat16 and IEEE half elements are read into
 // float, computed on in float and rounded back to nearest-even on store, as ATen's CPU kernels do.
-// Plain structs of the bits, so that the hot loops stay plain loops over plain data: the bfloat16
-// conversions are integer shifts and selects that the compiler vectorises.
+// Plain structs of the bits, so that the hot loops stay plain loops over plain data: the
+// conversions are integer shifts, adds and selects that the compiler vectorises (GCC 12 does not
+// vectorise conversions through _Float16).
 #include <bit>
 #include <cstdint>
 #include <type_traits>
