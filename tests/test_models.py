@@ -93,8 +93,10 @@ def test_bad_inputs(model):
         model.branch(7)
     with pytest.raises(ValueError, match="name the resolution"):
         model.embed_hr(torch.zeros(1, 3, 112, 96))
-    with pytest.raises(ValueError, match="probe images"):
+    with pytest.raises(ValueError, match=r"expected images N x 3 x H x W, got \(3, 12, 12\)"):
         model.embed_lr(torch.zeros(3, 12, 12))
+    with pytest.raises(ValueError, match="larger than the model's 112x96 input"):
+        model.embed_trunk(torch.zeros(1, 3, 120, 96))
     with pytest.raises(RuntimeError, match="no branch pairs"):
         DCR(Trunk(width=0.125, feature_dim=32)).nearest_resolution(12)
     with pytest.raises(ValueError, match="uint8 or floating point"):
