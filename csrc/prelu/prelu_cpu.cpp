@@ -254,7 +254,8 @@ template <typename T>
 void forward(const Activation& a, const T* r, T* y, const ChannelParams<T>& p) {
   const ChannelLayout& l = a.layout;
   const T* x = data<T>(a.x);
-  const acc_t<T>*w = p.weight.data(), *b = p.bias.data();
+  const acc_t<T>* w = p.weight.data();
+  const acc_t<T>* b = p.bias.data();
   if (l.inner > 1) {
     const int64_t grain = std::max<int64_t>(1, kTaskElements / l.inner);
     torch::stable::parallel_for(0, l.outer * l.channels, grain, [&](int64_t begin, int64_t end) {

@@ -104,8 +104,8 @@ class DCR(nn.Module):
         return out
 
     def _at_input_size(self, images: torch.Tensor) -> tuple[torch.Tensor, int | None]:
-        """Probe images at the trunk's input size, and their native resolution when they came as
-        smaller crops (None when they already were at the input size)."""
+        """Images at the trunk's input size, and their native resolution when they came as smaller
+        (low-resolution probe) crops; None when they already were at the input size."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"expected images N x 3 x H x W, got {shape}")
