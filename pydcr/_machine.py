@@ -27,7 +27,7 @@ def machine(device: torch.device | str = "cpu") -> dict:
 
 def use_amp(amp: bool | None, device: torch.device | str) -> bool:
     """bfloat16 autocast as asked, else on CUDA only: on a CPU it pays where the processor has
-    bfloat16 arithmetic (AMX, AVX512-BF16) and costs time where it has not."""
+    bfloat16 arithmetic (AMX, AVX512-BF16) and may cost time where it has not."""
     return torch.device(device).type == "cuda" if amp is None else bool(amp)
 
 

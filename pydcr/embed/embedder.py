@@ -63,7 +63,7 @@ class Embedder:
     model: a :class:`pydcr.models.DCR` (or Trunk), or the path of a saved one. device: default
     CUDA when available. batch_size: faces per forward (default 256 on CUDA, 64 on CPU). amp:
     bfloat16 autocast (default on CUDA; off on the CPU, where it pays on processors with bfloat16
-    arithmetic, AMX or AVX512-BF16, and costs time on others). workers: threads that decode and
+    arithmetic, AMX or AVX512-BF16, and may cost time on others). workers: threads that decode and
     align (default: half the cores, at most 8). On CUDA batches are pinned and copied
     asynchronously. The model runs channels_last on CUDA and under autocast. The model is moved to
     the device and put in eval mode.

@@ -84,7 +84,7 @@ def train_trunk(
 
     amp: the forward pass in bfloat16 autocast, channels_last; the loss, the optimizer and the
     weights stay float32. Default: on CUDA only. On a CPU with bfloat16 arithmetic (AMX,
-    AVX512-BF16) it makes a step about twice as fast; on other CPUs it costs time.
+    AVX512-BF16) it makes a step about twice as fast; on other CPUs it may cost time (not measured).
 
     Data parallel when a torch.distributed process group is initialised (see
     :mod:`pydcr.train.distributed`): each of the W processes trains on config.batch_size / W images
