@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=12, help="ops shown per model")
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
     p.add_argument("--compile", action="store_true", help="also profile torch.compile of the eager twin")
-    p.add_argument("--bf16", action="store_true", help="on the CPU: bf16 autocast, channels_last (CUDA always is)")
+    p.add_argument("--bf16", action="store_true", help="on the CPU: bf16 autocast (CUDA always is)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -32,21 +32,17 @@ def trunk_features(
 
     Returns (hr N x D, {k: N x D}, labels N), float32 on the CPU. The trunk is frozen in step 2, so
     branch training then costs seconds instead of a trunk pass per step. amp: the trunk in
-    bfloat16 autocast, channels_last, as the Embedder runs it (default: on CUDA only).
+    bfloat16 autocast, as the Embedder runs it (default: on CUDA only).
     """
     device = torch.device(device)
     amp = use_amp(amp, device)
-    trunk = trunk.eval().to(device)
-    if amp:
-        trunk = trunk.to(memory_format=torch.channels_last)
+    trunk = trunk.eval().to(device, memory_format=torch.channels_last)  # as in training
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     hr, low, labels = [], {k: [] for k in low_sizes}, []
     loader = face_loader(dataset, batch_size, shuffle=False, workers=0, pin_memory=device.type == "cuda")
     with Progress(len(loader), "trunk features", enabled=progress) as bar:
         for images, y in loader:
-            images = images.to(device)
-            if amp:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
             with autocast:
                 hr.append(trunk(images).float().cpu())
                 for k in low_sizes:
