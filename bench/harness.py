@@ -7,6 +7,7 @@ benchmarks report. Each row times every contender with the same inputs, interlea
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import statistics
 import time
@@ -73,15 +74,39 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
 
 
 def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Peak device memory of one call above what was allocated before it (CUDA only)."""
-    if device.type != "cuda":
+    """Peak memory of one call above what was in use before it, in MiB.
+
+    CUDA: the caching allocator's peak. CPU: the process's peak resident memory over the call,
+    above its resident memory just before, on Linux with glibc (None elsewhere). Before the call,
+    freed heap memory goes back to the system (malloc_trim) and the kernel's high-water mark is
+    reset (/proc/self/clear_refs), so pages the call touches count and earlier peaks do not.
+    """
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if device.type != "cpu":
         return None
-    sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+        trim(0)
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak resident set size
+        base = _resident_kib("VmRSS")
+    except OSError:  # not Linux, not glibc, or not allowed
+        return None
     fn()
-    sync(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return (_resident_kib("VmHWM") - base) / 1024
+
+
+def _resident_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: VmRSS (resident now) or VmHWM (peak since the reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
