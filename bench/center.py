@@ -67,9 +67,7 @@ def main(argv=None) -> None:
     batches = [256] if args.quick else [256, 768]
     dtypes = [torch.float32] + ([torch.float16] if device.type == "cuda" else [])
     cols = ["B", "C", "D", "dtype", "ours_ms", "all_ms", "present_ms", "distmat_ms", "vs_all", "vs_present",
-            "vs_distmat"]
-    if device.type == "cuda":
-        cols += ["ours_MiB", "present_MiB", "distmat_MiB"]
+            "vs_distmat", "ours_MiB", "present_MiB", "distmat_MiB"]
     report = Report("center", device, cols)
     min_time = 0.1 if args.quick else 0.4
     g = torch.Generator().manual_seed(0)
@@ -83,7 +81,7 @@ def main(argv=None) -> None:
             for name, fn in CONTENDERS.items():
                 work = centers.clone()  # each contender keeps moving its own copy
                 row[f"{name}_ms"] = time_ms(lambda: fn(work, features, labels, ALPHA), device, min_time=min_time)
-                if device.type == "cuda" and name in ("ours", "present", "distmat"):
+                if name in ("ours", "present", "distmat"):
                     row[f"{name}_MiB"] = peak_memory_mib(lambda: fn(work, features, labels, ALPHA), device)
             for name in ("all", "present", "distmat"):
                 row[f"vs_{name}"] = row[f"{name}_ms"] / row["ours_ms"]

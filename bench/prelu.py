@@ -18,7 +18,8 @@ or, without gradients, go straight to the kernels), "registered" (torch.ops.pydc
 gradient registered with torch.library, as torch.compile and export see it) and eager.
 Stack rows: each trunk stage's residual units (1, 2, 5 and 3 units at 64, 128, 256 and 512
 channels) as pydcr.nn.ResidualUnit against reference.ResidualUnit with the same weights,
-forward + backward. On CUDA each row also gives the peak memory of one call, in MiB.
+forward + backward. Each row also gives the peak memory of one call, in MiB
+(bench.harness.peak_memory_mib: the caching allocator's on CUDA, resident memory on a Linux CPU).
 """
 
 from __future__ import annotations
@@ -98,11 +99,10 @@ def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_tim
                         row = dict(kind=op_name, shape=f"{batch}x{c}x{h}x{w}", dtype=str(dtype).removeprefix("torch."),
                                    layout=layout, **{"pass": name}, ours_ms=ms["ours"], eager_ms=ms["eager"],
                                    vs_eager=ms["eager"] / ms["ours"], **compiled_columns(ms, name == "fwd+bwd"))
-                        if device.type == "cuda":
-                            row.update(ours_MiB=peak_memory_mib(fns["ours"], device),
-                                       eager_MiB=peak_memory_mib(fns["eager"], device))
-                            if ms.get("compiled") is not None:
-                                row.update(compiled_MiB=peak_memory_mib(fns["compiled"], device))
+                        row.update(ours_MiB=peak_memory_mib(fns["ours"], device),
+                                   eager_MiB=peak_memory_mib(fns["eager"], device))
+                        if ms.get("compiled") is not None:
+                            row.update(compiled_MiB=peak_memory_mib(fns["compiled"], device))
                         report.add(**row)
 
 
@@ -148,8 +148,7 @@ def bench_stacks(report, device, batch, layouts, min_time, stages):
             row = dict(kind="stack", shape=f"{batch}x{c}x{h}x{w} x{units}", dtype="float32", layout=layout,
                        **{"pass": "fwd+bwd"}, ours_ms=ms["ours"], eager_ms=ms["eager"], vs_eager=ms["eager"] / ms["ours"],
                        **compiled_columns(ms, False))
-            if device.type == "cuda":
-                row.update(ours_MiB=peak_memory_mib(fns["ours"], device), eager_MiB=peak_memory_mib(fns["eager"], device))
+            row.update(ours_MiB=peak_memory_mib(fns["ours"], device), eager_MiB=peak_memory_mib(fns["eager"], device))
             report.add(**row)
 
 
@@ -163,9 +162,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     cols = ["kind", "shape", "dtype", "layout", "pass", "ours_ms", "eager_ms", "compiled_ms", "vs_eager", "vs_compiled",
-            "registered_ms", "vs_registered"]
-    if cuda:
-        cols += ["ours_MiB", "eager_MiB", "compiled_MiB"]
+            "registered_ms", "vs_registered", "ours_MiB", "eager_MiB", "compiled_MiB"]
     report = Report("prelu", device, cols)
     min_time = 0.1 if args.quick else 0.5
     dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if args.half else [])
