@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from .allocator import retain_freed_memory
 from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
@@ -178,6 +179,9 @@ def _align(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The command is the whole process: let CPU tensors reuse freed memory instead of paging it in
+    # anew at every step (pydcr.allocator).
+    retain_freed_memory()
     try:
         return args.func(args)
     except UsageError as err:
