@@ -21,7 +21,7 @@ import time
 import torch
 
 from bench.harness import Report, common_args, peak_memory_mib
-from bench.trunk import setup
+from bench.trunk import passes, setup
 
 SETTINGS = ("glibc_default", "retain_freed_memory")
 
@@ -35,25 +35,17 @@ def worker(setting: str, batch: int, width: float) -> None:
         if not retain_freed_memory():
             raise SystemExit("this malloc is not glibc's: nothing to compare")
     torch.set_flush_denormal(True)  # as training on the CPU does
-    trunk, _, x, _ = setup(torch.device("cpu"), batch, width)
-
-    def infer():
-        with torch.no_grad():
-            trunk(x)
-
-    def train():
-        trunk(x).sum().backward()
-
-    passes = {"inference": infer, "train_step": train}
-    for fn in passes.values():
-        fn()  # warm up
+    trunk, _, x, autocast = setup(torch.device("cpu"), batch, width)
+    steps = passes(trunk, x, autocast)
+    for step in steps.values():
+        step()  # warm up
     for line in sys.stdin:
         name, what = line.split()
         if what == "memory":
-            answer = peak_memory_mib(passes[name], torch.device("cpu"))
+            answer = peak_memory_mib(steps[name], torch.device("cpu"))
         else:
             start = time.perf_counter()
-            passes[name]()
+            steps[name]()
             answer = (time.perf_counter() - start) * 1e3
         print(json.dumps(answer), flush=True)
 

@@ -15,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.harness import common_args, sync, time_ms
-from bench.trunk import setup
+from bench.trunk import passes, setup
 from pydcr._machine import describe, machine
 
 
@@ -36,22 +36,18 @@ def main(argv=None) -> None:
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(f"# trunk train step profile on {describe(machine(device))}, batch {batch}, width {args.width}")
 
-    def step(model):
-        with autocast():
-            loss = model(x).float().sum()
-        loss.backward()
-
     contenders = {"ours": ours, "eager": eager}
     if args.compile:
         contenders["eager_compiled"] = torch.compile(eager)
     for name, model in contenders.items():
+        step = passes(model, x, autocast)["train_step"]
         for _ in range(2):  # warm up: cuDNN autotuning, allocator, compilation
-            step(model)
+            step()
         sync(device)
-        wall = time_ms(lambda: step(model), device, min_time=1.0, repeats=3)
+        wall = time_ms(step, device, min_time=1.0, repeats=3)
         with profile(activities=activities) as prof:
             for _ in range(args.steps):
-                step(model)
+                step()
             sync(device)
         events = prof.key_averages()
         total = sum(getattr(e, "self_device_time_total" if cuda else "self_cpu_time_total") for e in events)

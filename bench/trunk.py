@@ -46,6 +46,22 @@ def setup(device: torch.device, batch: int | None, width: float, input_size: tup
     return ours, eager, x, autocast
 
 
+def passes(model, x: torch.Tensor, autocast) -> dict:
+    """The two timed passes of `model` on batch `x`, under `autocast`: inference (no gradients) and
+    a training step (forward, then backward of the features' sum; no optimizer)."""
+
+    def inference():
+        with torch.no_grad(), autocast():
+            model(x)
+
+    def train_step():
+        with autocast():
+            loss = model(x).float().sum()
+        loss.backward()
+
+    return {"inference": inference, "train_step": train_step}
+
+
 def main(argv=None) -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="default: 32 on CPU, 256 on CUDA")
@@ -76,25 +92,17 @@ def main(argv=None) -> None:
         contenders["ours_nchw"] = (copy.deepcopy(ours).to(memory_format=nchw), x_nchw)
         contenders["eager_nchw"] = (copy.deepcopy(eager).to(memory_format=nchw), x_nchw)
 
-    def infer(model, x):
-        with torch.no_grad(), autocast():
-            model(x)
-
-    def train(model, x):
-        with autocast():
-            loss = model(x).float().sum()
-        loss.backward()
-
     columns = ["pass", "model", "batch", "ms", "images_per_s", "speedup_vs_eager", "peak_mib"]
     name = ("trunk-host" if args.host else "trunk") + ("-bf16" if args.bf16 and device.type == "cpu" else "")
     report = Report(name, device, columns)
     min_time = 0.5 if args.quick else 2.0
-    for name, step in (("inference", infer), ("train_step", train)):
+    for name in ("inference", "train_step"):
         runnable, failures = {}, {}
         for label, (model, inputs) in contenders.items():
+            step = passes(model, inputs, autocast)[name]
             try:
-                step(model, inputs)
-                runnable[label] = lambda model=model, inputs=inputs: step(model, inputs)
+                step()
+                runnable[label] = step
             except Exception as err:  # torch.compile may not work everywhere: report it, don't hide it
                 failures[label] = f"failed: {type(err).__name__}"
         if args.host:  # sub-millisecond calls: many short rounds, the fastest (noise only adds)
