@@ -1,6 +1,6 @@
-"""Where a trunk training step spends its time: the top kernels of ours and of the eager twin.
+"""Where a trunk training step (or inference) spends its time: the top kernels of ours and of the eager twin.
 
-    python -m bench.profile_trunk [--device cuda] [--batch N] [--width W] [--rows 12] [--bf16]
+    python -m bench.profile_trunk [--device cuda] [--batch N] [--width W] [--rows 12] [--bf16] [--inference]
 
 A companion to bench.trunk (which gives the ratio): torch.profiler over a few steps, self time per
 op or kernel on the device, ours and eager (and with --compile torch.compile of the eager twin)
@@ -27,20 +27,22 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
     p.add_argument("--compile", action="store_true", help="also profile torch.compile of the eager twin")
     p.add_argument("--bf16", action="store_true", help="on the CPU: bf16 autocast (CUDA always is)")
+    p.add_argument("--inference", action="store_true", help="profile inference instead of a training step")
     args = p.parse_args(argv)
+    pass_name = "inference" if args.inference else "train_step"
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     ours, eager, x, autocast = setup(device, args.batch, args.width, bf16=args.bf16 or cuda)
     batch = len(x)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    print(f"# trunk train step profile on {describe(machine(device))}, batch {batch}, width {args.width}")
+    print(f"# trunk {pass_name} profile on {describe(machine(device))}, batch {batch}, width {args.width}")
 
     contenders = {"ours": ours, "eager": eager}
     if args.compile:
         contenders["eager_compiled"] = torch.compile(eager)
     for name, model in contenders.items():
-        step = passes(model, x, autocast)["train_step"]
+        step = passes(model, x, autocast)[pass_name]
         for _ in range(2):  # warm up: cuDNN autotuning, allocator, compilation
             step()
         sync(device)
