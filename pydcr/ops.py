@@ -22,6 +22,11 @@ def _check_tensor(op: str, name: str, x) -> None:
         raise TypeError(f"pydcr.{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
 
 
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type the kernels compute in: float for float16 and bfloat16, else the type itself."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class _Differentiable:
     """A compiled op and its gradient, as pydcr's Python API calls it.
 
@@ -305,7 +310,10 @@ def prelu_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     x is N x C x H x W; the result is N x C x ceil(H / 2) x ceil(W / 2), in x's layout. Equals
     ``F.max_pool2d(F.prelu(x + bias.view(1, -1, 1, 1), weight), 2, 2, ceil_mode=True)``
     (:func:`pydcr.reference.prelu_pool`), ties and NaNs included: the gradient goes to the first
-    largest element of each window, as in eager. Arguments as :func:`prelu`, without the residual.
+    largest element of each window, as in eager. float16 and bfloat16 activations are compared in
+    float, before their one rounding, so where rounding would make two of them equal the larger
+    one wins (eager, which rounds x + b and the PReLU first, would take the first): the
+    reference run in float32 is what they equal. Arguments as :func:`prelu`, without the residual.
 
     The full-size activation is never written: the forward pass writes a quarter of x's size and
     autograd keeps x alone (eager keeps PReLU's input, its output and the pool's int64 indices).
@@ -365,8 +373,9 @@ def _prelu_pool_backward_grad(ctx, gg_x, gg_w, gg_b):
     where route puts each output gradient on its window's largest element: linear in grad and, in
     x, piecewise constant. So the gradients are prelu_backward's, with grad's gathered back."""
     grad, x, weight, bias = ctx.saved_tensors
-    with torch.no_grad():  # each window's largest activation, found as eager's max-pool finds it
-        _, where = F.max_pool2d(reference.prelu(x, weight, bias), 2, 2, ceil_mode=True, return_indices=True)
+    with torch.no_grad():  # each window's largest activation, compared in the kernels' arithmetic
+        acc = [None if t is None else t.to(_accumulator_dtype(x.dtype)) for t in (x, weight, bias)]
+        _, where = F.max_pool2d(reference.prelu(*acc), 2, 2, ceil_mode=True, return_indices=True)
     routed = torch.zeros_like(x).flatten(2).scatter_(2, where.flatten(2), grad.flatten(2)).view_as(x)
     d_routed, d_x, d_w, d_b = _prelu_double_backward(routed, x, weight, bias, ctx.has_bias, gg_x, gg_w, gg_b)
     d_grad = d_routed.flatten(2).gather(2, where.flatten(2)).view_as(grad)
@@ -409,6 +418,7 @@ def center_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.
     """
     for name, t in (("centers", centers), ("features", features), ("labels", labels)):
         _check_tensor("center_update_", name, t)
+    _check_in_place("center_update_", centers)
     torch.ops.pydcr.center_update_.default(centers, features, labels, float(alpha))
     _mark_modified(centers)
     return centers
@@ -439,9 +449,18 @@ def center_apply_(
     """
     for name, t in (("centers", centers), ("classes", classes), ("sums", sums), ("counts", counts)):
         _check_tensor("center_apply_", name, t)
+    _check_in_place("center_apply_", centers)
     torch.ops.pydcr.center_apply_.default(centers, classes, sums, counts, float(alpha))
     _mark_modified(centers)
     return centers
+
+
+def _check_in_place(op: str, centers: torch.Tensor) -> None:
+    """Refuse, as built-in in-place ops do, to move a leaf that autograd is tracking: its gradient
+    would silently ignore the update."""
+    if torch.is_grad_enabled() and centers.requires_grad and centers.is_leaf:
+        raise RuntimeError(f"pydcr.{op}: centers is a leaf tensor that requires grad; "
+                           "update it under torch.no_grad(), as pydcr.losses.CenterLoss does")
 
 
 def _mark_modified(t: torch.Tensor) -> None:
@@ -450,10 +469,6 @@ def _mark_modified(t: torch.Tensor) -> None:
     from the schema; inference tensors have no counter.)"""
     if not torch.compiler.is_compiling() and not t.is_inference():
         torch.autograd.graph.increment_version(t)
-
-
-def _sums_dtype(features: torch.Tensor) -> torch.dtype:
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
 
 
 def _check_center_batch(op: str, features, labels, centers) -> None:
@@ -480,7 +495,7 @@ def _center_stats_fake(features, labels, centers):
     k = torch.library.get_ctx().new_dynamic_size()
     return (
         labels.new_empty((k,), dtype=torch.int64),
-        features.new_empty((k, features.shape[1]), dtype=_sums_dtype(features)),
+        features.new_empty((k, features.shape[1]), dtype=_accumulator_dtype(features.dtype)),
         labels.new_empty((k,), dtype=torch.int64),
     )
 

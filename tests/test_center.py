@@ -227,6 +227,22 @@ def test_compiled_update_equals_eager():
 
 
 @pytest.mark.parametrize("update", ["center_update_", "center_apply_"])
+def test_leaf_centers_that_require_grad_are_refused(update):
+    """As built-in in-place ops refuse: outside no_grad, moving a tracked leaf is an error."""
+    features, labels, centers = make_batch(12, 5, 8, torch.float32)
+    stats = ops.center_stats(features, labels, centers)
+    c = centers.clone().requires_grad_()
+    move = (lambda: ops.center_update_(c, features, labels, 0.5)) if update == "center_update_" else (
+        lambda: ops.center_apply_(c, *stats, 0.5))
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        move()
+    assert torch.equal(c.detach(), centers)
+    with torch.no_grad():
+        move()
+    assert not torch.equal(c.detach(), centers)
+
+
+@pytest.mark.parametrize("update", ["center_update_", "center_apply_"])
 def test_in_place_updates_bump_the_version(update):
     """As a built-in in-place op: a backward that saved the centers before they moved must raise,
     not silently use the new centers."""

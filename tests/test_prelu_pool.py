@@ -74,6 +74,22 @@ def test_low_precision_over_the_whole_range(dtype, layout):
     torch.testing.assert_close(gx, gx_ref.to(dtype), rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_low_precision_double_backward_routes_as_the_backward(dtype):
+    # x + b rounds to a tie in the 16-bit type (1 + 128 and 1.0078125 + 128 in bfloat16; 1 + 1024
+    # and 1.0009765625 + 1024 in float16) but not in float, where the kernels compare: the second
+    # element wins, in the backward and in its own gradient alike.
+    step, b = (2.0 ** -7, 128.0) if dtype == torch.bfloat16 else (2.0 ** -10, 1024.0)
+    x = torch.tensor([1.0, 1.0 + step, 0.5, -2.0], dtype=dtype).view(1, 1, 2, 2).repeat(2, 3, 1, 1)
+    w, bias = torch.full((3,), 0.25, dtype=dtype), torch.full((3,), b, dtype=dtype)
+    grad = torch.randn(2, 3, 1, 1).to(dtype).requires_grad_()
+    direction = torch.randn(2, 3, 2, 2).to(dtype)
+    (gx,) = torch.autograd.grad(ops.prelu_pool(x.requires_grad_(), w, bias), x, grad, create_graph=True)
+    assert gx[:, :, 0, 1].ne(0).all() and gx[:, :, 0, 0].eq(0).all()
+    (d_grad,) = torch.autograd.grad((gx * direction).sum(), grad)
+    torch.testing.assert_close(d_grad, direction[:, :, :1, 1:], rtol=0, atol=0)
+
+
 def special_values(shape, seed, device="cpu"):
     """Activations with NaN, infinities and ties (zeros, repeated values) in many windows."""
     g = torch.Generator().manual_seed(seed)
