@@ -60,14 +60,15 @@ def test_other_item_kinds(model, faces):
 
 def test_images_in_the_wrong_range_or_type_are_listed(model, faces):
     items = [faces[0], faces[1].float() / 255, faces[2].permute(1, 2, 0).numpy().astype(np.uint16) * 257,
-             faces[3].float().masked_fill(faces[3] == faces[3].max(), float("nan")), faces[4].double()]
+             faces[3].float().masked_fill(faces[3] == faces[3].max(), float("nan")), faces[4].double(),
+             torch.zeros_like(faces[5], dtype=torch.float32)]
     got = pydcr.Embedder(model, batch_size=2).embed_hr(items, 8)
-    assert got.index.tolist() == [0, 4]
+    assert got.index.tolist() == [0, 4, 5]  # a black frame is no [0, 1] image
     reasons = [reason for _, reason in got.failures]
     assert "in [0, 1]: pydcr takes [0, 255]" in reasons[0]
     assert "uint8 or floating point" in reasons[1] and "NaN" in reasons[2]
     with torch.no_grad():
-        torch.testing.assert_close(got.features, model.embed_hr(faces[[0, 4]], 8))
+        torch.testing.assert_close(got.features, model.embed_hr(torch.stack([faces[0], faces[4], torch.zeros_like(faces[5])]), 8))
 
 
 def test_images_aligned_with_landmarks(model, faces, tmp_path):

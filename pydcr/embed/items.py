@@ -151,7 +151,9 @@ def _read_one(item) -> np.ndarray:
     item = item.astype(np.float32)
     if not np.isfinite(item).all():
         raise ValueError("the image holds NaN or infinite values")
-    if item.size and item.min() >= 0 and item.max() <= 1:  # [0, 1] images would embed as nearly black faces
+    # [0, 1] images would embed as nearly black faces. A black frame (all zeros) reads the same on
+    # either scale, so it is taken as it is.
+    if item.size and item.min() >= 0 and 0 < item.max() <= 1:
         raise ValueError("the image's values are all in [0, 1]: pydcr takes [0, 255] (multiply by 255, or give uint8)")
     return item
 
