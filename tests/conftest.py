@@ -21,6 +21,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_data)
 
 
+@pytest.fixture(autouse=True)
+def keep_malloc_settings(monkeypatch):
+    """pydcr.cli.main sets glibc's malloc options for its whole process; tests that call it in the
+    pytest process must not change them for the tests after. (tests/test_allocator.py checks the
+    setting itself in fresh processes, and that the command applies it.)"""
+    import pydcr.cli
+
+    monkeypatch.setattr(pydcr.cli, "retain_freed_memory", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def lfw_root() -> Path:
     return LFW_ROOT

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from pydcr import ops, reference
 from pydcr.losses import CenterLoss, CMLoss, TrunkLoss
-from two_processes import free_port, run_two_processes
+from two_processes import run_two_processes
 
 
 def update_by_loop(centers, features, labels, alpha):
@@ -174,8 +174,9 @@ def distributed_data():
     return features, labels, centers
 
 
-def distributed_worker(rank, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+def distributed_worker(rank, out_dir):
+    # A rendezvous file instead of a TCP port: nothing else on the machine can take it in between.
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     try:
         torch.set_num_threads(1)
@@ -195,7 +196,7 @@ def distributed_worker(rank, port, out_dir):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_distributed_update_matches_single_process(tmp_path):
-    run_two_processes(distributed_worker, free_port(), str(tmp_path))
+    run_two_processes(distributed_worker, str(tmp_path))
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1)  # every rank holds the same centers, bit for bit
     features, labels, centers = distributed_data()

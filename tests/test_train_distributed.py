@@ -105,8 +105,7 @@ def test_torchrun_command(small_pack, tmp_path):
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "pydcr", "train", "trunk", "--data", str(small_pack), "--out", str(out), "--preset", "demo",
                "--width", "0.125", "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--quiet"]
     # cwd: outside the source folder, whose pydcr/ would shadow the installed one
