@@ -452,7 +452,10 @@ std::tuple<Tensor, Tensor> center_loss_backward_cuda(Tensor grad_in, Tensor feat
   Tensor grad_features = torch::stable::new_empty(p.features, {s.batch, s.dim});
   Tensor grad_centers = centers_grad ? torch::stable::new_zeros(centers, {s.classes, s.dim})
                                      : torch::stable::new_empty(centers, std::vector<int64_t>{0});
-  if (s.batch == 0 || s.dim == 0) return {grad_features, grad_centers};
+  if (s.batch == 0 || s.dim == 0) {  // nothing to compute, but bad labels are an error, as on the CPU
+    validate_labels(op, p);
+    return {grad_features, grad_centers};
+  }
   // Labels are checked before any kernel indexes centers with them.
   std::optional<Groups> groups;
   if (centers_grad) groups = group_batch(op, p.labels, s.classes, p.stream);
@@ -512,7 +515,7 @@ void center_update_cuda(Tensor centers, Tensor features_in, Tensor labels, doubl
   torch::stable::accelerator::DeviceGuard guard(features_in.get_device_index());
   const Prepared p = prepare(op, features_in, labels, centers);
   const Shape& s = p.shape;
-  if (s.batch == 0 || s.dim == 0) return;
+  if (s.batch == 0 || s.dim == 0) return validate_labels(op, p);  // nothing moves; bad labels are still an error
   const Groups g = group_batch(op, p.labels, s.classes, p.stream);
   Tensor work = with_unit_columns(centers);
   dispatch(p.features, [&](auto t_tag, auto acc_tag) {

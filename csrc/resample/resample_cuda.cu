@@ -6,6 +6,8 @@
 // image never reaches global memory. Both read any strides and write NCHW or channels_last.
 // Weights are host-built bands (resample.h), copied to the device once per call; the tap
 // arithmetic is band_dot, the same function the CPU kernels use.
+#include <limits>
+
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -201,7 +203,8 @@ Tensor degrade_op(const char* op, const char* arg, const Tensor& x, const Degrad
     const size_t smem = sizeof(Acc) * p.reduce_h.rows * (a.in_w + p.reduce_w.rows);
     int max_smem = 0;
     PYDCR_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (smem > static_cast<size_t>(max_smem)) return;
+    // The fused kernel takes one block per image plane, and a grid at most 2^31 - 1 blocks.
+    if (smem > static_cast<size_t>(max_smem) || a.n * a.c > std::numeric_limits<int32_t>::max()) return;
     auto kernel = degrade_kernel<In, Out, Acc>;
     if (smem > 48 * 1024)
       PYDCR_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -214,8 +217,8 @@ Tensor degrade_op(const char* op, const char* arg, const Tensor& x, const Degrad
     fused = true;
   });
   if (!fused) {
-    // The intermediate rows do not fit in shared memory: two resize passes through a
-    // low-resolution tensor in global memory.
+    // The intermediate rows do not fit in shared memory, or the planes in one grid: two resize
+    // passes through a low-resolution tensor in global memory.
     // The intermediate takes the result's dtype, so the second pass reads what it writes.
     Tensor low = empty_image_batch(x, a.n, a.c, p.reduce_h.rows, p.reduce_w.rows, float_result_type(x));
     launch_resize(x, low, p.reduce_h, p.reduce_w);
