@@ -12,7 +12,8 @@ from .allocator import retain_freed_memory
 from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
-from .cli_train import UsageError, add_train_parser, check_out, check_positive, device_or_default, reading
+from .cli_train import (UsageError, add_train_parser, check_out, check_out_of_images, check_positive,
+                        device_or_default, reading)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -73,13 +74,17 @@ def _add_demo(sub) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from pydcr.demo import run_demo
     from pydcr.train import PRESETS
+    from pydcr.train.checkpoint import OtherRunError
 
     if args.preset not in PRESETS:
         print(f"pydcr demo: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
         return 2
     check_positive(args, "epochs")
-    run_demo(args.out, preset=args.preset, epochs=args.epochs, device=device_or_default(args.device),
-             progress=not args.quiet)
+    try:
+        run_demo(args.out, preset=args.preset, epochs=args.epochs, device=device_or_default(args.device),
+                 progress=not args.quiet)
+    except OtherRunError as err:  # refused before any step: the --out is the mistake
+        raise UsageError(str(err)) from None
     return 0
 
 
@@ -126,6 +131,7 @@ def _open_source(args: argparse.Namespace, landmarks: Path | None = None, size=(
         dataset = open_dataset(args.src, args.layout, landmarks, size)
     if len(dataset) == 0:
         raise UsageError(f"no images under {args.src} in the {args.layout} layout (see --layout)")
+    check_out_of_images(args.out, dataset)  # not over a source image
     return dataset
 
 
@@ -137,8 +143,6 @@ def _pack(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise UsageError(f"--quality must be in 1-100, got {args.quality}")
     dataset = _open_source(args, args.landmarks, args.size)
-    if args.out.exists() and args.out.resolve().is_relative_to(args.src.resolve()):  # not over a source image
-        check_out(args.out, *(dataset.path(i) for i in range(len(dataset))))
     detector = MTCNN(device_or_default(args.device)) if args.detect else None
     out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
                detector=detector, resume=not args.fresh, progress=not args.quiet)

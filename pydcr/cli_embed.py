@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from .cli_train import (UsageError, add_amp_argument, check_out, check_positive, device_or_default, load_model,
-                        reading)
+from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
+                        device_or_default, load_model, reading)
 
 PACK_MAGIC = b"PYDCRPK1"
 
@@ -172,10 +172,12 @@ def _match_landmarks(path: Path, images: list) -> dict:
     return out
 
 
-def _source(embedder, args, *, allow_small: bool = False, input_path: Path):
+def _source(embedder, args, *, allow_small: bool = False, input_path: Path, out: Path):
+    """The images at input_path to embed; a UsageError when `out` is one of them."""
     from .embed import ItemSource
 
     items, description = open_input(input_path, embedder.crop_size, args.landmarks)
+    check_out_of_images(out, items)
     return ItemSource(items, embedder.crop_size, detector=_detector(args, embedder), allow_small=allow_small), description
 
 
@@ -210,6 +212,7 @@ def _shard(spec: str | None):
 def run_embed(args: argparse.Namespace) -> int:
     from .embed import Gallery, embed_gallery, merge_shards
     from .embed.embedder import TRUNK, hr_head
+    from .embed.gallery import work_folder
 
     if args.merge:
         if args.model is not None or args.input is not None:
@@ -228,7 +231,12 @@ def run_embed(args: argparse.Namespace) -> int:
         raise UsageError("give MODEL and INPUT (or --merge SHARD...)")
     check_positive(args, "batch_size", "workers", "chunk_size")
     shard = _shard(args.shard)
-    check_out(shard.path(args.out) if shard else args.out, args.model, args.input, args.landmarks)
+    target = shard.path(args.out) if shard else args.out
+    check_out(target, args.model, args.input, args.landmarks)
+    try:
+        work_folder(target)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     embedder = _embedder(args)
     model = embedder.model
     if args.trunk and args.resolution:
@@ -241,7 +249,7 @@ def run_embed(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"the model has no branch pair for {unknown}; it has {model.resolutions}")
         heads = [hr_head(k) for k in args.resolution]
-    source, description = _source(embedder, args, input_path=args.input)
+    source, description = _source(embedder, args, input_path=args.input, out=target)
     try:
         out = embed_gallery(embedder, source, args.out, heads=heads, dtype=args.dtype, chunk_size=args.chunk_size,
                             shard=shard, description={**description, "model_file": args.model.name},
@@ -293,7 +301,7 @@ def run_identify(args: argparse.Namespace) -> int:
         r = embedder.model.nearest_resolution(args.size)
         if hr_head(r) not in gallery.heads:
             raise UsageError(f"probes at {args.size} go through pair {r}, but {args.gallery} holds {gallery.heads}")
-    source, _ = _source(embedder, args, allow_small=True, input_path=args.probes)
+    source, _ = _source(embedder, args, allow_small=True, input_path=args.probes, out=args.out)
     device = embedder.device if args.backend == "torch" else "cpu"
     indexes: dict[str, object] = {}
 

@@ -109,9 +109,26 @@ def check_out(out: Path, *inputs: Path | None) -> None:
         raise UsageError(f"cannot write {out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise UsageError(f"cannot write {out}: it is a folder; give a file name")
+    if not out.exists():
+        return
+    target = out.stat()  # once: the inputs may be every image of a dataset
     for path in inputs:
-        if path is not None and out.exists() and path.exists() and os.path.samefile(out, path):
+        if path is None:
+            continue
+        try:
+            same = os.path.samestat(target, os.stat(path))
+        except OSError:  # not there: nothing to destroy
+            continue
+        if same:
             raise UsageError(f"cannot write {out}: it is the input {path}, which writing would destroy")
+
+
+def check_out_of_images(out: Path, dataset) -> None:
+    """check_out against every image a folder or list dataset reads (a pack's crops are in the pack)."""
+    from .data import FaceDataset
+
+    if isinstance(dataset, FaceDataset):
+        check_out(out, *(dataset.path(i) for i in range(len(dataset))))
 
 
 @contextmanager
@@ -219,10 +236,14 @@ def _train_and_save(args, config, faces, classes, device, world=None) -> int:
     """Train, and on rank 0 write the model file; every rank returns the same status."""
     from .models import DCR, save
     from .train import train_trunk
+    from .train.checkpoint import OtherRunError
 
     main = world is None or world.is_main
-    run = train_trunk(faces, classes, config, args.out, device=device, seed=args.seed,
-                      num_workers=args.workers, progress=not args.quiet, tensorboard=args.tensorboard, amp=args.amp)
+    try:
+        run = train_trunk(faces, classes, config, args.out, device=device, seed=args.seed, num_workers=args.workers,
+                          progress=not args.quiet, tensorboard=args.tensorboard, amp=args.amp)
+    except OtherRunError as err:  # refused before any step: the --out is the mistake
+        raise UsageError(str(err)) from None
     if not run.finished:
         if main:
             print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)
@@ -254,6 +275,13 @@ def run_branch(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"no trained model at {path}: run `pydcr train trunk` first")
     model = load_model(path)
+    h, w = model.trunk.input_size
+    # a "low" resolution above the input's would be an upscaled face; the input's longer side itself is
+    # SCface's full-size pair (112 for 112x96, docs/training.md)
+    if max(args.size) > max(h, w):
+        raise UsageError(f"--size {max(args.size)} is larger than {path}'s {h}x{w} input: give resolutions up "
+                         f"to {max(h, w)}")
+    _check_pair_dim(model, args.size, config.dim, args.preset, path)
     faces, classes = _faces(args.data, model.trunk.input_size)
     train_branches(model.to(device), faces, classes, args.size, config, seed=args.seed, device=device,
                    progress=not args.quiet, amp=args.amp)
@@ -262,3 +290,18 @@ def run_branch(args: argparse.Namespace) -> int:
     save(model.cpu(), path)
     print(f"pydcr train branch: pairs for {', '.join(map(str, args.size))} added to {path}")
     return 0
+
+
+def _check_pair_dim(model, sizes: list[int], dim: int, preset: str, path: Path) -> None:
+    """A UsageError when the preset's pairs would differ in dimension from the pairs the model keeps:
+    a model's pairs must agree, or their features do not stack (identify fails on them)."""
+    from .train import PRESETS
+
+    kept = {k: model.branch(k).dim for k in model.resolutions if k not in sizes}
+    other = {k: d for k, d in kept.items() if d != dim}
+    if other:
+        have = next(iter(other.values()))
+        fits = [name for name, p in PRESETS.items() if p.branch.dim == have]
+        hint = f"give --preset {' or '.join(fits)}" if fits else f"give a preset of {have}-d pairs"
+        raise UsageError(f"{path} has {have}-d branch pairs (for {', '.join(map(str, other))}) and preset {preset} "
+                         f"trains {dim}-d ones: {hint}, or retrain every pair (all of them in --size)")

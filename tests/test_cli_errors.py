@@ -98,11 +98,34 @@ def refused(argv, work, capsys, code=2):
     (["pack", "faces", "marks.txt", "--landmarks", "marks.txt", "--quiet"], "marks.txt"),
     (["pack", "faces", "faces/marks.txt", "--landmarks", "marks.txt", "--quiet"], "faces/marks.txt"),
     (["pack", "faces", "faces/p0/0.png", "--landmarks", "marks.txt", "--quiet"], "faces/p0/0.png"),  # a source image
+    # an image read from a folder or named by a list file
+    (["embed", "m.safetensors", "faces", "--out", "faces/p0/0.png"], "faces/p0/0.png"),
+    (["embed", "m.safetensors", "list.txt", "--out", "faces/p1/1.png"], "faces/p1/1.png"),
+    (["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "faces", "--out", "faces/p0/2.png"],
+     "faces/p0/2.png"),
+    (["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "list.txt", "--out", "faces/p0/0.png"],
+     "faces/p0/0.png"),
+    (["align", "faces", "faces/p1/3.png", "--quiet"], "faces/p1/3.png"),
 ])
 def test_an_output_that_is_an_input_is_refused(argv, out, work, capsys):
     (work / "faces" / "marks.txt").write_text((work / "marks.txt").read_text())  # found under the root first
     line = refused(argv, work, capsys)
     assert line.startswith(f"pydcr {argv[0]}: cannot write {out}: it is the input "), line
+
+
+def test_embed_leaves_a_work_folder_it_did_not_make(work, capsys):
+    """A folder named like a run's work folder (GALLERY.parts) but not one: starting over would delete it."""
+    (work / "x.safetensors.parts").mkdir()
+    (work / "x.safetensors.parts" / "notes.txt").write_text("mine")
+    line = refused(["embed", "m.safetensors", "faces", "--out", "x.safetensors"], work, capsys)
+    assert line == ("pydcr embed: x.safetensors.parts exists and is not the work folder of a gallery run (it "
+                    "holds no plan.json): move it away or write x.safetensors under another name")
+    (work / "x.safetensors.parts" / "plan.json").write_text("{}")  # a run's, with other settings: starts over
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(["embed", "m.safetensors", "faces", "--out", "x.safetensors", "--quiet"]) == 0
+    assert "holds a run with other settings; starting over" in capsys.readouterr().err
+    assert not (work / "x.safetensors.parts").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -133,6 +156,11 @@ def test_an_output_that_is_an_input_is_refused(argv, out, work, capsys):
     (["demo", "--out", "demo", "--device", "gpu"], "--device 'gpu' is not a device"),
     (["verify", "m.safetensors", "faces/p0/0.png", "faces/p1/1.png", "--threshold", "nan"],
      "--threshold must be a finite score, got nan"),
+    (["train", "branch", "--trunk", "m.safetensors", "--data", "f.pack", "--size", "8", "113"],
+     "--size 113 is larger than m.safetensors's 112x96 input: give resolutions up to 112"),
+    (["train", "branch", "--trunk", "m.safetensors", "--data", "f.pack", "--size", "8", "--preset", "cpu"],
+     "m.safetensors has 512-d branch pairs (for 16) and preset cpu trains 256-d ones: give --preset paper, or "
+     "retrain every pair (all of them in --size)"),
 ])
 def test_bad_arguments_are_one_line_usage_errors(argv, message, work, capsys):
     line = refused(argv, work, capsys)

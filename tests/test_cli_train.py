@@ -24,6 +24,30 @@ def test_trunk_then_branches(amp, tiny_pack, tmp_path):
     assert model.resolutions == [8, 12] and set(model.provenance["branches"]) == {"8", "12"}
 
 
+def test_a_rerun_with_other_settings_is_refused(tiny_pack, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "trunk", "--data", str(tiny_pack), "--out", str(run), "--epochs", "1", "--quiet"]
+    assert main([*argv, "--width", "0.125", "--batch-size", "8"]) == 0
+    model = (run / "model.safetensors").read_bytes()
+    for other, message in [(["--width", "0.0625", "--batch-size", "8"], "width 0.125 vs 0.0625"),
+                           (["--width", "0.125", "--batch-size", "4"], "batch_size 8 vs 4")]:
+        capsys.readouterr()
+        assert main([*argv, *other]) == 2
+        assert capsys.readouterr().err == (f"pydcr train: {run} holds a run with other settings ({message}); "
+                                           "use another --out or delete it\n")
+    assert (run / "model.safetensors").read_bytes() == model  # its provenance not rewritten
+
+
+def test_a_truncated_checkpoint_is_an_input_error(tiny_pack, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    assert main(["train", "trunk", "--data", str(tiny_pack), "--out", str(run), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pydcr train: cannot read checkpoint {run / 'checkpoint.pt'} (") and err.count("\n") == 1
+    assert "delete it to start the run afresh" in err
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -1,6 +1,7 @@
 """Training loops: the loss goes down, a stopped run resumes to the uninterrupted result, splits are disjoint."""
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -82,6 +83,34 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert resumed.finished and resumed.epochs_done == TINY.epochs
     for (k, a), (_, b) in zip(whole.trunk.state_dict().items(), resumed.trunk.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_a_run_resumes_only_with_its_own_settings(tmp_path):
+    from pydcr.train.checkpoint import OtherRunError
+
+    data, classes = toy_faces()
+    train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False)
+    for config, seed, message in [(replace(TINY, epochs=1, width=0.0625), 0, "width 0.125 vs 0.0625"),
+                                  (TINY, 0, "epochs 1 vs 2"),  # the old schedule's lr decay would carry on
+                                  (replace(TINY, epochs=1, batch_size=4), 0, "batch_size 8 vs 4"),
+                                  (replace(TINY, epochs=1), 1, "seed 0 vs 1")]:
+        with pytest.raises(OtherRunError, match=re.escape(f"{tmp_path} holds a run with other settings ({message}); ")):
+            train_trunk(data, classes, config, tmp_path, seed=seed, progress=False)
+    with pytest.raises(OtherRunError, match="identities 4 vs 2"):
+        train_trunk(*toy_faces(classes=2), replace(TINY, epochs=1), tmp_path, progress=False)
+    assert train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False).finished  # the same: resumes
+
+
+def test_a_truncated_checkpoint_names_the_file(tmp_path):
+    from pydcr.train.checkpoint import CorruptCheckpointError
+
+    data, classes = toy_faces()
+    train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CorruptCheckpointError, match=f"cannot read checkpoint {re.escape(str(ckpt))} .*delete it") as err:
+        train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False)
+    assert "\n" not in str(err.value)
 
 
 def test_branches_are_added_to_the_model(tmp_path):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from .stream import batch_ranges
 from .tables import concat, read_header, write_table
 
 FORMAT, VERSION, META_KEY = "pydcr.gallery", 1, "pydcr.gallery"
+PLAN_FILE = "plan.json"  # in a run's work folder (GALLERY.parts): the settings the chunks were made with
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
@@ -183,7 +183,7 @@ def embed_gallery(
     if shard:
         final["shard"] = {"rank": shard.rank, "world": shard.world, "chunks": [chunks.start, chunks.stop]}
     concat(parts, target, {META_KEY: json.dumps(final)})
-    shutil.rmtree(work)
+    _remove_work_folder(work)
     return target
 
 
@@ -210,20 +210,41 @@ def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, de
     }
 
 
-def _work_folder(target: Path, plan: dict, resume: bool) -> Path:
+def work_folder(target: str | os.PathLike) -> Path:
+    """Where a run writing the gallery `target` keeps its finished chunks; a ValueError when a folder
+    of that name holds files but no plan: a run did not make it, and starting over would delete it."""
+    target = Path(target)
     work = target.with_name(target.name + ".parts")
-    plan_file = work / "plan.json"
+    if work.is_dir() and not (work / PLAN_FILE).is_file() and any(work.iterdir()):
+        raise ValueError(f"{work} exists and is not the work folder of a gallery run (it holds no "
+                         f"{PLAN_FILE}): move it away or write {target.name} under another name")
+    return work
+
+
+def _work_folder(target: Path, plan: dict, resume: bool) -> Path:
+    work = work_folder(target)
+    plan_file = work / PLAN_FILE
     text = json.dumps(plan, sort_keys=True)
     if work.is_dir():
         same = plan_file.is_file() and plan_file.read_text() == text
         if resume and same:
             return work
-        if resume:
+        if resume and plan_file.is_file():
             print(f"pydcr embed: {work} holds a run with other settings; starting over", file=sys.stderr)
-        shutil.rmtree(work)
+        _remove_work_folder(work)
     work.mkdir(parents=True)
     plan_file.write_text(text)
     return work
+
+
+def _remove_work_folder(work: Path) -> None:
+    """Delete a run's work folder (flat: chunks and the plan), the plan last, so that a deletion cut
+    short leaves a folder still known as a run's."""
+    for path in work.iterdir():
+        if path.name != PLAN_FILE:
+            path.unlink()
+    (work / PLAN_FILE).unlink(missing_ok=True)
+    work.rmdir()
 
 
 def _chunk_path(work: Path, chunk: int) -> Path:

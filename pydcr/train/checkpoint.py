@@ -17,13 +17,38 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that cannot be read (a truncated file, say): an unusable input, not a bug."""
+
+
+class OtherRunError(ValueError):
+    """A checkpoint of a run with other settings than the one asked to resume it."""
+
+
 def load_checkpoint(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated file: say which, don't start over silently
-        raise RuntimeError(f"cannot read checkpoint {path} ({err}); delete it to start the run afresh") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]  # one line: torch's may run on
+        raise CorruptCheckpointError(f"cannot read checkpoint {path} ({reason}); delete it to start the run "
+                                     "afresh") from err
+
+
+def check_same_run(out_dir: Path, saved: dict, wanted: dict) -> None:
+    """An OtherRunError naming the settings that differ between a checkpoint's run (`saved`)
+    and the one asked to resume it (`wanted`): resuming would train another run's weights on, or not fit them."""
+    differ = [f"{key} {_plain(saved[key])} vs {_plain(value)}" for key, value in wanted.items()
+              if key in saved and _plain(saved[key]) != _plain(value)]  # a key older checkpoints lack: no say
+    if differ:
+        raise OtherRunError(f"{out_dir} holds a run with other settings ({', '.join(differ)}); use another --out "
+                            "or delete it")
+
+
+def _plain(value):
+    """Tuples as lists: a setting reads the same however it was stored."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 class StopFlag:

@@ -18,7 +18,7 @@ from .._machine import use_amp
 from ..data import MultiResolution, face_loader
 from ..losses import TrunkLoss
 from ..models import Trunk
-from .checkpoint import StopFlag, load_checkpoint, save_checkpoint
+from .checkpoint import StopFlag, check_same_run, load_checkpoint, save_checkpoint
 from .distributed import current_world
 from .metrics_log import MetricsLog
 from .presets import make_optimizer, TrunkConfig
@@ -127,6 +127,11 @@ def train_trunk(
     start_epoch, start_step = 0, 0
     state = load_checkpoint(ckpt_path)
     if state is not None:
+        # Only the same run resumes: other weights' shapes do not load, another schedule or batch misleads.
+        saved = {**state.get("config", {}), "identities": state["head"]["weight"].shape[0]}
+        if "seed" in state:
+            saved["seed"] = state["seed"]
+        check_same_run(out_dir, saved, {**config.to_dict(), "seed": seed, "identities": num_classes})
         trunk.load_state_dict(state["trunk"])
         head.load_state_dict(state["head"])
         loss_fn.load_state_dict(state["loss"])
