@@ -219,6 +219,15 @@ def test_errors(model, faces):
         e.embed_hr(["a.png", "b.png"], 8, landmarks=[REFERENCE_112x96])
 
 
+def test_probe_size_is_checked_as_the_model_checks_it(model, faces):
+    e = pydcr.Embedder(model, batch_size=4)
+    low = pydcr.ops.resize(faces[:2], (8, 8))
+    for size in (8.7, True, 0):  # int() would have truncated 8.7 and taken True as 1
+        with pytest.raises(ValueError, match="size must be a positive int"):
+            e.embed_lr(low, size=size)
+    assert e.embed_lr(low, size=8.0).resolutions.tolist() == [8, 8]
+
+
 # Search -----------------------------------------------------------------------------------------
 
 

@@ -113,6 +113,44 @@ def test_bad_inputs(model):
         DCR(Trunk(width=0.125, feature_dim=32), {8.7: BranchPair(10, in_dim=32, dim=16)})
 
 
+def small_model(dim=16, dtype=torch.float32):
+    torch.manual_seed(0)
+    return DCR(Trunk(width=0.0625, input_size=(56, 48)), {8: BranchPair(0, dim=dim)}).to(dtype).eval()
+
+
+def test_native_crops_of_other_dtypes():
+    m = small_model()
+    with pytest.raises(ValueError, match="uint8 or floating point"):  # before resize's kernel sees them
+        m.embed_lr(torch.randint(0, 255, (2, 3, 8, 8)))
+    low = torch.randint(0, 256, (2, 3, 8, 8)).float()
+    with torch.no_grad():
+        for dtype in (torch.float16, torch.bfloat16):  # the CPU resize kernel has no 16-bit path
+            upsampled = ops.resize(low.to(dtype).float(), (56, 48)).to(dtype)
+            torch.testing.assert_close(m.embed_lr(low.to(dtype)), m.branch(8).lr(m.trunk(upsampled)))
+
+
+def test_branch_keys_may_be_integral_floats():
+    m = small_model()
+    m.add_branch(12.0, BranchPair(0, dim=16))
+    assert m.resolutions == [8, 12] and m.branch(12.0) is m.branch(12)
+    assert m.remove_branch(12.0) is not None and m.resolutions == [8]
+    with pytest.raises(ValueError, match="resolution must be a positive int, got 8.5"):
+        m.branch(8.5)
+
+
+def test_added_pairs_fit_the_model():
+    m = small_model()
+    with pytest.raises(ValueError, match="gives 8-d features, the model's other pairs give 16-d"):
+        m.add_branch(12, BranchPair(0, dim=8))
+    m.add_branch(8, BranchPair(0, dim=8))  # replacing the only pair may change the dim
+    assert m.branch(8).dim == 8
+    m = small_model(dtype=torch.float64)
+    m.add_branch(12, BranchPair(0, dim=16))  # moved to the trunk's dtype
+    x = torch.randint(0, 256, (2, 3, 56, 48), dtype=torch.uint8)
+    assert m.embed_hr(x, 12).dtype == torch.float64
+    assert next(m.branch(12).without_classifiers().parameters()).dtype == torch.float64
+
+
 def test_other_float_types_and_empty_batches(model):
     x = torch.randint(0, 256, (2, 3, 112, 96), dtype=torch.uint8)
     with torch.no_grad():
@@ -204,9 +242,66 @@ def test_load_errors(model, tmp_path):
             models.load(tmp_path / "cfg.safetensors")
     with torch.no_grad():
         model.trunk.fc.weight[0, 0] = float("nan")
-    models.save(model, tmp_path / "nan.safetensors")
+    with pytest.raises(ValueError, match="cannot save .*nan.safetensors: weight trunk.fc.weight holds NaN"):
+        models.save(model, tmp_path / "nan.safetensors")  # a diverged run: load would refuse the file
+    assert not (tmp_path / "nan.safetensors").exists()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "nan.safetensors"),
+              metadata={"pydcr": json.dumps(config_of(model))})
     with pytest.raises(ValueError, match="trunk.fc.weight holds NaN"):
         models.load(tmp_path / "nan.safetensors")
+
+
+def rewrite(path, tensors=None, **config):
+    """Write the model file at `path` again with other tensors or config fields; return its path."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = tensors if tensors is not None else {k: f.get_tensor(k) for k in f.keys()}
+        meta = {**json.loads(f.metadata()["pydcr"]), **config}
+    out = path.with_name("edited.safetensors")
+    save_file(tensors, str(out), metadata={"pydcr": json.dumps(meta)})
+    return out
+
+
+def test_load_checks_each_weight_against_the_config(tmp_path):
+    path = models.save(small_model(), tmp_path / "m.safetensors")
+    tensors = models.load(path).state_dict()
+    for edit, match in [
+        (dict(width=0.125), r"edited.safetensors: weight trunk.body.0.conv.bias is \(2,\), its config makes it \(4,\)"),
+        (dict(input_size=[80, 48]), r"edited.safetensors: weight trunk.fc.weight is \(512, \d+\), its config makes it \(512, \d+\)"),
+        (dict(tensors={**tensors, "trunk.fc.bias": tensors["trunk.fc.bias"][:-1]}), r"trunk.fc.bias is \(511,\)"),
+        (dict(tensors={**tensors, "trunk.fc.bias": tensors["trunk.fc.bias"].int()}), r"trunk.fc.bias is torch.int32"),
+        (dict(tensors={**tensors, "trunk.fc.bias": tensors["trunk.fc.bias"].half()}), r"trunk.fc.bias is torch.float16"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            models.load(rewrite(path, **edit))
+    for dtype in (torch.float64, torch.float16):  # a model comes back in the dtype it was saved in
+        m = small_model(dtype=dtype)
+        loaded = models.load(models.save(m, tmp_path / "m.safetensors"))
+        for (k, a), (k2, b) in zip(m.state_dict().items(), loaded.state_dict().items()):
+            assert k == k2 and a.dtype == b.dtype == dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (dict(degrade="bilinear"), "degrade must be 'antialias' or 'plain', got 'bilinear'"),
+    (dict(format_version="abc"), "format_version must be a positive int, got 'abc'"),
+    (dict(width="abc"), "width must be a positive number, got 'abc'"),
+    (dict(feature_dim=1.5), "feature_dim must be a positive int"),
+    (dict(input_size=[56]), r"input_size must be \[height, width\]"),
+    (dict(branches=[8]), "branches must be an object"),
+    (dict(branches={"abc": {"num_classes": 0}}), "branches must be keyed by positive int resolutions, got 'abc'"),
+    (dict(branches={"8": {"num_classes": 0, "bias": True}}), "branches.8 must be an object of num_classes"),
+    (dict(branches={"8": {"num_classes": "10"}}), "branches.8.num_classes must be an int >= 0"),
+    (dict(branches={"8": {"num_classes": 0, "in_dim": 256, "dim": 16}}),
+     r"branches.8.in_dim must be the config's feature_dim \(512\), got 256"),
+    (dict(branches={"8": {"num_classes": 0, "dim": 16}, "12": {"num_classes": 0, "dim": 8}}),
+     "does not describe a model: branch pair gives 8-d"),
+])
+def test_malformed_configs_name_the_file_and_field(tmp_path, edit, match):
+    path = rewrite(models.save(small_model(), tmp_path / "m.safetensors"), **edit)
+    with pytest.raises(ValueError, match="edited.safetensors: .*" + match):
+        models.load(path)
 
 
 def test_compile(model):
@@ -278,6 +373,21 @@ def test_export_runs_without_pydcr_ops(model, kind, resolution, shape):
     expected = {"hr": lambda: model.embed_hr(x, resolution), "lr": lambda: model.embed_lr(x),
                 "trunk": lambda: model.embed_trunk(x)}[kind]()
     torch.testing.assert_close(exported.module()(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 0])
+def test_export_from_a_batch_of_one_or_none(n):
+    from pydcr.models.export import export_embedding
+
+    m = small_model().train()
+    x = torch.randint(0, 256, (3, 3, 56, 48), dtype=torch.uint8)
+    exported = export_embedding(m, "hr", 8, example=x[:n])
+    assert m.training  # the caller's model keeps its mode
+    m.eval()
+    for b in (1, 3):
+        torch.testing.assert_close(exported.module()(x[:b]), m.embed_hr(x[:b], 8), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="full-size 56 x 48 probes needs `resolution`"):
+        export_embedding(m, "lr", None, example=x)
 
 
 @pytest.mark.parametrize("kind,resolution,shape", [("hr", 12, (112, 96)), ("lr", 12, (12, 12))])

@@ -14,6 +14,7 @@ import torch
 from .._machine import use_amp
 from ..data._progress import progress_bar
 from ..models import DCR, Trunk, estimate_resolution
+from ..models.dcr import positive_int
 from .items import ItemSource
 from .stream import CropBatch, batch_ranges, crop_batches
 
@@ -124,6 +125,8 @@ class Embedder:
         """Probe features z, as ``model.embed_lr``: through the LR branch of the trained resolution
         nearest `size`, else the crop's native size (crops smaller than the model's input), else the
         resolution estimated from each face."""
+        if size is not None:
+            size = positive_int(size, "size")  # as model.embed_lr checks it
         self.model.nearest_resolution(size or 1)  # a model without pairs: fail now
         source = self.source(items, landmarks=landmarks, detector=detector, allow_small=True)
         return self._collect(source, LR, size=size, flip=flip, progress=progress)
@@ -163,8 +166,8 @@ class Embedder:
         heads = list(heads)
         for head in heads:
             self._check_head(head)
-        if size is not None and int(size) <= 0:
-            raise ValueError(f"size must be a positive resolution, got {size}")
+        if size is not None:
+            size = positive_int(size, "size")
         ranges = batch_ranges(0, len(source), self.batch_size) if ranges is None else ranges
         cuda = self.device.type == "cuda"
         batches = crop_batches(source, ranges, workers=self.workers, pin_memory=cuda,
@@ -221,7 +224,7 @@ class Embedder:
         """The trained resolution each probe goes through: nearest to size, native size or estimate."""
         model = self.model
         if size is not None:
-            return np.full(len(native), model.nearest_resolution(int(size)), np.int64)
+            return np.full(len(native), model.nearest_resolution(size), np.int64)
         k = native.copy()
         full = np.flatnonzero(k == 0)
         if len(full):

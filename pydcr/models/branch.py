@@ -52,4 +52,5 @@ class BranchPair(nn.Module):
         pair = BranchPair(0, self.in_dim, self.dim)
         pair.hr_branch.fc.load_state_dict(self.hr_branch.fc.state_dict())
         pair.lr_branch.fc.load_state_dict(self.lr_branch.fc.state_dict())
-        return pair.to(next(self.parameters()).device)
+        weight = self.hr_branch.fc.weight
+        return pair.to(device=weight.device, dtype=weight.dtype)

@@ -10,7 +10,18 @@ from torch import nn
 from .. import ops
 from .branch import BranchPair
 from .resolution import estimate_resolution, native_resolution
-from .trunk import Trunk
+from .trunk import Trunk, check_image_dtype
+
+
+def positive_int(value, name: str = "resolution") -> int:
+    """`value` as a resolution: a positive int (an integral float such as 8.0 too), else ValueError."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value > 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
 
 
 class DCR(nn.Module):
@@ -36,21 +47,29 @@ class DCR(nn.Module):
         return sorted(int(k) for k in self.branches)
 
     def add_branch(self, resolution: int, pair: BranchPair) -> None:
-        if isinstance(resolution, bool) or int(resolution) != resolution or resolution <= 0:
-            raise ValueError(f"resolution must be a positive int, got {resolution!r}")
+        """Add (or replace) the pair of `resolution`, moved to the trunk's dtype and device."""
+        key = str(positive_int(resolution))
         if pair.in_dim != self.trunk.feature_dim:
             raise ValueError(f"branch pair takes {pair.in_dim}-d features, the trunk gives {self.trunk.feature_dim}")
-        self.branches[str(int(resolution))] = pair
+        # embed_lr routes each probe to its own pair into one output: all pairs give one feature size.
+        dims = {p.dim for k, p in self.branches.items() if k != key}
+        if dims and pair.dim not in dims:
+            raise ValueError(f"branch pair gives {pair.dim}-d features, the model's other pairs give {dims.pop()}-d: "
+                             "all pairs of a model must share one dim")
+        weight = next(self.trunk.parameters())
+        self.branches[key] = pair.to(device=weight.device, dtype=weight.dtype)
 
     def remove_branch(self, resolution: int) -> BranchPair:
-        if str(resolution) not in self.branches:
-            raise KeyError(f"no branch pair for resolution {resolution}; trained: {self.resolutions}")
-        return self.branches.pop(str(resolution))
+        return self.branches.pop(self._key(resolution))
 
     def branch(self, resolution: int) -> BranchPair:
-        if str(resolution) not in self.branches:
+        return self.branches[self._key(resolution)]
+
+    def _key(self, resolution: int) -> str:
+        key = str(positive_int(resolution))
+        if key not in self.branches:
             raise KeyError(f"no branch pair for resolution {resolution}; trained: {self.resolutions}")
-        return self.branches[str(resolution)]
+        return key
 
     def nearest_resolution(self, k: int) -> int:
         """The trained resolution closest to k (the lower one on a tie)."""
@@ -88,8 +107,8 @@ class DCR(nn.Module):
         or faces already brought to the input size. The probe's resolution is `size` when given,
         else the crops' own size, else estimated from content (estimate_resolution) per image.
         """
-        if size is not None and (isinstance(size, bool) or int(size) != size or size <= 0):
-            raise ValueError(f"size must be a positive int (the probe's resolution k), got {size!r}")
+        if size is not None:
+            size = positive_int(size, "size")
         images, native = self._at_input_size(images)
         if native is not None or size is not None:
             k = size if size is not None else native
@@ -116,7 +135,12 @@ class DCR(nn.Module):
         if h > input_h or w > input_w:
             raise ValueError(f"images are {h}x{w}, larger than the model's {input_h}x{input_w} input: "
                              "align them to the input size (then `size` names their resolution) or give low-resolution crops")
-        return ops.resize(images, self.trunk.input_size, antialias=self.antialias), native_resolution(h, w)
+        check_image_dtype(images)  # before resize, whose kernel would reject it less clearly
+        native = native_resolution(h, w)
+        if images.device.type == "cpu" and images.dtype in (torch.float16, torch.bfloat16):
+            # The CPU resize kernel has no 16-bit path (CUDA's has): resize in float32, keep the dtype.
+            return ops.resize(images.float(), self.trunk.input_size, antialias=self.antialias).to(images.dtype), native
+        return ops.resize(images, self.trunk.input_size, antialias=self.antialias), native
 
     def _trunk_features(self, images: torch.Tensor, flip: bool) -> torch.Tensor:
         v = self.trunk(images)

@@ -48,13 +48,16 @@ def export_embedding(
     or resolution x resolution crops for "lr"). The batch dimension is dynamic unless
     dynamic_batch is False. Run it with ``exported.module()(images)``.
     """
-    model = model.eval()
     h, w = model.trunk.input_size
     if kind == "hr":
         embed = lambda x: model.embed_hr(x, resolution, flip=flip)  # noqa: E731
     elif kind == "lr":
         if example is None and resolution is None:
             raise ValueError("export of the LR path needs a resolution or an example probe batch")
+        if resolution is None and tuple(example.shape[-2:]) == (h, w):
+            # Full-size probes would be routed by estimate_resolution, which depends on the pixels.
+            raise ValueError(f"an LR export of full-size {h} x {w} probes needs `resolution` "
+                             "(the probes' resolution k); or give native low-resolution crops as the example")
         embed = lambda x: model.embed_lr(x, size=resolution, flip=flip)  # noqa: E731
         if example is None:
             h = w = resolution
@@ -64,10 +67,18 @@ def export_embedding(
         raise ValueError(f"kind must be 'hr', 'lr' or 'trunk', got {kind!r}")
     if example is None:
         example = torch.zeros(2, 3, h, w, dtype=torch.uint8, device=next(model.parameters()).device)
+    if dynamic_batch and example.shape[0] < 2:
+        # torch.export specializes a batch of 0 or 1 to a constant: trace a batch of two of the same size.
+        first = example[:1] if len(example) else example.new_zeros((1, *example.shape[1:]))
+        example = torch.cat([first, first])
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
-    exported = torch.export.export(_Embedding(model, embed), (example,), dynamic_shapes=shapes)
+    training = model.training
+    model.eval()  # exported in inference mode; the caller's model goes back to its mode after
+    try:
+        exported = torch.export.export(_Embedding(model, embed), (example,), dynamic_shapes=shapes)
+    finally:
+        model.train(training)
     return exported.run_decompositions(reference_decompositions())
-
 
 
 def export_onnx(path, model: DCR, kind: str = "hr", resolution: int | None = None,

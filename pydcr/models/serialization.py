@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ def save(model: DCR | Trunk, path: str | os.PathLike, provenance: dict | None = 
     """Write `model` (a DCR, or a bare Trunk) to one .safetensors file and return its path.
 
     provenance (data, epochs, command, ...) is merged into model.provenance and stored with it.
+    Weights with NaN or infinite values (a diverged run) are refused, as load() would refuse them.
     """
     if isinstance(model, Trunk):
         model = DCR(model)
@@ -57,6 +59,7 @@ def save(model: DCR | Trunk, path: str | os.PathLike, provenance: dict | None = 
         raise TypeError(f"provenance must hold JSON values (str, number, bool, list, dict): {err}") from None
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
+    check_finite(tensors, f"cannot save {path}")  # load() would refuse the file
     if path.is_dir():
         raise IsADirectoryError(f"cannot save a model to {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,12 +93,53 @@ def read_config(path: str | os.PathLike) -> dict:
             f"{path} holds a {config.get('format')} / {config.get('architecture')} model; this pydcr reads "
             f"{FORMAT} / {ARCHITECTURE}"
         )
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+    _check_fields(path, config)
+    if config.get("format_version", 1) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer pydcr (format version {config['format_version']})")
+    return config
+
+
+def _check_fields(path: Path, config: dict) -> None:
+    """ValueError naming the file and the first malformed field of its config."""
     missing = [k for k in ("width", "feature_dim", "input_size", "degrade", "branches") if k not in config]
     if missing:
         raise ValueError(f"{path}: its pydcr config lacks {', '.join(missing)}")
-    return config
+
+    def require(field, value, ok, want):
+        if not ok:
+            raise ValueError(f"{path}: config field {field} must be {want}, got {value!r}")
+
+    def count(v, least=1):  # a JSON int: not a bool, not a float
+        return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+    version, width, dim = config.get("format_version", 1), config["width"], config["feature_dim"]
+    require("format_version", version, count(version), "a positive int")
+    require("width", width, isinstance(width, (int, float)) and not isinstance(width, bool)
+            and 0 < width < float("inf"), "a positive number")
+    require("feature_dim", dim, count(dim), "a positive int")
+    size = config["input_size"]
+    require("input_size", size, isinstance(size, list) and len(size) == 2 and all(map(count, size)),
+            "[height, width] in pixels")
+    require("degrade", config["degrade"], config["degrade"] in ("antialias", "plain"), "'antialias' or 'plain'")
+    branches = config["branches"]
+    require("branches", branches, isinstance(branches, dict), "an object {resolution: branch spec}")
+    for key, spec in branches.items():
+        field = f"branches.{key}"
+        require("branches", key, key.isdigit() and int(key) > 0, "keyed by positive int resolutions")
+        require(field, spec, isinstance(spec, dict) and "num_classes" in spec
+                and set(spec) <= {"num_classes", "in_dim", "dim"}, "an object of num_classes, in_dim and dim")
+        for name, value in spec.items():
+            least = 0 if name == "num_classes" else 1  # 0 classes: a deployed pair
+            require(f"{field}.{name}", value, count(value, least), f"an int >= {least}")
+        require(f"{field}.in_dim", spec.get("in_dim", 512), spec.get("in_dim", 512) == dim,
+                f"the config's feature_dim ({dim})")
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """ValueError naming the first weight with NaN or infinite values (a diverged run's)."""
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{where}: weight {key} holds NaN or infinite values")
 
 
 def build(config: dict) -> DCR:
@@ -107,9 +151,13 @@ def build(config: dict) -> DCR:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device | None = None) -> DCR:
-    """Rebuild the model saved at `path`, with its weights, on `map_location` (default CPU)."""
+    """Rebuild the model saved at `path`, with its weights in the dtype they were saved in, on
+    `map_location` (default CPU)."""
     config = read_config(path)
-    model = build(config)
+    try:
+        model = build(config)
+    except ValueError as err:  # e.g. an input_size too small for the trunk
+        raise ValueError(f"{path}: its pydcr config does not describe a model: {err}") from None
     tensors = {}
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -117,14 +165,26 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
                 tensors[key] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the weights (truncated or corrupt?): {err}") from None
-    if int(config.get("format_version", 1)) < 2:
+    if config.get("format_version", 1) < 2:
         tensors = {_from_v1(key): value for key, value in tensors.items()}
-    for key, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise ValueError(f"{path}: weight {key} holds NaN or infinite values")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the config (missing: {missing}, unexpected: {unexpected})")
+    # load_state_dict would raise without the path on a wrong shape, and cast a wrong dtype silently.
+    dtypes = Counter(value.dtype for value in tensors.values())
+    dtype = dtypes.most_common(1)[0][0] if dtypes else None
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{path}: weight {key} is {tuple(value.shape)}, its config makes it "
+                             f"{tuple(expected[key].shape)}: was the file or its config edited?")
+        if not value.is_floating_point() or value.dtype != dtype:
+            raise ValueError(f"{path}: weight {key} is {value.dtype}; a model's weights are all of one "
+                             f"floating point type (most of this file's are {dtype})")
+    check_finite(tensors, str(path))
+    if dtype is not None:
+        model.to(dtype)  # the dtype it was saved in, float64 or float16 included
+    model.load_state_dict(tensors)
     return model.to(map_location) if map_location is not None else model
 
 

@@ -51,6 +51,11 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float() if images.dtype == torch.uint8 else images).sub(127.5).div(128.0)
 
 
+def check_image_dtype(images: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or floating point in [0, 255], got {images.dtype}")
+
+
 class Trunk(nn.Module):
     """Face-ResNet: images N x 3 x H x W (uint8 or float in [0, 255]) -> features N x feature_dim.
 
@@ -113,8 +118,7 @@ class Trunk(nn.Module):
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"expected images N x 3 x H x W, got {shape}")
-        if images.dtype != torch.uint8 and not images.is_floating_point():
-            raise ValueError(f"images must be uint8 or floating point in [0, 255], got {images.dtype}")
+        check_image_dtype(images)
         if tuple(images.shape[-2:]) != self.input_size:
             raise ValueError(
                 f"the trunk takes {self.input_size[0]} x {self.input_size[1]} images, got "
