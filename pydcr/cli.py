@@ -147,10 +147,17 @@ def _pack(args: argparse.Namespace) -> int:
     out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
                detector=detector, resume=not args.fresh, progress=not args.quiet)
     with PackedFaces(out) as faces:
-        print(f"{out}: {len(faces)} faces of {len(set(faces.labels.tolist()) - {-1})} identities, "
-              f"{out.stat().st_size / 2**20:.1f} MiB, {faces.format} {faces.size[0]}x{faces.size[1]}")
+        packed = len(faces)
+        if packed:
+            print(f"{out}: {packed} faces of {len(set(faces.labels.tolist()) - {-1})} identities, "
+                  f"{out.stat().st_size / 2**20:.1f} MiB, {faces.format} {faces.size[0]}x{faces.size[1]}")
         for path, reason in faces.skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not packed:  # as embed and identify: a pack of no face is a failure, and is not left behind
+        out.unlink()
+        print(f"pydcr pack: no face could be packed from {args.src} (every image skipped, listed above); "
+              f"{out} not written", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -173,11 +180,16 @@ def _align(args: argparse.Namespace) -> int:
         raise UsageError(f"--min-face-size must be at least 12 pixels, got {args.min_face_size:g}")
     dataset = _open_source(args)
     detector = MTCNN(device_or_default(args.device), min_face_size=args.min_face_size, threads=args.threads)
+    unreadable: dict[str, str] = {}
     missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
-                               workers=args.workers, resume=not args.fresh, progress=not args.quiet)
+                               workers=args.workers, resume=not args.fresh, progress=not args.quiet,
+                               unreadable=unreadable)
     print(f"{args.out}: landmarks of {len(dataset) - len(missing)} of {len(dataset)} images")
     for path in missing:
-        print(f"no face: {path}", file=sys.stderr)
+        if path in unreadable:
+            print(f"unreadable: {path}: {unreadable[path]}", file=sys.stderr)
+        else:
+            print(f"no face: {path}", file=sys.stderr)
     return 0
 
 

@@ -297,6 +297,11 @@ def run_identify(args: argparse.Namespace) -> int:
     if len(gallery) == 0:
         raise UsageError(f"{args.gallery} holds no faces")
     trunk_only = gallery.heads == [TRUNK]
+    if trunk_only and args.size is not None:  # probes match through the trunk, which takes no size
+        if not embedder.model.resolutions:
+            raise UsageError(f"{args.model} has no branch pairs: --size does not apply")
+        raise UsageError(f"{args.gallery} holds trunk features only: --size does not apply (embed the gallery "
+                         "without --trunk to match probes through a branch pair)")
     if not trunk_only and args.size is not None:
         r = embedder.model.nearest_resolution(args.size)
         if hr_head(r) not in gallery.heads:
@@ -385,6 +390,8 @@ def run_verify(args: argparse.Namespace) -> int:
     detector = _detector(args, embedder)
     marks_a, marks_b = _pair_landmarks(args.landmarks, [args.image_a, args.image_b])
     model = embedder.model
+    if not model.resolutions and args.size is not None:  # the trunk takes no size
+        raise UsageError(f"{args.model} has no branch pairs: --size does not apply")
     if model.resolutions:
         b = embedder.embed_lr([args.image_b], args.size, landmarks=marks_b, detector=detector)
         if b.failures:

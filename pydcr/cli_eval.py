@@ -50,12 +50,20 @@ def run_lfw(args: argparse.Namespace) -> int:
     folds = None if args.folds is None else view2_folds("--folds", args.folds)
     if args.pack is not None and not args.pack.is_file():
         raise UsageError(f"no such pack: {args.pack}")
+    if args.out is not None:
+        _check_report_folder(args.out, args.model, args.pack, args.root / "pairs.txt", args.root / "lfw_landmark.txt")
     try:
         model = load(args.model)
         lfw = LFW(args.root, size=model.trunk.input_size)
         pack = PackedFaces(args.pack) if args.pack is not None else None
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if args.pca_dim is not None:  # checked now, not after every face is embedded
+        # the trunk rows' features, and the DCR rows' where a probe size has a branch pair
+        dims = [model.trunk.feature_dim] + [model.branch(k).dim for k in args.sizes if k in model.resolutions]
+        if args.pca_dim > min(dims):
+            raise UsageError(f"--pca-dim must be at most {min(dims)} (the feature size of {args.model}), "
+                             f"got {args.pca_dim}")
     # an input found unusable mid-run (a damaged pack record) is an input error, not a usage error
     table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
                          device=device, progress=not args.quiet)
@@ -66,6 +74,18 @@ def run_lfw(args: argparse.Namespace) -> int:
         for path in write_report(args.out, f"LFW verification of {args.model.name}", table, meta):
             print(f"wrote {path}")
     return 0
+
+
+def _check_report_folder(out: Path, *inputs: Path | None) -> None:
+    """A UsageError when the report folder `out` is a file, or a report file in it is one of the inputs."""
+    from .cli_train import check_out
+    from .eval.report import REPORT_FILES
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"cannot write the report in {out}: it is a file; give a folder for --out")
+    if out.is_dir():  # a folder still to be made holds no input
+        for name in REPORT_FILES:
+            check_out(out / name, *inputs)
 
 
 def _add_scface(protocols) -> None:

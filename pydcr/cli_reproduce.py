@@ -82,8 +82,16 @@ def run_summary(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        check_out(args.out, *args.runs, *(run / "report.json" for run in args.runs))
+        check_out(args.out, *(path for run in args.runs for path in _run_files(run)))
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
     return 0
+
+
+def _run_files(run: Path) -> list[Path]:
+    """What a summary must not overwrite: every file of a run folder (its report.md, report.json, model,
+    checkpoints), or, for a report file given as such, that file and the files beside it."""
+    if run.is_dir():
+        return [p for p in run.rglob("*") if p.is_file()]
+    return [run, *(p for p in run.parent.iterdir() if p.is_file())]

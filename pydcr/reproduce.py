@@ -94,7 +94,7 @@ def reproduce_lfw(
             print(f"reproduce lfw: stopped; run again with the same arguments to resume from {out_dir}")
             return {}
     table = verification_table(model, test, split.first, split.second, split.same, split.folds, sizes,
-                               pca_dim=pca_dim, device=device, baselines=baseline_trunks)
+                               pca_dim=pca_dim, device=device, baselines=baseline_trunks, progress=progress)
     minutes = (time.perf_counter() - started) / 60
     ran_on = machine(device)
     meta = {

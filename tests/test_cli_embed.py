@@ -89,6 +89,10 @@ def test_embed_identify_verify(models, folder, tmp_path, capsys):
     x = e.embed_hr([str(a)], int(z.resolutions[0]))
     want = torch.nn.functional.cosine_similarity(x.features, z.features).item()
     assert out.startswith(f"cosine {want:.4f}") and "different at threshold 2" in out
+    below = round(want - 0.01, 4)  # a threshold the pair's cosine passes: "same"
+    assert main(["verify", str(model), str(a), str(b), "--threshold", str(below)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"cosine {want:.4f}") and out.rstrip().endswith(f": same at threshold {below:g}"), out
 
 
 def test_verify_with_a_trunk_only_model_takes_a_native_probe(folder, tmp_path, capsys):
@@ -108,6 +112,29 @@ def test_verify_with_a_trunk_only_model_takes_a_native_probe(folder, tmp_path, c
         probe = torch.from_numpy(cv2.cvtColor(cv2.imread(str(b)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None]
         torch.testing.assert_close(e.embed_trunk([str(b)]).features, trunk.embed_trunk(probe))
     assert out.startswith(f"cosine {want:.4f} (trunk vs probe through trunk)")
+
+
+def test_size_does_not_apply_to_trunk_features(models, folder, tmp_path, capsys):
+    """The trunk takes no probe size: --size with a model without pairs, or a trunk-only gallery, is refused."""
+    torch.manual_seed(0)
+    trunk = save(DCR(Trunk(width=0.125)), tmp_path / "trunk.safetensors")
+    a, b = sorted(folder.rglob("*.png"))[:2]
+    assert main(["verify", str(trunk), str(a), str(b), "--size", "8"]) == 2
+    assert capsys.readouterr().err.strip() == f"pydcr verify: {trunk} has no branch pairs: --size does not apply"
+    for model, extra in ((trunk, []), (models[0], ["--trunk"])):
+        gallery = tmp_path / f"g-{model.stem}.safetensors"
+        assert main(["embed", str(model), str(folder), "--out", str(gallery), "--quiet", *extra]) == 0
+        capsys.readouterr()
+        results = tmp_path / "r.csv"
+        assert main(["identify", str(model), "--gallery", str(gallery), "--probes", str(folder), "--size", "8",
+                     "--out", str(results), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert not results.exists()
+        if model == trunk:
+            assert err == f"pydcr identify: {trunk} has no branch pairs: --size does not apply"
+        else:
+            assert err == (f"pydcr identify: {gallery} holds trunk features only: --size does not apply (embed the "
+                           "gallery without --trunk to match probes through a branch pair)")
 
 
 def test_identify_refuses_another_models_gallery(models, folder, tmp_path, capsys):

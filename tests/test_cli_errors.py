@@ -113,6 +113,69 @@ def test_an_output_that_is_an_input_is_refused(argv, out, work, capsys):
     assert line.startswith(f"pydcr {argv[0]}: cannot write {out}: it is the input "), line
 
 
+def test_pack_of_no_face_is_a_failure(work, capsys):
+    """Every image skipped (no landmarks, unreadable): exit 1 with the reasons, and no empty pack left."""
+    (work / "junk").mkdir()
+    (work / "junk" / "a.png").write_bytes((work / "faces" / "p0" / "0.png").read_bytes())  # listed nowhere
+    (work / "junk" / "b.jpg").write_bytes(b"not an image")
+    (work / "none.txt").write_text("")
+    before = tree(work)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(["pack", "junk", "j.pack", "--layout", "flat", "--landmarks", "none.txt", "--quiet"]) == 1
+    assert tree(work) == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[:2] == ["skipped a.png: no landmarks", "skipped b.jpg: unreadable: cannot decode image (corrupt or "
+                       "not an image): junk/b.jpg"]
+    assert err[2:] == ["pydcr pack: no face could be packed from junk (every image skipped, listed above); "
+                       "j.pack not written"]
+
+
+def test_align_names_unreadable_files_apart_from_faceless_ones(work, capsys):
+    (work / "bad").mkdir()
+    (work / "bad" / "text.jpg").write_text("not an image")
+    (work / "bad" / "empty.jpg").write_bytes(b"")
+    (work / "bad" / "cut.jpg").write_bytes(cv2.imencode(".jpg", np.zeros((40, 40, 3), np.uint8))[1].tobytes()[:-2])
+    (work / "bad" / "blank.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes())
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(["align", "bad", "marks.out", "--layout", "flat", "--quiet", "--device", "cpu"]) == 0
+    err = sorted(capsys.readouterr().err.strip().splitlines())
+    assert err == ["no face: blank.png",
+                   "unreadable: cut.jpg: truncated JPEG (no end-of-image marker): bad/cut.jpg",
+                   "unreadable: empty.jpg: image file is empty: bad/empty.jpg",
+                   "unreadable: text.jpg: cannot decode image (corrupt or not an image): bad/text.jpg"]
+
+
+@pytest.fixture
+def eval_never_runs(monkeypatch):
+    """evaluate_lfw raising if called: a refused `eval lfw` must stop before any alignment or embedding."""
+    import pydcr.eval.lfw
+
+    def evaluation(*args, **kwargs):
+        raise AssertionError("evaluate_lfw was called")
+
+    monkeypatch.setattr(pydcr.eval.lfw, "evaluate_lfw", evaluation)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "m.safetensors"], "cannot write the report in m.safetensors: it is a file; give a folder for --out"),
+    (["--out", "."], "cannot write report.json: it is the input m.safetensors, which writing would destroy"),
+    (["--pca-dim", "100000"], "--pca-dim must be at most DIM (the feature size of m.safetensors), got 100000"),
+])
+def test_eval_lfw_refuses_before_any_work(args, message, work, tiny_lfw, eval_never_runs, capsys):
+    from pydcr.models import load
+
+    if args == ["--out", "."]:  # a model file named as a report file
+        (work / "m.safetensors").rename(work / "report.json")
+        (work / "m.safetensors").symlink_to(work / "report.json")
+    model = load(work / "m.safetensors")
+    message = message.replace("DIM", str(min(model.trunk.feature_dim, model.branch(8).dim)))
+    line = refused(["eval", "lfw", "m.safetensors", "--root", str(tiny_lfw), "--sizes", "8", "--quiet", *args],
+                   work, capsys)
+    assert line == f"pydcr eval: {message}"
+
+
 def test_embed_leaves_a_work_folder_it_did_not_make(work, capsys):
     """A folder named like a run's work folder (GALLERY.parts) but not one: starting over would delete it."""
     (work / "x.safetensors.parts").mkdir()

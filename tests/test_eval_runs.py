@@ -118,5 +118,16 @@ def test_summary_command_prints_and_writes(tmp_path, capsys):
     assert main([*argv, str(tmp_path / "seed1" / "report.json")]) == 2  # not over one of its own inputs
     assert "is the input" in capsys.readouterr().err
     assert (tmp_path / "seed1" / "report.json").read_text() == before
+    # nor over any other file the runs hold: their report.md, model, a checkpoint in a subfolder
+    (tmp_path / "seed0" / "trunk").mkdir()
+    held = [tmp_path / "seed0" / name for name in ("report.md", "model.safetensors", "trunk/last.pt")]
+    for path in held:
+        path.write_text("the run's own")
+        assert main([*argv, str(path)]) == 2
+        assert f"cannot write {path}: it is the input" in capsys.readouterr().err
+        assert path.read_text() == "the run's own"
+    runs_as_files = ["reproduce", "summary", str(tmp_path / "seed0" / "report.json"), str(tmp_path / "seed1"), "--out"]
+    assert main([*runs_as_files, str(held[0])]) == 2  # a report.json given: the files beside it too
+    assert held[0].read_text() == "the run's own"
     assert main(["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "missing")]) == 2
     assert "no report" in capsys.readouterr().err

@@ -63,6 +63,21 @@ def test_baseline_rows_are_evaluated_as_the_trunk(tiny_model):
     assert "| ResNet |" in table.markdown()
 
 
+def test_embedding_shows_a_bar_per_network_unless_quiet(tiny_model, capsys):
+    """Every image at HR and every probe at each size: a silent wait of minutes on a CPU without a bar."""
+    images = torch.randint(0, 256, (40, 3, 40, 36), dtype=torch.uint8)
+    first, second, same, folds = pairs()
+    other = Trunk(width=0.0625, feature_dim=16, input_size=(40, 36)).eval()
+    verification_table(tiny_model, images, first, second, same, folds, sizes=(8, 12), batch=7,
+                       baselines={"ResNet": other}, progress=True)
+    err = capsys.readouterr().err
+    total = 40 + 2 * len(np.unique(second))  # the HR pass over every image, then the probes at 8 and 12
+    for name in ("ResNet", "trunk"):
+        assert f"{name} features: 100%" in err and f"{total}/{total}" in err, err
+    verification_table(tiny_model, images, first, second, same, folds, sizes=(8,), progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_report_files(tiny_model, tmp_path):
     images = torch.randint(0, 256, (40, 3, 40, 36), dtype=torch.uint8)
     table = verification_table(tiny_model, images, *pairs(), sizes=(8,))
@@ -108,7 +123,8 @@ def test_eval_lfw_command_reports_the_library_table(lfw_root, tiny_model, tmp_pa
             "--sizes", "8", "--out", str(tmp_path / "report"), "--quiet"]
     assert main(argv) == 0
     expected = evaluate_lfw(tiny_model, LFW(lfw_root, size=(40, 36)), [0, 1], [8], progress=False)
-    assert expected.markdown() in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert expected.markdown() in captured.out and "features" not in captured.err  # --quiet: no bar
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["table"]["8x8"]["DCR"]["folds"] == pytest.approx(expected.cells["8x8"]["DCR"].accuracies.tolist())
     assert main(["eval", "lfw", str(tmp_path / "m.safetensors"), "--root", str(tmp_path)]) == 2

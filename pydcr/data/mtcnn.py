@@ -342,6 +342,7 @@ def detect_landmarks(
     workers: int | None = None,
     resume: bool = True,
     progress: bool = True,
+    unreadable: dict[str, str] | None = None,
 ) -> list[str]:
     """Write a landmark list for a dataset: the five points of the face nearest each image's centre.
 
@@ -349,7 +350,8 @@ def detect_landmarks(
     list's keys). Images are decoded by `workers` threads ahead of the detector, which takes
     `batch_size` at a time. Found points go to ``OUT.partial`` as they come, so an interrupted run
     resumes where it stopped; OUT is written (atomically, in dataset order) at the end.
-    Returns the paths where no face was found or the image could not be read.
+    Returns the paths where no face was found or the image could not be read; the latter also go
+    to `unreadable` when given (path -> why it could not be read).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -366,7 +368,9 @@ def detect_landmarks(
     def read(i: int):
         try:
             return dataset.image(i)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as err:
+            if unreadable is not None:
+                unreadable[dataset.paths[i]] = str(err)
             return None
 
     chunks = [todo[k : k + batch_size] for k in range(0, len(todo), batch_size)]

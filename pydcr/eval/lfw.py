@@ -96,4 +96,5 @@ def evaluate_lfw(model: DCR, lfw: LFW, folds: Sequence[int] | None = None, sizes
     verify_10fold over `folds` (default: all ten)."""
     images, first, second, same, fold = _test_pairs(lfw, folds)
     faces = aligned_faces(lfw, images, pack=pack, progress=progress)
-    return verification_table(model, faces, first, second, same, fold, sizes, pca_dim=pca_dim, device=device)
+    return verification_table(model, faces, first, second, same, fold, sizes, pca_dim=pca_dim, device=device,
+                              progress=progress)

@@ -9,6 +9,8 @@ import numpy as np
 
 from .table import VerificationTable
 
+REPORT_FILES = ("report.md", "report.json", "accuracy.png", "roc.png")  # what write_report writes
+
 
 def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate) of "same when score >= t" over every threshold t."""

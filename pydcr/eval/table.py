@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import ops
+from ..data._progress import progress_bar
 from ..models import DCR
 from .verification import VerificationResult, verify_10fold
 
@@ -47,8 +48,12 @@ class VerificationTable:
         return "\n".join(lines)
 
 
-def _embed(fn, images: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    return torch.cat([fn(images[i : i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)])
+def _embed(fn, images: torch.Tensor, batch: int, device: torch.device, bar) -> torch.Tensor:
+    features = []
+    for i in range(0, len(images), batch):
+        features.append(fn(images[i : i + batch].to(device)).float().cpu())
+        bar.update(len(features[-1]))
+    return torch.cat(features)
 
 
 @torch.no_grad()
@@ -65,12 +70,14 @@ def verification_table(
     batch: int = 256,
     device: str | torch.device | None = None,
     baselines: Mapping[str, torch.nn.Module] | None = None,
+    progress: bool = False,
 ) -> VerificationTable:
     """Table I over pairs (images[first[i]], images[second[i]]) with verify_10fold's protocol.
 
     images: N x 3 x H x W aligned faces at the model's input size (uint8 or float in [0, 255]).
     A size without a branch pair in `model` gets the trunk row only. `baselines` maps row names to
     other networks (images -> features, a pydcr.models.Trunk say), evaluated as the trunk is.
+    `progress` shows a bar per network while it embeds the faces and every probe size.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.eval().to(device)
@@ -81,11 +88,14 @@ def verification_table(
     def verify(a, b):
         return verify_10fold(a, b, same, folds, pca_dim)
 
-    def gallery_and_probes(net):
+    def gallery_and_probes(net, name):
         """Features of each pair's gallery face, and of its probe at HR and at each size."""
-        v_hr = _embed(net, images, batch, device)
-        low = {k: _embed(lambda t: net(ops.degrade(t, k, antialias=model.antialias)), probes, batch, device)[probe_row]
+        bar = progress_bar(len(images) + len(sizes) * len(probes), 0, f"{name} features", progress)
+        v_hr = _embed(net, images, batch, device, bar)
+        low = {k: _embed(lambda t: net(ops.degrade(t, k, antialias=model.antialias)), probes, batch, device,
+                         bar)[probe_row]
                for k in sizes}
+        bar.close()
         return v_hr[first], {"HR": v_hr[second], **{f"{k}x{k}": v for k, v in low.items()}}
 
     cells = {"HR": {}, **{f"{k}x{k}": {} for k in sizes}}
@@ -95,8 +105,8 @@ def verification_table(
             cells[column][name] = verify(gallery, p)
 
     for name, net in (baselines or {}).items():
-        add_row(name, *gallery_and_probes(net.eval().to(device)))
-    g, trunk_probes = gallery_and_probes(model.embed_trunk)
+        add_row(name, *gallery_and_probes(net.eval().to(device), name))
+    g, trunk_probes = gallery_and_probes(model.embed_trunk, "trunk")
     add_row("trunk", g, trunk_probes)
     for k in sizes:
         if k in model.resolutions:
