@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
+from .._files import write_safetensors
 from .branch import BranchPair
 from .dcr import DCR
 from .trunk import Trunk, key_from_v1
@@ -63,9 +63,7 @@ def save(model: DCR | Trunk, path: str | os.PathLike, provenance: dict | None = 
     if path.is_dir():
         raise IsADirectoryError(f"cannot save a model to {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # never leave a half-written model under the real name
+    write_safetensors(tensors, path, metadata)  # never a half-written model under the real name
     model.provenance = config["provenance"]  # only once saved: a failed save changes nothing
     return path
 
