@@ -190,3 +190,32 @@ def test_resnet_baselines_train_on_hr_then_fine_tune(tmp_path):
     for name, value in trunks["ResNet"].state_dict().items():  # the fine-tune moved every layer
         assert torch.equal(resnet["trunk"][name], value)
         assert not torch.equal(tuned["trunk"][name], value), name
+
+
+def test_branch_pair_training_couples_and_separates():
+    """Step 2 on trunk-like features: 4 identities; the LR features are the HR ones, shrunk and
+    noisy, as a degraded face's are. Training must couple each image's HR and LR features (the
+    coupling term) and tell the identities apart in both branches (the softmax terms)."""
+    from pydcr.train import BranchConfig
+    from pydcr.train.branch import train_branch_pair
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 4
+    identity = torch.randn(4, 32, generator=g)
+    hr = identity[labels] + 0.5 * torch.randn(64, 32, generator=g)
+    lr = 0.5 * hr + 0.8 * torch.randn(64, 32, generator=g)
+    config = BranchConfig(dim=16, batch_size=16, epochs=30, lr=0.05)
+
+    def coupling_and_accuracy(pair):
+        with torch.no_grad():
+            x, z = pair.hr(hr), pair.lr(lr)
+            coupling = torch.nn.functional.cosine_similarity(x, z).mean().item()
+            acc = [(branch.logits(f).argmax(1) == labels).float().mean().item()
+                   for branch, f in ((pair.hr_branch, x), (pair.lr_branch, z))]
+        return coupling, acc
+
+    untrained = train_branch_pair(hr, lr, labels, 4, replace(config, epochs=0), progress=False)
+    trained = train_branch_pair(hr, lr, labels, 4, config, progress=False)
+    (c0, acc0), (c1, acc1) = coupling_and_accuracy(untrained), coupling_and_accuracy(trained)
+    assert c1 > c0 + 0.1, (c0, c1)
+    assert min(acc1) > 0.9 and min(acc1) > max(acc0), (acc0, acc1)
