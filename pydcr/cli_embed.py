@@ -25,7 +25,7 @@ def add_embed_parsers(sub) -> None:
                         "per line), or pack file")
     e.add_argument("--out", type=Path, required=True, help="the gallery file to write (.safetensors)")
     e.add_argument("--merge", type=Path, nargs="+", metavar="SHARD", help="join these shard files into --out")
-    e.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored features (default float16)")
+    e.add_argument("--dtype", choices=("float16", "float32"), default=None, help="stored features (default float16)")
     e.add_argument("--resolution", type=int, nargs="+", default=None,
                    help="branch pairs whose HR features to store (default: all; the trunk's for a model without pairs)")
     e.add_argument("--trunk", action="store_true", help="store trunk features only")
@@ -217,6 +217,11 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.merge:
         if args.model is not None or args.input is not None:
             raise UsageError("--merge joins shard files: give no MODEL or INPUT with it")
+        settings = {"--dtype": args.dtype is not None, "--resolution": args.resolution is not None,
+                    "--trunk": args.trunk, "--shard": args.shard is not None, "--fresh": args.fresh}
+        given = [flag for flag, on in settings.items() if on]
+        if given:  # the shards were embedded with their own settings, which the merge keeps
+            raise UsageError(f"--merge joins shard files as they were embedded, so {', '.join(given)} cannot apply")
         for p in args.merge:
             if not p.is_file():
                 raise UsageError(f"no such shard file: {p}")
@@ -230,6 +235,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if args.model is None or args.input is None:
         raise UsageError("give MODEL and INPUT (or --merge SHARD...)")
     check_positive(args, "batch_size", "workers", "chunk_size")
+    args.dtype = args.dtype or "float16"
     shard = _shard(args.shard)
     target = shard.path(args.out) if shard else args.out
     check_out(target, args.model, args.input, args.landmarks)
