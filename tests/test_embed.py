@@ -89,6 +89,12 @@ def test_images_aligned_with_landmarks(model, faces, tmp_path):
     torch.testing.assert_close(got.features, want)
     mapping = dict(zip(paths, marks))
     torch.testing.assert_close(pydcr.Embedder(model).embed_hr(paths, 8, landmarks=mapping).features, want)
+    # An image that is not a crop, without landmarks: the reason says what to give.
+    partial = pydcr.Embedder(model).embed_hr(paths, 8, landmarks=dict(zip(paths[1:], marks[1:])))
+    assert partial.index.tolist() == [1, 2, 3]
+    assert partial.failures[0][1].endswith("it is not in the landmark list: add it, or give a detector to align it")
+    none = pydcr.Embedder(model).embed_hr(paths[:1], 8)
+    assert none.failures[0][1].endswith("give landmarks or a detector to align it")
 
 
 def _bad_files(tmp_path, faces):

@@ -46,6 +46,7 @@ class ItemSource:
         self._detector_lock = threading.Lock()
         self.labels: np.ndarray | None = None
         self.classes: list[str] = []
+        self._listed = landmarks is not None  # a landmark list was given: an item missing from it is named so
         if isinstance(items, PackedFaces):
             if tuple(items.size) != self.crop_size:
                 raise ValueError(f"{items.path} holds {items.size[0]}x{items.size[1]} crops; the model takes "
@@ -57,6 +58,7 @@ class ItemSource:
             if landmarks is not None:
                 raise ValueError("a dataset brings its own landmarks: give them to the dataset, not here")
             self._read, self._points = items.image, items.landmarks_of
+            self._listed = items.landmarks is not None
             self.names = list(items.paths)
             self.labels, self.classes = np.asarray(items.labels, np.int64), list(items.classes)
         else:
@@ -107,7 +109,9 @@ class ItemSource:
         if (h, w) == (H, W) or (self.allow_small and h <= H and w <= W):
             return image
         wanted = f"an aligned {H}x{W} crop" + (" (or a smaller low-resolution one)" if self.allow_small else "")
-        raise BadItem(f"not {wanted}: got {h}x{w}; give landmarks or a detector to align it")
+        how = "it is not in the landmark list: add it, or give a detector" if self._listed else \
+            "give landmarks or a detector"
+        raise BadItem(f"not {wanted}: got {h}x{w}; {how} to align it")
 
 
 def _as_list(items) -> list:
