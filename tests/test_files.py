@@ -9,7 +9,7 @@ import torch
 
 from pydcr import models
 from pydcr._files import write_safetensors
-from pydcr.embed.tables import concat, write_table
+from pydcr.embed.tables import concat
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 
@@ -27,7 +27,7 @@ def mode(path) -> int:
 
 def test_safetensors_files_follow_the_umask(tmp_path, umask_027):
     write_safetensors({"a": torch.zeros(3)}, tmp_path / "a.safetensors", {})
-    write_table({"b": torch.ones(2, 2)}, tmp_path / "b.safetensors", {})
+    write_safetensors({"b": torch.ones(2, 2)}, tmp_path / "b.safetensors", {})
     concat([tmp_path / "b.safetensors"] * 2, tmp_path / "c.safetensors", {})
     model = models.save(models.Trunk(width=0.0625, input_size=(40, 40)), tmp_path / "m.safetensors")
     for path in ("a.safetensors", "b.safetensors", "c.safetensors", model.name):

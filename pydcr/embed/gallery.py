@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .._files import write_safetensors
 from ..data._progress import progress_bar
 from .embedder import TRUNK, Embedder, hr_head
 from .identity import model_identity
 from .items import ItemSource
 from .stream import batch_ranges
-from .tables import concat, read_header, write_table
+from .tables import concat, read_header
 
 FORMAT, VERSION, META_KEY = "pydcr.gallery", 1, "pydcr.gallery"
 PLAN_FILE = "plan.json"  # in a run's work folder (GALLERY.parts): the settings the chunks were made with
@@ -269,7 +270,7 @@ def _write_chunk(embedder, source, heads, dtype, flip, lo, hi, path, bar) -> Non
     tensors["index"] = torch.from_numpy(rows.astype(np.int64))
     tensors["labels"] = torch.from_numpy(np.asarray(labels, np.int64))
     meta = {"paths": [source.names[i] for i in rows], "failures": failures}
-    write_table(tensors, path, {META_KEY: json.dumps(meta)})
+    write_safetensors(tensors, path, {META_KEY: json.dumps(meta)})  # atomic: a crash leaves no half chunk
 
 
 def _joined_meta(parts: Sequence[Path]) -> dict:

@@ -15,15 +15,9 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._files import write_safetensors
 
 ITEM_SIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "U8": 1}
 _COPY_BLOCK = 1 << 22
-
-
-def write_table(tensors: dict, path: Path, metadata: dict[str, str]) -> None:
-    """Write one table atomically (a crash never leaves a half-written file under `path`)."""
-    write_safetensors(tensors, path, metadata)
 
 
 def read_header(path: Path) -> tuple[dict, dict[str, str], int]:
