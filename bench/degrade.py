@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     device = torch.device(args.device)
     n = 256
     ks = [12] if args.quick else [6, 8, 12, 16, 20, 40]
-    dtypes = [torch.uint8, torch.float32] + ([torch.float16] if device.type == "cuda" else [])
+    dtypes = [torch.uint8, torch.float32, torch.float16 if device.type == "cuda" else torch.bfloat16]
     cols = ["N", "k", "dtype", "antialias", "ours_ms", "two_call_ms", "lowrank_ms", "opencv_ms",
             "vs_two_call", "vs_lowrank", "vs_opencv"]
     peak = None

@@ -21,7 +21,7 @@ CASES = [  # (N, C, H, W) -> (h, w): a batch of faces to a probe size and back, 
 def main(argv=None) -> None:
     args = common_args(__doc__.splitlines()[0]).parse_args(argv)
     device = torch.device(args.device)
-    dtypes = [torch.uint8, torch.float32] + ([torch.float16] if device.type == "cuda" else [])
+    dtypes = [torch.uint8, torch.float32, torch.float16 if device.type == "cuda" else torch.bfloat16]
     report = Report("resize", device, ["input", "size", "dtype", "antialias", "pass", "ours_ms", "ref_ms", "speedup"])
     min_time = 0.1 if args.quick else 0.4
     for shape, size in CASES[:2] if args.quick else CASES:

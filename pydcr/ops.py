@@ -78,9 +78,10 @@ def resize(x: torch.Tensor, size: Size2, *, antialias: bool = True) -> torch.Ten
     Equals ``F.interpolate(x, size, mode="bicubic", antialias=antialias, align_corners=False)``.
     ``antialias=True`` is Keys' kernel with a = -0.5, widened when shrinking (PIL, MATLAB imresize);
     ``antialias=False`` is a = -0.75 without widening (torch's default, OpenCV INTER_CUBIC).
-    uint8 input is read directly and gives float32; float input keeps its dtype. NCHW and
-    channels_last are both read natively and the result keeps the input's memory format.
-    Differentiable with respect to float input.
+    uint8 input is read directly and gives float32; float input keeps its dtype (float16 and
+    bfloat16 are computed in float32 and rounded once). NCHW and channels_last are both read
+    natively and the result keeps the input's memory format. Differentiable with respect to
+    float input.
     """
     _check_tensor("resize", "x", x)
     return _resize(x, pair("size", size), antialias)

@@ -11,8 +11,16 @@ import torch.nn.functional as F
 from ._args import Size2, pair
 
 
+# 16-bit images, which the resample ops compute on in float32 (torch's CPU bicubic has no 16-bit
+# antialiased kernel).
+_ROUNDED_ONCE = (torch.float16, torch.bfloat16)
+
+
 def resize(x: torch.Tensor, size: Size2, *, antialias: bool = True) -> torch.Tensor:
-    """Bicubic resize with align_corners=False; uint8 images are read as float."""
+    """Bicubic resize with align_corners=False; uint8 images are read as float, float16 and
+    bfloat16 computed in float32 and rounded once."""
+    if x.dtype in _ROUNDED_ONCE:
+        return resize(x.float(), size, antialias=antialias).to(x.dtype)
     if x.dtype == torch.uint8:
         x = x.float()
     oh, ow = pair("size", size)
@@ -30,9 +38,12 @@ def _interpolate(x: torch.Tensor, size: tuple[int, int], antialias: bool) -> tor
 def degrade(
     x: torch.Tensor, low: Size2, size: Size2 | None = None, *, antialias: bool = True
 ) -> torch.Tensor:
-    """Bicubic down to ``low`` then back up to ``size`` (default: the input size): two resizes."""
+    """Bicubic down to ``low`` then back up to ``size`` (default: the input size): two resizes,
+    float16 and bfloat16 computed in float32 and rounded once at the end."""
     if size is None:
         size = x.shape[-2:]
+    if x.dtype in _ROUNDED_ONCE:
+        return degrade(x.float(), low, size, antialias=antialias).to(x.dtype)
     return resize(resize(x, low, antialias=antialias), size, antialias=antialias)
 
 

@@ -9,8 +9,9 @@ from pydcr import ops, reference
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-# Values in [0, 1] agree within 1e-5; uint8 images are read as [0, 255].
-TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.uint8: 255e-5}
+# Values in [0, 1] agree within 1e-5; uint8 images are read as [0, 255]; 16-bit results are within
+# their rounding of the float64 reference.
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.uint8: 255e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 sides = st.integers(1, 40)
 layouts = st.sampled_from(["contiguous", "channels_last", "strided"])
@@ -50,6 +51,25 @@ def test_resize_matches_interpolate(n, c, h, w, oh, ow, antialias, dtype, layout
 def test_degrade_matches_two_resizes(n, c, h, w, low, out, antialias, dtype, layout):
     x = make_batch(n, c, h, w, dtype, layout)
     assert_close(ops.degrade(x, low, out, antialias=antialias), reference.degrade(x, low, out, antialias=antialias), dtype)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 3), c=st.integers(1, 4), h=sides, w=sides, low=st.tuples(sides, sides), out=st.tuples(sides, sides),
+       antialias=st.booleans(), layout=layouts, dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_16_bit_is_computed_in_float32_and_rounded_once(n, c, h, w, low, out, antialias, layout, dtype):
+    """float16 and bfloat16 batches, forward and backward: the float32 result rounded once, as on CUDA."""
+    x = make_batch(n, c, h, w, dtype, layout)
+    g = make_batch(n, c, *out, dtype, layout, seed=1)
+    for f, arg in ((lambda t: ops.resize(t, out, antialias=antialias), x),
+                   (lambda t: ops.degrade(t, low, out, antialias=antialias), x),
+                   (lambda t: torch.ops.pydcr.resize_backward(t, [h, w], antialias), g),
+                   (lambda t: torch.ops.pydcr.degrade_backward(t, list(low), [h, w], antialias), g)):
+        ours = f(arg)
+        assert ours.dtype == dtype
+        assert torch.equal(ours, f(arg.float()).to(dtype))
+    # Hence within the 16-bit rounding of the float64 reference.
+    ref = reference.degrade(x.double(), low, out, antialias=antialias)
+    torch.testing.assert_close(ops.degrade(x, low, out, antialias=antialias).double(), ref, atol=TOL[dtype], rtol=0)
 
 
 @pytest.mark.parametrize("antialias", [True, False])
@@ -127,7 +147,7 @@ def opcheck_samples(device="cpu", dtypes=(torch.float32, torch.float64)):
     yield torch.ops.pydcr.degrade.default, (empty, [2, 2], [8, 8], True)
 
 
-@pytest.mark.parametrize("op,args", list(opcheck_samples(dtypes=(torch.float32, torch.float64, torch.uint8))))
+@pytest.mark.parametrize("op,args", list(opcheck_samples(dtypes=(torch.float32, torch.float64, torch.uint8, torch.bfloat16))))
 def test_opcheck(op, args):
     if args[0].dtype == torch.uint8:  # no gradient to check
         opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
@@ -150,7 +170,9 @@ def test_compile():
         (lambda: ops.resize(torch.rand(1, 3, 8, 8), (4, 4, 4)), TypeError, "pair of ints"),
         (lambda: ops.resize(torch.rand(1, 3, 8, 8), 2.5), TypeError, "pair of ints"),
         (lambda: ops.resize(torch.zeros(1, 3, 8, 8, dtype=torch.int32), 4), RuntimeError, "dtype int32"),
-        (lambda: ops.resize(torch.zeros(1, 3, 8, 8, dtype=torch.float16), 4), RuntimeError, "dtype float16"),
+        (lambda: ops.resize(torch.zeros(1, 3, 8, 8, dtype=torch.int64), 4), RuntimeError, "dtype int64"),
+        (lambda: torch.ops.pydcr.resize_backward(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), [8, 8], True), RuntimeError,
+         "dtype uint8"),
         (lambda: ops.resize(torch.zeros(1, 3, 0, 8), 4), RuntimeError, "positive height and width"),
         (lambda: ops.resize([[1.0]], 4), TypeError, "torch.Tensor"),
         (lambda: ops.degrade(torch.rand(1, 3, 8, 8), 0), RuntimeError, "low must be positive"),
@@ -165,9 +187,6 @@ def test_bad_arguments(call, error, match):
 
 
 # CUDA: the same checks on the device (run by scripts/gpu_check.sh on a GPU machine).
-
-CUDA_TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.uint8: 255e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
 
 @pytest.mark.cuda
 @settings(max_examples=60, deadline=None)
@@ -185,7 +204,7 @@ def test_cuda_matches_cpu_reference(n, c, h, w, low, out, antialias, layout, dty
     ):
         assert ours.device.type == "cuda" and ours.dtype == res_dtype
         scale = 255.0 if dtype == torch.uint8 else 1.0
-        torch.testing.assert_close(ours.cpu().double(), ref, atol=CUDA_TOL[dtype] * max(scale, ref.abs().max().item() if ref.numel() else 1), rtol=0)
+        torch.testing.assert_close(ours.cpu().double(), ref, atol=TOL[dtype] * max(scale, ref.abs().max().item() if ref.numel() else 1), rtol=0)
 
 
 @pytest.mark.cuda
@@ -202,3 +221,5 @@ def test_cuda_gradcheck_and_large_plane_fallback():
     # A plane whose intermediate rows exceed shared memory takes the two-pass path.
     big = make_batch(1, 1, 1024, 1024, torch.float32, "contiguous", "cuda")
     torch.testing.assert_close(ops.degrade(big, 512), reference.degrade(big, 512), atol=1e-5, rtol=0)
+    # There too 16-bit batches are computed in float32 and rounded once.
+    assert torch.equal(ops.degrade(big.half(), 512), ops.degrade(big.half().float(), 512).half())

@@ -20,12 +20,6 @@ namespace {
 
 constexpr const char* kWhere = "on CPU";
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYDCR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PYDCR_CPU_CLONES
-#endif
-
 // Hot loops, written once as templates and cloned per instruction set below.
 
 // acc[c] = sum_r (x[rows[r]][c] - center[c]), rows in the given order (n >= 1).

@@ -105,6 +105,18 @@ inline ScalarType float_result_type(const Tensor& x) {
   return x.scalar_type() == ScalarType::Byte ? ScalarType::Float : x.scalar_type();
 }
 
+// t's elements as T, for element types the stable API's typed accessors do not know (the CPU
+// kernels' 16-bit structs).
+template <typename T>
+const T* data(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+
+template <typename T>
+T* mutable_data(Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
 // An uninitialised N x C x H x W tensor on x's device, in x's memory format (NCHW or channels_last).
 inline Tensor empty_image_batch(const Tensor& x, int64_t n, int64_t c, int64_t h, int64_t w, ScalarType dtype) {
   const auto format = is_channels_last(x) ? torch::headeronly::MemoryFormat::ChannelsLast

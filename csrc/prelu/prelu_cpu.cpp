@@ -33,12 +33,6 @@ using pydcr::cpu::Half;
 using pydcr::cpu::narrow;
 using pydcr::cpu::widen;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYDCR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PYDCR_CPU_CLONES
-#endif
-
 // Elements per task: enough that a task's memory traffic outweighs the scheduling cost.
 constexpr int64_t kTaskElements = 1 << 15;
 
@@ -219,16 +213,6 @@ PYDCR_POOL_LOOPS(double)
 PYDCR_POOL_LOOPS(BFloat16)
 PYDCR_POOL_LOOPS(Half)
 #undef PYDCR_POOL_LOOPS
-
-template <typename T>
-const T* data(const Tensor& t) {
-  return static_cast<const T*>(t.const_data_ptr());
-}
-
-template <typename T>
-T* mutable_data(Tensor& t) {
-  return static_cast<T*>(t.mutable_data_ptr());
-}
 
 // The slopes and biases as per-channel vectors in acc_t<T>: a shared slope repeated, an absent
 // bias as zeros.

@@ -3,7 +3,9 @@
 // Every op is a short pipeline of separable banded maps applied image by image, in parallel over
 // images. Intermediates (for degrade: the low-resolution image) live in per-thread buffers of a
 // few kilobytes and never reach memory as tensors. Vertical maps run as row AXPYs, which
-// vectorise over the contiguous row; the pipelines put them on the large images.
+// vectorise over the contiguous row; the pipelines put them on the large images. uint8, float16 and
+// bfloat16 images are widened to float once per image; 16-bit results are rounded once, from the
+// last pass's float values, as the CUDA kernels round them.
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -12,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu_float16.h"
 #include "resample/resample_ops.h"
 
 namespace pydcr::resample {
@@ -106,19 +109,26 @@ __attribute__((always_inline)) inline void vertical_tail(T* __restrict y, const 
     }                                                                                                  \
   }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYDCR_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PYDCR_CPU_CLONES
-#endif
-
 PYDCR_VERTICAL(float)
 PYDCR_VERTICAL(double)
 #undef PYDCR_VERTICAL
 
-PYDCR_CPU_CLONES void widen(float* __restrict y, const uint8_t* __restrict x, int64_t n) {
+// Element-type conversions of a whole image, into and out of the float the passes compute in.
+PYDCR_CPU_CLONES void widen_all(float* __restrict y, const uint8_t* __restrict x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i];
 }
+
+#define PYDCR_CONVERT(T)                                                                    \
+  PYDCR_CPU_CLONES void widen_all(float* __restrict y, const T* __restrict x, int64_t n) {  \
+    for (int64_t i = 0; i < n; ++i) y[i] = cpu::widen(x[i]);                                \
+  }                                                                                         \
+  PYDCR_CPU_CLONES void narrow_all(T* __restrict y, const float* __restrict x, int64_t n) { \
+    for (int64_t i = 0; i < n; ++i) y[i] = cpu::narrow<T>(x[i]);                            \
+  }
+
+PYDCR_CONVERT(cpu::Half)
+PYDCR_CONVERT(cpu::BFloat16)
+#undef PYDCR_CONVERT
 
 // Horizontal maps on planes (one value per pixel): each output row from one input row.
 // Gather: y_j = sum_t w_jt x_{start_j + t}, a contiguous dot product per output.
@@ -177,9 +187,10 @@ void apply_horizontal(const T* in, T* out, int64_t rows, int64_t cols, int64_t p
   }
 }
 
-// Runs `stages` over `images` images of rows x cols pixels, each pixel `pixel` contiguous values.
-template <typename In, typename T>
-void run_stages(const In* src, T* dst, int64_t images, int64_t rows, int64_t cols, int64_t pixel,
+// Runs `stages`, computing in T, over `images` images of rows x cols pixels, each pixel `pixel`
+// contiguous values.
+template <typename In, typename T, typename Out>
+void run_stages(const In* src, Out* dst, int64_t images, int64_t rows, int64_t cols, int64_t pixel,
                 const std::vector<Stage<T>>& stages) {
   int64_t capacity = 0, r = rows, c = cols;
   for (const Stage<T>& s : stages) {
@@ -192,20 +203,23 @@ void run_stages(const In* src, T* dst, int64_t images, int64_t rows, int64_t col
 
   torch::stable::parallel_for(0, images, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> buffers[2] = {std::vector<T>(capacity), std::vector<T>(capacity)};
-    // uint8 images are widened once, so the taps that read a pixel several times convert it once.
+    // Images are widened once, so the taps that read a pixel several times convert it once.
     std::vector<T> widened(std::is_same_v<In, T> ? 0 : in_size);
     for (int64_t img = begin; img < end; ++img) {
       const T* prev;
       if constexpr (std::is_same_v<In, T>) {
         prev = src + img * in_size;
       } else {
-        widen(widened.data(), src + img * in_size, in_size);
+        widen_all(widened.data(), src + img * in_size, in_size);
         prev = widened.data();
       }
       int64_t cur_r = rows, cur_c = cols;
       for (size_t k = 0; k < stages.size(); ++k) {
         const Stage<T>& s = stages[k];
-        T* out = k + 1 == stages.size() ? dst + img * out_size : buffers[k % 2].data();
+        const bool last = k + 1 == stages.size();
+        T* out;
+        if constexpr (std::is_same_v<Out, T>) out = last ? dst + img * out_size : buffers[k % 2].data();
+        else out = buffers[k % 2].data();
         if (s.vertical) {
           vertical_pass(out, prev, cur_c * pixel, s.band);
           cur_r = s.band.rows;
@@ -215,6 +229,7 @@ void run_stages(const In* src, T* dst, int64_t images, int64_t rows, int64_t col
         }
         prev = out;
       }
+      if constexpr (!std::is_same_v<Out, T>) narrow_all(dst + img * out_size, prev, out_size);
     }
   });
 }
@@ -223,9 +238,12 @@ void run_stages(const In* src, T* dst, int64_t images, int64_t rows, int64_t col
 Tensor run_on_batch(const char* op, const Tensor& input, const std::vector<Pass>& passes, int64_t out_h,
                     int64_t out_w, bool uint8_ok) {
   if (uint8_ok)
-    check_dtype(op, "x", input, {ScalarType::Byte, ScalarType::Float, ScalarType::Double}, "on CPU");
+    check_dtype(op, "x", input,
+                {ScalarType::Byte, ScalarType::Half, ScalarType::BFloat16, ScalarType::Float, ScalarType::Double},
+                "on CPU");
   else
-    check_dtype(op, "grad", input, {ScalarType::Float, ScalarType::Double}, "on CPU");
+    check_dtype(op, "grad", input, {ScalarType::Half, ScalarType::BFloat16, ScalarType::Float, ScalarType::Double},
+                "on CPU");
   const bool channels_last = is_channels_last(input);
   const Tensor x = in_layout(input, channels_last ? torch::headeronly::MemoryFormat::ChannelsLast
                                                   : torch::headeronly::MemoryFormat::Contiguous);
@@ -234,16 +252,21 @@ Tensor run_on_batch(const char* op, const Tensor& input, const std::vector<Pass>
   if (n * c == 0) return out;
   const int64_t images = channels_last ? n : n * c, pixel = channels_last ? c : 1;
 
-  auto typed = [&](auto tag, auto* src) {
+  // In: x's element type, T: the type computed in, Out: the result's element type.
+  auto typed = [&](auto in_tag, auto tag, auto out_tag) {
+    using In = decltype(in_tag);
     using T = decltype(tag);
+    using Out = decltype(out_tag);
     std::vector<Stage<T>> typed_stages;
     for (const Pass& p : passes) typed_stages.push_back(make_stage<T>(p));
-    run_stages(src, out.mutable_data_ptr<T>(), images, h, w, pixel, typed_stages);
+    run_stages(data<In>(x), mutable_data<Out>(out), images, h, w, pixel, typed_stages);
   };
   switch (x.scalar_type()) {
-    case ScalarType::Byte: typed(float{}, x.const_data_ptr<uint8_t>()); break;
-    case ScalarType::Float: typed(float{}, x.const_data_ptr<float>()); break;
-    default: typed(double{}, x.const_data_ptr<double>()); break;
+    case ScalarType::Byte: typed(uint8_t{}, float{}, float{}); break;
+    case ScalarType::Half: typed(cpu::Half{}, float{}, cpu::Half{}); break;
+    case ScalarType::BFloat16: typed(cpu::BFloat16{}, float{}, cpu::BFloat16{}); break;
+    case ScalarType::Float: typed(float{}, float{}, float{}); break;
+    default: typed(double{}, double{}, double{}); break;
   }
   return out;
 }

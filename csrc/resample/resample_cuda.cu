@@ -218,11 +218,20 @@ Tensor degrade_op(const char* op, const char* arg, const Tensor& x, const Degrad
   });
   if (!fused) {
     // The intermediate rows do not fit in shared memory, or the planes in one grid: two resize
-    // passes through a low-resolution tensor in global memory.
-    // The intermediate takes the result's dtype, so the second pass reads what it writes.
-    Tensor low = empty_image_batch(x, a.n, a.c, p.reduce_h.rows, p.reduce_w.rows, float_result_type(x));
-    launch_resize(x, low, p.reduce_h, p.reduce_w);
-    launch_resize(low, out, p.expand_h, p.expand_w);
+    // passes through a low-resolution tensor in global memory. 16-bit batches go through float32
+    // copies, so that they are rounded once, as in the fused kernel; other intermediates take the
+    // result's dtype, so the second pass reads what it writes.
+    const bool sixteen_bit = x.scalar_type() == ScalarType::Half || x.scalar_type() == ScalarType::BFloat16;
+    Tensor src = x;
+    if (sixteen_bit) {
+      src = empty_image_batch(x, a.n, a.c, x.size(2), x.size(3), ScalarType::Float);
+      torch::stable::copy_(src, x);
+    }
+    Tensor low = empty_image_batch(src, a.n, a.c, p.reduce_h.rows, p.reduce_w.rows, float_result_type(src));
+    launch_resize(src, low, p.reduce_h, p.reduce_w);
+    Tensor wide = sixteen_bit ? empty_image_batch(src, a.n, a.c, a.out_h, a.out_w, ScalarType::Float) : out;
+    launch_resize(low, wide, p.expand_h, p.expand_w);
+    if (sixteen_bit) torch::stable::copy_(out, wide);
   }
   return out;
 }

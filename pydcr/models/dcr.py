@@ -137,9 +137,6 @@ class DCR(nn.Module):
                              "align them to the input size (then `size` names their resolution) or give low-resolution crops")
         check_image_dtype(images)  # before resize, whose kernel would reject it less clearly
         native = native_resolution(h, w)
-        if images.device.type == "cpu" and images.dtype in (torch.float16, torch.bfloat16):
-            # The CPU resize kernel has no 16-bit path (CUDA's has): resize in float32, keep the dtype.
-            return ops.resize(images.float(), self.trunk.input_size, antialias=self.antialias).to(images.dtype), native
         return ops.resize(images, self.trunk.input_size, antialias=self.antialias), native
 
     def _trunk_features(self, images: torch.Tensor, flip: bool) -> torch.Tensor:
