@@ -81,12 +81,25 @@ def run_summary(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        check_out(args.out, *(path for run in args.runs for path in _run_files(run)))
+        _check_summary_out(args.out, [path for run in args.runs for path in _run_files(run)])
     print(text)
-    if args.out is not None:
+    if args.out is not None:  # the folders --out names are made only now: a refused run leaves none behind
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
     return 0
+
+
+def _check_summary_out(out: Path, inputs: list[Path]) -> None:
+    """check_out for a file whose folder may not exist yet (it is made just before the write)."""
+    if out.parent.is_dir():
+        check_out(out, *inputs)
+        return
+    target = out.resolve()  # as it will be once the missing folders exist: "new/../run" is run
+    ancestor = next(p for p in target.parents if p.exists())
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot write {out}: {ancestor} is a file, not a folder")
+    if target.parent.is_dir():
+        check_out(target, *inputs)
 
 
 def _run_files(run: Path) -> list[Path]:

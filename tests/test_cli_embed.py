@@ -263,6 +263,23 @@ def test_faiss_backend_without_faiss(models, folder, tmp_path, monkeypatch, caps
     assert code == 2 and "pip install faiss-cpu" in capsys.readouterr().err
 
 
+def test_identify_with_faiss_writes_the_torch_backend_results(models, folder, tmp_path):
+    """A float16 gallery (the default) and --top-k beyond its 12 faces: every face, best first, either way."""
+    pytest.importorskip("faiss")
+    gallery = tmp_path / "g.safetensors"
+    assert main(["embed", str(models[0]), str(folder), "--out", str(gallery), "--quiet"]) == 0
+    rows = {}
+    for backend in ("torch", "faiss"):
+        out = tmp_path / f"{backend}.csv"
+        assert main(["identify", str(models[0]), "--gallery", str(gallery), "--probes", str(folder), "--size", "8",
+                     "--top-k", "20", "--backend", backend, "--out", str(out), "--quiet"]) == 0
+        rows[backend] = list(csv.DictReader(out.open()))
+    assert len(rows["torch"]) == 12 * 12
+    scores = {backend: np.array([float(row.pop("score")) for row in rows[backend]]) for backend in rows}
+    assert rows["faiss"] == rows["torch"]
+    np.testing.assert_allclose(scores["faiss"], scores["torch"], atol=2e-6)  # written to 6 decimals
+
+
 def test_unknown_backend_is_a_usage_error(models, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["identify", str(models[0]), "--gallery", "g", "--probes", "p", "--out", "r", "--backend", "annoy"])

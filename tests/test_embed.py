@@ -11,7 +11,7 @@ import torch
 import pydcr
 from pydcr.data import FaceDataset, PackedFaces, REFERENCE_112x96, align, pack, read_image, read_landmarks
 from pydcr.demo import DEMO_PACK
-from pydcr.embed import ExactIndex, Gallery, Shard, embed_gallery, merge_shards, model_identity, topk
+from pydcr.embed import ExactIndex, FaissIndex, Gallery, Shard, embed_gallery, merge_shards, model_identity, topk
 from pydcr.embed.items import ItemSource
 from pydcr.models import DCR, BranchPair, Trunk, load, save
 
@@ -281,6 +281,36 @@ def test_faiss_missing_is_a_clear_error(monkeypatch):
         topk(torch.randn(4, 8), torch.randn(2, 8), backend="faiss")
     with pytest.raises(ValueError, match="unknown search backend 'annoy'"):
         topk(torch.randn(4, 8), torch.randn(2, 8), backend="annoy")
+
+
+def _assert_same_search(got, want):
+    """Same rows in the same order, scores equal to float32 rounding."""
+    assert got[0].dtype == want[0].dtype == torch.float32 and got[1].dtype == want[1].dtype == torch.int64
+    assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n,k", [(1000, 5), (7, 10), (300, 1)])
+def test_faiss_equals_the_exact_search(n, k):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(n)
+    gallery = torch.from_numpy(rng.standard_normal((n, 32)).astype(np.float32))
+    for probes in (torch.from_numpy(rng.standard_normal((m, 32)).astype(np.float32)) for m in (57, 3)):
+        want = topk(gallery, probes, k)  # faiss scores 20 probes or more with BLAS, fewer with its own loop
+        _assert_same_search(topk(gallery, probes, k, backend="faiss"), want)
+        _assert_same_search(topk(gallery.split(128), probes, k, backend="faiss"), want)  # added chunk by chunk
+        _assert_same_search(topk(gallery.T.contiguous().T, probes, k, backend="faiss"), want)  # column-major
+
+
+def test_faiss_takes_the_features_the_exact_search_takes():
+    pytest.importorskip("faiss")
+    seed = torch.Generator().manual_seed(0)
+    g, p = torch.randn(200, 16, generator=seed), torch.randn(9, 16, generator=seed)
+    for gallery, probes in [(g.half(), p), (g.double(), p.half()), (g.numpy(), p.numpy()), (g, p[:0]),
+                            (g.clone().requires_grad_(), p)]:  # as a model's output outside no_grad
+        _assert_same_search(topk(gallery, probes, 5, backend="faiss"), topk(gallery, probes, 5))
+    # searched before anything was added: no rows, as ExactIndex answers
+    _assert_same_search(FaissIndex().search(p, 5), ExactIndex().search(p, 5))
 
 
 # Gallery files ----------------------------------------------------------------------------------

@@ -131,3 +131,24 @@ def test_summary_command_prints_and_writes(tmp_path, capsys):
     assert held[0].read_text() == "the run's own"
     assert main(["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "missing")]) == 2
     assert "no report" in capsys.readouterr().err
+
+
+def test_a_refused_summary_makes_no_folder(tmp_path, capsys):
+    """--out's missing folders are made only for the write: a refused run leaves the tree as it was."""
+    for seed, dcr in enumerate([(0.86, 0.82), (0.75, 0.73)]):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "report.json").write_text(json.dumps(report(table((0.8, 0.84), dcr))))
+    before = sorted(tmp_path.rglob("*"))
+    argv = ["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out"]
+    for out, message in [
+        ("new/../seed1/report.json", "it is the input"),  # an input, named through a folder still to be made
+        ("new/../seed0", "it is a folder"),
+        ("seed0/report.json/new/runs.md", "is a file, not a folder"),
+    ]:
+        assert main([*argv, str(tmp_path / out)]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["reproduce", "summary", str(tmp_path / "seed0"), str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "new" / "runs.md")]) == 2
+    assert sorted(tmp_path.rglob("*")) == before
+    assert main([*argv, str(tmp_path / "new" / "deeper" / "runs.md")]) == 0
+    assert (tmp_path / "new" / "deeper" / "runs.md").read_text() == capsys.readouterr().out

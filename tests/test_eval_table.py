@@ -8,8 +8,9 @@ import torch
 
 from pydcr import ops
 from pydcr.eval import verify_10fold
-from pydcr.eval.report import write_report
-from pydcr.eval.table import verification_table
+from pydcr.eval.report import plot_accuracy, plot_roc, roc_curve, write_report
+from pydcr.eval.table import VerificationTable, verification_table
+from pydcr.eval.verification import VerificationResult
 from pydcr.models import DCR, BranchPair, Trunk
 
 
@@ -87,6 +88,86 @@ def test_report_files(tiny_model, tmp_path):
     assert data["table"]["8x8"]["DCR"]["mean"] == pytest.approx(table.cells["8x8"]["DCR"].mean)
     assert table.markdown() in (tmp_path / "report.md").read_text()
     assert all((tmp_path / name).read_bytes().startswith(b"\x89PNG") for name in ("accuracy.png", "roc.png"))
+
+
+def small_table() -> VerificationTable:
+    """Cells made up directly: the trunk in every column, DCR at 8x8 only (as for a size without a pair)."""
+    rng = np.random.default_rng(0)
+    same = np.arange(40) % 2 == 0
+
+    def cell(folds):
+        acc = np.asarray(folds, dtype=float)
+        return VerificationResult(acc.mean(), acc.std(), acc, np.zeros_like(acc), same + rng.normal(0, 0.7, len(same)))
+
+    return VerificationTable({"HR": {"trunk": cell([0.95, 0.97])},
+                              "8x8": {"trunk": cell([0.70, 0.74]), "DCR": cell([0.80, 0.86])},
+                              "12x12": {"trunk": cell([0.78, 0.80])}}, same)
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """(figure, dpi) of every figure saved, still saved as usual."""
+    from matplotlib.figure import Figure
+
+    figures, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: figures.append((fig, kw.get("dpi", fig.dpi)))
+                        or save(fig, path, **kw))
+    return figures
+
+
+@pytest.mark.parametrize("plot", [plot_accuracy, plot_roc])
+def test_plots_write_a_png_of_their_figure_and_leave_none_open(plot, saved, tmp_path):
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    open_before = plt.get_fignums()
+    assert plot(small_table(), tmp_path / "plot.png") == tmp_path / "plot.png"
+    assert plt.get_fignums() == open_before  # a figure left to pyplot would pile up, one per report
+    (fig, dpi), = saved
+    with Image.open(tmp_path / "plot.png") as image:
+        assert image.format == "PNG" and image.size == tuple(np.round(fig.get_size_inches() * dpi).astype(int))
+    pixels = matplotlib.image.imread(tmp_path / "plot.png")
+    assert pixels.shape[:2] == image.size[::-1] and pixels.std() > 0  # decodes, and is not one flat colour
+
+
+@pytest.mark.parametrize("plot", [plot_accuracy, plot_roc])
+@pytest.mark.parametrize("suffix, magic", [(".pdf", b"%PDF"), (".svg", b"<svg")])
+def test_plots_take_the_format_from_the_suffix(plot, suffix, magic, tmp_path):
+    data = plot(small_table(), tmp_path / f"plot{suffix}").read_bytes()
+    assert magic in data[:1000]
+
+
+def test_accuracy_plot_draws_each_row_mean_per_probe_size(saved, tmp_path):
+    t = small_table()
+    plot_accuracy(t, tmp_path / "a.png")
+    (fig, _), = saved
+    (ax,) = fig.axes
+    sized = ["8x8", "12x12"]  # HR is the dotted line
+    assert [label.get_text() for label in ax.get_xticklabels()] == sized
+    lines = {bars.get_label(): bars.lines[0] for bars in ax.containers}
+    assert list(lines) == t.rows
+    for row, line in lines.items():
+        at = [i for i, c in enumerate(sized) if row in t.cells[c]]  # DCR has no 12x12 point
+        np.testing.assert_array_equal(line.get_xdata(), at)
+        np.testing.assert_allclose(np.asarray(line.get_ydata(), dtype=float),
+                                   [100 * t.cells[sized[i]][row].mean for i in at])
+    hr = next(line for line in ax.lines if line.get_label() == "trunk, HR probes")
+    np.testing.assert_allclose(hr.get_ydata(), 100 * t.cells["HR"]["trunk"].mean)
+
+
+def test_roc_plot_has_a_panel_per_column_with_each_row_curve(saved, tmp_path):
+    t = small_table()
+    plot_roc(t, tmp_path / "roc.png")
+    (fig, _), = saved
+    assert [ax.get_title() for ax in fig.axes] == [f"probe {c}" for c in t.columns]
+    for ax, column in zip(fig.axes, t.columns):
+        curves = [line for line in ax.lines if not line.get_label().startswith("_")]  # less the diagonal
+        assert [line.get_label().split(" (")[0] for line in curves] == list(t.cells[column])
+        for line, cell in zip(curves, t.cells[column].values()):
+            fpr, tpr = roc_curve(cell.scores, t.same)
+            np.testing.assert_array_equal(line.get_xdata(), fpr)
+            np.testing.assert_array_equal(line.get_ydata(), tpr)
 
 
 @pytest.mark.data

@@ -68,8 +68,12 @@ class FaissIndex:
         self.size += len(x)
 
     def search(self, probes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, gallery rows), each len(probes) x min(k, gallery size), best first."""
+        q = _normalize(probes).cpu().numpy()
         k = min(int(k), self.size)
-        scores, rows = self.index.search(_normalize(probes).cpu().numpy(), k)
+        if k == 0:  # nothing added yet: as ExactIndex answers (faiss would assert on k = 0)
+            return torch.zeros(len(q), 0), torch.zeros(len(q), 0, dtype=torch.int64)
+        scores, rows = self.index.search(q, k)
         return torch.from_numpy(scores), torch.from_numpy(rows).long()
 
 
@@ -122,4 +126,5 @@ def _check_features(x, what: str, width: int | None) -> int:
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(torch.as_tensor(x).float(), dim=1)
+    # detached: features straight from a model outside no_grad require grad, which .numpy() refuses
+    return F.normalize(torch.as_tensor(x).detach().float(), dim=1)
