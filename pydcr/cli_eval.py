@@ -103,8 +103,9 @@ def _add_scface(protocols) -> None:
     s.add_argument("--train-subjects", type=int, default=50,
                    help="subjects for fine-tuning and PCA; the rest are tested (default 50)")
     s.add_argument("--seed", type=int, default=0, help="the subject split and fine-tuning seed (default 0)")
-    s.add_argument("--preset", default="cpu",
-                   help="whose branch settings fine-tune the pairs (default: cpu); the pair keeps its size")
+    s.add_argument("--preset", default=None,
+                   help="whose branch settings fine-tune the pairs (default: the preset the model was trained "
+                        "with, as it records it; else cpu); the pair keeps its size")
     s.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs; 0: none (default 10)")
     s.add_argument("--finetune-lr", type=float, default=None,
                    help="fine-tuning learning rate (default: a tenth of the preset's branch rate)")
@@ -117,7 +118,7 @@ def _add_scface(protocols) -> None:
 
 
 def run_scface(args: argparse.Namespace) -> int:
-    from .cli_train import device_or_default, preset_named
+    from .cli_train import device_or_default, preset_named, trained_preset
     from .data import SCface
     from .eval.scface import check_protocol, evaluate_scface, format_table
     from .models import load
@@ -128,7 +129,8 @@ def run_scface(args: argparse.Namespace) -> int:
                         ("--finetune-lr", args.finetune_lr), *(("--sizes", k) for k in args.sizes)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
-    preset = preset_named(args.preset)
+    if args.preset is not None:
+        preset_named(args.preset)  # an unknown name is refused before any file is read
     device = device_or_default(args.device)
     if not args.model.is_file():
         raise UsageError(f"no such model file: {args.model}")
@@ -148,6 +150,7 @@ def run_scface(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
 
+    preset = preset_named(args.preset or trained_preset(model))
     finetune = None
     if args.finetune_epochs:
         lr = args.finetune_lr if args.finetune_lr is not None else preset.branch.lr / 10

@@ -29,18 +29,19 @@ def add_train_parser(sub) -> None:
                    help="images per batch, over all processes under torchrun (default: the preset's)")
     t.add_argument("--tensorboard", action="store_true",
                    help="also write the per-epoch figures as TensorBoard scalars in OUT/tensorboard")
-    _common(t)
+    _common(t, "paper, cpu, small or demo (default: cpu)")
     t.set_defaults(func=run_trunk)
     b = steps.add_parser("branch", help="step 2: branch pairs on the frozen trunk, added to its model file")
     b.add_argument("--trunk", type=Path, required=True, help="the run folder of step 1, or a model file")
     b.add_argument("--data", type=Path, required=True, help="the faces to train on (as for step 1)")
     b.add_argument("--size", type=int, nargs="+", required=True, help="low resolutions k (one pair per k)")
-    _common(b)
+    _common(b, "paper, cpu, small or demo (default: the preset the trunk was trained with, as its model "
+               "records it; else cpu)")
     b.set_defaults(func=run_branch)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", help="paper, cpu, small or demo (default: cpu)")
+def _common(p: argparse.ArgumentParser, preset_help: str) -> None:
+    p.add_argument("--preset", default=None, help=preset_help)
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument("--device", default=None, help="default: cuda when available")
     add_amp_argument(p, "the trunk's forward passes")
@@ -63,6 +64,11 @@ def preset_named(name: str):
         return get_preset(name)
     except KeyError as err:
         raise UsageError(err.args[0]) from None
+
+
+def trained_preset(model) -> str:
+    """The preset `model`'s trunk was trained with, as its provenance records it; cpu if none."""
+    return model.provenance.get("preset") or "cpu"
 
 
 def check_lfw_root(root: Path) -> None:
@@ -202,6 +208,7 @@ def run_trunk(args: argparse.Namespace) -> int:
     from .train import distributed
 
     world = _torchrun_world()
+    args.preset = args.preset or "cpu"
     preset = preset_named(args.preset)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width), ("batch_size", args.batch_size))
                  if v is not None}
@@ -264,17 +271,21 @@ def run_branch(args: argparse.Namespace) -> int:
     if world is not None and world.size > 1:
         raise UsageError("branch training runs in one process (seconds on cached trunk features): "
                          "run it without torchrun")
-    preset = preset_named(args.preset)
+    if args.preset is not None:
+        preset_named(args.preset)  # an unknown name is refused before the model is read
     if any(k <= 0 for k in args.size):
         raise UsageError(f"--size must be positive resolutions, got {args.size}")
     check_positive(args, "epochs")
     _check_workers(args)
     device = device_or_default(args.device)
-    config = preset.branch if args.epochs is None else replace(preset.branch, epochs=args.epochs)
     path = args.trunk / "model.safetensors" if args.trunk.is_dir() else args.trunk
     if not path.is_file():
         raise UsageError(f"no trained model at {path}: run `pydcr train trunk` first")
     model = load_model(path)
+    # Pairs sized for the trunk they sit on: a paper trunk gets the paper's 512-d pairs, not cpu's 256-d.
+    args.preset = args.preset or trained_preset(model)
+    preset = preset_named(args.preset)
+    config = preset.branch if args.epochs is None else replace(preset.branch, epochs=args.epochs)
     h, w = model.trunk.input_size
     # a "low" resolution above the input's would be an upscaled face; the input's longer side itself is
     # SCface's full-size pair (112 for 112x96, docs/training.md)

@@ -3,7 +3,7 @@
 import pytest
 
 from pydcr.cli import main
-from pydcr.models import load
+from pydcr.models import load, save
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,25 @@ def test_trunk_then_branches(amp, tiny_pack, tmp_path):
     assert main(["train", "branch", "--trunk", str(run), "--size", "8", "12", *common]) == 0
     model = load(run / "model.safetensors")
     assert model.resolutions == [8, 12] and set(model.provenance["branches"]) == {"8", "12"}
+
+
+def test_branch_pairs_default_to_the_trunks_preset(tiny_pack, tmp_path):
+    # A paper trunk gets the paper's 512-d pairs, not the cpu preset's 256-d ones.
+    run = tmp_path / "run"
+    common = ["--data", str(tiny_pack), "--epochs", "1", "--quiet"]
+    assert main(["train", "trunk", "--out", str(run), "--preset", "paper", "--width", "0.0625", "--batch-size", "8",
+                 *common]) == 0
+    assert main(["train", "branch", "--trunk", str(run), "--size", "8", *common]) == 0
+    model = load(run / "model.safetensors")
+    assert model.branch(8).dim == 512 and model.provenance["branches"]["8"]["preset"] == "paper"
+    # A model that records no preset gets the cpu preset's.
+    bare = load(run / "model.safetensors")
+    bare.remove_branch(8)
+    bare.provenance = {}
+    save(bare, tmp_path / "bare.safetensors")
+    assert main(["train", "branch", "--trunk", str(tmp_path / "bare.safetensors"), "--size", "8", *common]) == 0
+    model = load(tmp_path / "bare.safetensors")
+    assert model.branch(8).dim == 256 and model.provenance["branches"]["8"]["preset"] == "cpu"
 
 
 def test_a_rerun_with_other_settings_is_refused(tiny_pack, tmp_path, capsys):

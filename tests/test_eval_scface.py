@@ -219,6 +219,20 @@ def test_cli_writes_the_table(cli_files, tmp_path, capsys):
     assert report["rank1"] == expected.rank1
 
 
+def test_cli_finetunes_with_the_models_preset(cli_files, tmp_path):
+    # The settings the pairs were trained with, as the model records them: here the paper's SGD.
+    root, files = cli_files
+    model = tiny_model()
+    model.provenance = {"preset": "paper"}
+    save(model, tmp_path / "paper.safetensors")
+    out = tmp_path / "report"
+    assert main(["eval", "scface", str(tmp_path / "paper.safetensors"), "--root", str(root), "--landmarks",
+                 str(files / "landmarks.txt"), "--train-subjects", str(TRAIN), "--finetune-epochs", "1", "--quiet",
+                 "--out", str(out)]) == 0
+    branch = get_preset("paper").branch
+    assert json.loads((out / "scface.json").read_text())["finetune"] == replace(branch, epochs=1, lr=branch.lr / 10).to_dict()
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
