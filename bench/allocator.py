@@ -22,6 +22,7 @@ import torch
 
 from bench.harness import Report, common_args, peak_memory_mib
 from bench.trunk import passes, setup
+from pydcr.denormals import set_flush_denormal
 
 SETTINGS = ("glibc_default", "retain_freed_memory")
 
@@ -34,7 +35,7 @@ def worker(setting: str, batch: int, width: float) -> None:
 
         if not retain_freed_memory():
             raise SystemExit("this malloc is not glibc's: nothing to compare")
-    torch.set_flush_denormal(True)  # as training on the CPU does
+    set_flush_denormal(True)  # as training on the CPU does
     trunk, _, x, autocast = setup(torch.device("cpu"), batch, width)
     steps = passes(trunk, x, autocast)
     for step in steps.values():

@@ -22,6 +22,7 @@ import copy
 import torch
 
 from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
+from pydcr.denormals import set_flush_denormal
 from pydcr.models import Trunk
 
 
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
     ours, eager, x, autocast = setup(device, case["batch"], case["width"], case["input_size"], bf16)
     batch = len(x)
     if device.type == "cpu":  # as training on the CPU does (pydcr.train): denormal values stall both sides
-        torch.set_flush_denormal(True)
+        set_flush_denormal(True)
 
     # Each contender: a model and the batch in its layout.
     contenders = {"ours": (ours, x), "eager": (eager, x)}

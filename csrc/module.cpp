@@ -1,8 +1,14 @@
 // The Python module pydcr._C: loading it registers the op schemas and CPU kernels; it also
-// reports how it was built.
+// reports how it was built and sets the floating-point mode of torch's CPU threads.
 #include <pybind11/pybind11.h>
+#include <torch/csrc/stable/ops.h>
 
+#include <cstdint>
 #include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 namespace py = pybind11;
 
@@ -22,6 +28,39 @@ py::list split_archs(const std::string& csv) {
   return out;
 }
 
+// MXCSR's flush-to-zero (bit 15) and denormals-are-zero (bit 6) flags, which
+// torch.set_flush_denormal sets on the calling thread only.
+constexpr unsigned kFlushDenormal = 0x8040;
+
+void set_flush_denormal_here(bool on) {
+#if defined(__x86_64__) || defined(_M_X64)
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(on ? csr | kFlushDenormal : csr & ~kFlushDenormal);
+#endif
+}
+
+// Sets the flags on every thread of torch's intra-op pool, which runs the convolutions and the
+// fused kernels: a parallel_for of one item per thread gives each thread exactly one item (torch's
+// OpenMP backend splits the range evenly over its threads).
+bool set_flush_denormal_pool(bool on) {
+#if defined(__x86_64__) || defined(_M_X64)
+  const int64_t threads = torch::stable::get_num_threads();
+  torch::stable::parallel_for(0, threads, 1, [on](int64_t, int64_t) { set_flush_denormal_here(on); });
+  set_flush_denormal_here(on);
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool flush_denormal_here() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return (_mm_getcsr() & kFlushDenormal) == kFlushDenormal;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -37,4 +76,9 @@ PYBIND11_MODULE(_C, m) {
     info["compiler"] = __VERSION__;
     return info;
   }, "How this extension was compiled.");
+  m.def("set_flush_denormal_pool", &set_flush_denormal_pool, py::arg("on"),
+        "Flush denormals to zero (or stop) on the calling thread and every thread of torch's CPU pool "
+        "(x86; returns False, changing nothing, elsewhere). Call torch.set_flush_denormal first: it "
+        "tells whether the CPU supports it.");
+  m.def("flush_denormal_here", &flush_denormal_here, "Whether the calling thread flushes denormals to zero.");
 }

@@ -5,7 +5,8 @@ Fused C++/CUDA torch ops for the hot paths live in :mod:`pydcr.ops` (with pure-P
 :mod:`pydcr.losses` the center and CM losses, :mod:`pydcr.data` alignment and datasets,
 :mod:`pydcr.train` the two-step training, :mod:`pydcr.eval` the protocols and
 :mod:`pydcr.embed` batch embedding and search (:class:`pydcr.Embedder`); :mod:`pydcr.allocator`
-holds the CPU allocator setting the ``pydcr`` command runs with. Submodules load on first use.
+holds the CPU allocator setting the ``pydcr`` command runs with and :mod:`pydcr.denormals` the
+flushing of denormal floats that CPU training runs with. Submodules load on first use.
 """
 
 import importlib
@@ -15,7 +16,7 @@ from . import ops, reference
 
 __version__ = build_info()["version"]
 
-_SUBMODULES = ("allocator", "data", "demo", "embed", "eval", "losses", "models", "nn", "train")
+_SUBMODULES = ("allocator", "data", "demo", "denormals", "embed", "eval", "losses", "models", "nn", "train")
 
 __all__ = ["Embedder", "build_info", "ops", "reference", "__version__", *_SUBMODULES]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from .._machine import use_amp
+from ..denormals import denormals_flushed
 from ..data import MultiResolution, face_loader
 from ..losses import TrunkLoss
 from ..models import Trunk
@@ -23,18 +23,6 @@ from .distributed import current_world
 from .metrics_log import MetricsLog
 from .presets import make_optimizer, TrunkConfig
 from .progress import Progress
-
-
-@contextlib.contextmanager
-def denormals_flushed(enabled: bool):
-    """Flush denormal floats to zero inside the block (CPU). Activations of the plain, batch-norm-free
-    network drift into denormal range as it trains, and CPUs compute on denormals many times slower."""
-    flushed = enabled and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
 
 
 class TrunkWithHead(nn.Module):
