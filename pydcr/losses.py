@@ -3,8 +3,10 @@
 Conventions. Every term is a mean over the batch, as torch's cross-entropy is: the center loss is
 1/2 mean ||x_i - c_{y_i}||^2 (Wen et al.'s Caffe layer, which the paper builds on) and the
 Euclidean coupling term is mean ||x_i - z_i||^2. The paper writes its losses as sums over the
-batch (eqs. 1-5); with means, beta, lambda and alpha keep their relative meaning whatever the batch
-size. All centers start at zero, so every process of a distributed job starts with the same ones.
+batch (eqs. 1-5) and its eqs. 3 and 4 in the same form, so against them lambda here weighs the
+center terms half as much (docs/center.md, "Scale"); with means, beta, lambda and alpha do not
+change meaning with the batch size. All centers start at zero, so every process of a distributed
+job starts with the same ones.
 """
 
 from __future__ import annotations
