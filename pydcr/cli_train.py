@@ -216,6 +216,9 @@ def run_trunk(args: argparse.Namespace) -> int:
         if value <= 0:
             raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
     _check_workers(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file: give the run folder (step 1 writes its checkpoint and "
+                         "model.safetensors there)")
     device = device_or_default(args.device)
     config = replace(preset.trunk, **overrides)
     if args.tensorboard:
@@ -256,11 +259,30 @@ def _train_and_save(args, config, faces, classes, device, world=None) -> int:
             print(f"pydcr train trunk: stopped; the same command resumes from {args.out}", file=sys.stderr)
         return 130
     if main:
-        path = save(DCR(run.trunk, antialias=config.antialias), args.out / "model.safetensors", provenance={
+        path = args.out / "model.safetensors"
+        if _holds_trunk(path, run.trunk):
+            # A rerun of a finished run: the file may hold step 2's pairs by now, trained on this trunk.
+            print(f"pydcr train trunk: {path} (the run was already complete; the file is kept as it is)")
+            return 0
+        path = save(DCR(run.trunk, antialias=config.antialias), path, provenance={
             "data": str(args.data), "preset": args.preset, "trunk": config.to_dict(), "seed": args.seed,
             "processes": 1 if world is None else world.size, "command": " ".join(sys.argv)})
         print(f"pydcr train trunk: {path}")
     return 0
+
+
+def _holds_trunk(path: Path, trunk) -> bool:
+    """Whether the model file at path holds exactly this trunk's weights."""
+    import torch
+
+    from .models import load
+
+    try:
+        saved = load(path).trunk.state_dict()
+    except (OSError, ValueError):  # absent or unreadable: written afresh
+        return False
+    mine = trunk.state_dict()
+    return saved.keys() == mine.keys() and all(torch.equal(saved[k], mine[k].cpu()) for k in mine)
 
 
 def run_branch(args: argparse.Namespace) -> int:

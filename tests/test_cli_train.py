@@ -24,6 +24,22 @@ def test_trunk_then_branches(amp, tiny_pack, tmp_path):
     assert model.resolutions == [8, 12] and set(model.provenance["branches"]) == {"8", "12"}
 
 
+def test_rerunning_a_finished_trunk_keeps_the_pairs(tiny_pack, tmp_path, capsys):
+    # Step 1's "rerun to resume" after step 2 must not write the trunk alone over the pairs.
+    run = tmp_path / "run"
+    common = ["--data", str(tiny_pack), "--epochs", "1", "--quiet"]
+    trunk = ["train", "trunk", "--out", str(run), "--width", "0.0625", "--batch-size", "8", *common]
+    assert main(trunk) == 0
+    assert main(["train", "branch", "--trunk", str(run), "--size", "8", *common]) == 0
+    model = (run / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(trunk) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert (run / "model.safetensors").read_bytes() == model
+    assert main(["train", "trunk", "--out", str(run / "model.safetensors"), *common]) == 2  # a file, not a run folder
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_branch_pairs_default_to_the_trunks_preset(tiny_pack, tmp_path):
     # A paper trunk gets the paper's 512-d pairs, not the cpu preset's 256-d ones.
     run = tmp_path / "run"
