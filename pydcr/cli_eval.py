@@ -24,8 +24,11 @@ def _add_lfw(protocols) -> None:
                                          "trunk on HR pairs. Writes report.md, report.json and plots with --out.")
     s.add_argument("model", type=Path, help="a model file (pydcr train / demo / reproduce)")
     s.add_argument("--root", type=Path, required=True, help="LFW root (lfw/, pairs.txt, lfw_landmark.txt)")
-    s.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16, 20], help="probe resolutions k")
-    s.add_argument("--folds", type=int, nargs="+", default=None, help="View 2 folds, 1-10 (default: all)")
+    s.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16, 20],
+                   help="probe resolutions k (default: 8 12 16 20)")
+    s.add_argument("--folds", type=int, nargs="+", default=None,
+                   help="View 2 folds, 1-10 (default: the test folds the model records, for a model of "
+                        "`pydcr reproduce lfw`; else all ten); folds whose people it trained on are refused")
     s.add_argument("--pca-dim", type=int, default=None, help="PCA components kept (default: all, centring only)")
     s.add_argument("--pack", type=Path, default=None, help="read the aligned faces from this pack of LFW")
     s.add_argument("--device", default=None, help="default: cuda when available")
@@ -35,11 +38,10 @@ def _add_lfw(protocols) -> None:
 
 
 def run_lfw(args: argparse.Namespace) -> int:
-    from .cli_train import check_lfw_root, device_or_default, view2_folds
+    from .cli_train import check_lfw_root, device_or_default, load_model, view2_folds
     from .data import LFW, PackedFaces
-    from .eval.lfw import evaluate_lfw
+    from .eval.lfw import check_pack, evaluate_lfw, pair_images, trained_outside_folds
     from .eval.report import write_report
-    from .models import load
 
     device = device_or_default(args.device)
     if not args.model.is_file():
@@ -52,10 +54,22 @@ def run_lfw(args: argparse.Namespace) -> int:
         raise UsageError(f"no such pack: {args.pack}")
     if args.out is not None:
         _check_report_folder(args.out, args.model, args.pack, args.root / "pairs.txt", args.root / "lfw_landmark.txt")
+    model = load_model(args.model)  # a pack or another file given as the model is named as such
+    tested = trained_outside_folds(model)  # a reproduce lfw model trained on the people of the other folds
+    if tested is not None:
+        if folds is None:
+            folds = tested
+        elif set(folds) - set(tested):
+            raise UsageError(f"--folds {' '.join(map(str, args.folds))}: {args.model} trained on the LFW people "
+                             f"outside View 2 folds {_numbers(tested)}, so possibly on those of folds "
+                             f"{_numbers(sorted(set(folds) - set(tested)))}: give folds among "
+                             f"{_numbers(tested)} (the default)")
     try:
-        model = load(args.model)
         lfw = LFW(args.root, size=model.trunk.input_size)
+        needed = pair_images(lfw, folds)
         pack = PackedFaces(args.pack) if args.pack is not None else None
+        if pack is not None:  # the crop size and every image the folds need, before any face is embedded
+            check_pack(lfw, needed, pack)
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.pca_dim is not None:  # checked now, not after every face is embedded
@@ -64,16 +78,27 @@ def run_lfw(args: argparse.Namespace) -> int:
         if args.pca_dim > min(dims):
             raise UsageError(f"--pca-dim must be at most {min(dims)} (the feature size of {args.model}), "
                              f"got {args.pca_dim}")
+    if args.folds is not None or tested is None:
+        folds_used = _numbers(folds) if folds is not None else "1-10"
+    else:
+        folds_used = (f"{_numbers(tested)}, the test folds {args.model.name} records (it trained on the LFW "
+                      "people outside them)")
+        print(f"eval lfw: View 2 folds {folds_used}")
     # an input found unusable mid-run (a damaged pack record) is an input error, not a usage error
     table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
                          device=device, progress=not args.quiet)
     print(table.markdown())
     if args.out is not None:
-        meta = {"model": str(args.model), "root": str(args.root), "folds": args.folds or "1-10",
+        meta = {"model": str(args.model), "root": str(args.root), "folds": folds_used,
                 "pca_dim": args.pca_dim if args.pca_dim is not None else "none (centering only)"}
         for path in write_report(args.out, f"LFW verification of {args.model.name}", table, meta):
             print(f"wrote {path}")
     return 0
+
+
+def _numbers(folds) -> str:
+    """0-based fold indices as the command line numbers them: "6 7 8 9 10"."""
+    return " ".join(str(f + 1) for f in folds)
 
 
 def _check_report_folder(out: Path, *inputs: Path | None) -> None:
@@ -118,10 +143,9 @@ def _add_scface(protocols) -> None:
 
 
 def run_scface(args: argparse.Namespace) -> int:
-    from .cli_train import device_or_default, preset_named, trained_preset
+    from .cli_train import device_or_default, load_model, preset_named, trained_preset
     from .data import SCface
     from .eval.scface import check_protocol, evaluate_scface, format_table
-    from .models import load
 
     if args.finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
@@ -141,8 +165,8 @@ def run_scface(args: argparse.Namespace) -> int:
                          f"`pydcr align {args.root} LIST --layout scface` and give it with --landmarks")
     if not args.landmarks.is_file():
         raise UsageError(f"no such landmark list: {args.landmarks}")
+    model = load_model(args.model)  # a pack or another file given as the model is named as such
     try:
-        model = load(args.model)
         dataset = SCface(args.root, seed=args.seed, train_subjects=args.train_subjects, landmarks=args.landmarks,
                          size=model.trunk.input_size)
         resolutions = dict(zip((1, 2, 3), args.sizes))

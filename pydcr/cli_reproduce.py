@@ -16,18 +16,23 @@ def add_reproduce_parser(sub) -> None:
     data = p.add_subparsers(dest="what", required=True)
     lfw = data.add_parser("lfw", help="Table I on LFW, training only on people outside the test folds")
     lfw.add_argument("--root", type=Path, required=True, help="LFW root (lfw/, pairs.txt, lfw_landmark.txt)")
-    lfw.add_argument("--out", type=Path, default=Path("pydcr-reproduce-lfw"), help="run folder (a stopped run resumes)")
+    lfw.add_argument("--out", type=Path, default=Path("pydcr-reproduce-lfw"),
+                     help="run folder; a stopped run resumes (default: pydcr-reproduce-lfw)")
     lfw.add_argument("--preset", default="small", help="paper, cpu, small or demo (default: small)")
     lfw.add_argument("--test-folds", type=int, nargs="+", default=[6, 7, 8, 9, 10],
                      help="View 2 folds to test on, 1-10 (default: 6 7 8 9 10)")
-    lfw.add_argument("--min-images", type=int, default=2, help="train on people with at least this many images")
-    lfw.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16, 20], help="probe resolutions k")
+    lfw.add_argument("--min-images", type=int, default=2,
+                     help="train on people with at least this many images (default: 2)")
+    lfw.add_argument("--sizes", type=int, nargs="+", default=[8, 12, 16, 20],
+                     help="probe resolutions k, a branch pair each (default: 8 12 16 20)")
     lfw.add_argument("--pca-dim", type=int, default=None, help="PCA components (default: all, centering only)")
     lfw.add_argument("--epochs", type=int, default=None, help="trunk epochs (default: the preset's)")
     lfw.add_argument("--pack", type=Path, default=None, help="a pack of this LFW at the preset's input size")
     lfw.add_argument("--device", default=None, help="default: cuda when available")
     add_amp_argument(lfw, "the trunks' forward passes")
-    lfw.add_argument("--seed", type=int, default=0)
+    lfw.add_argument("--seed", type=int, default=0,
+                     help="seed of the weights, the batches and the flips; runs that differ only in it go "
+                          "to `pydcr reproduce summary` (default: 0)")
     lfw.add_argument("--baselines", action="store_true",
                      help="also train the paper's ResNet and ResNet-FT baselines (about twice the time)")
     lfw.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -42,7 +47,7 @@ def add_reproduce_parser(sub) -> None:
 def run_reproduce_lfw(args: argparse.Namespace) -> int:
     from .data import LFW
     from .eval.lfw import lfw_disjoint_split
-    from .reproduce import reproduce_lfw
+    from .reproduce import check_lfw_pack, reproduce_lfw
 
     preset = preset_named(args.preset)
     check_lfw_root(args.root)
@@ -60,11 +65,17 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
         raise UsageError(f"no such pack: {args.pack}")
     device = device_or_default(args.device)
     # the split reproduce_lfw will train on, computed here too so that an empty one stops before any work
-    split = lfw_disjoint_split(LFW(args.root, size=preset.trunk.input_size), test_folds, args.min_images)
+    lfw = LFW(args.root, size=preset.trunk.input_size)
+    split = lfw_disjoint_split(lfw, test_folds, args.min_images)
     if split.num_classes == 0:
         raise UsageError(f"no one in {args.root} trains: every person is in a pair of test folds "
                          f"{' '.join(map(str, args.test_folds))} or has fewer than {args.min_images} images "
                          "(see --test-folds and --min-images)")
+    if args.pack is not None:  # its crop size and every image the split needs, before --out is made
+        try:
+            check_lfw_pack(args.pack, lfw, split, args.preset)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
                   min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
                   pack_path=args.pack, device=device, seed=args.seed, progress=not args.quiet,
@@ -75,6 +86,12 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
 def run_summary(args: argparse.Namespace) -> int:
     from .eval.runs import load_report, summarize_runs
 
+    given = {}
+    for path in args.runs:  # a run folder and its report.json, or two spellings of one folder, are one run
+        report = (path / "report.json" if path.is_dir() else path).resolve()
+        if report in given:
+            raise UsageError(f"{path} and {given[report]} are the same run: one run would count twice")
+        given[report] = path
     try:
         reports = [load_report(path) for path in args.runs]
         text = summarize_runs(reports, [str(path) for path in args.runs])

@@ -17,7 +17,7 @@ import numpy as np
 
 from ._machine import describe, machine, use_amp
 from .data import LFW, FaceArrays, PackedFaces, pack
-from .eval.lfw import aligned_faces, lfw_disjoint_split
+from .eval.lfw import LFWDisjointSplit, aligned_faces, check_pack, lfw_disjoint_split
 from .eval.report import write_report
 from .eval.table import verification_table
 from .models import DCR, Trunk, save
@@ -55,12 +55,14 @@ def reproduce_lfw(
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     p = get_preset(preset)
     trunk_cfg = p.trunk if epochs is None else replace(p.trunk, epochs=epochs)
     h, w = trunk_cfg.input_size
     lfw = LFW(root, size=trunk_cfg.input_size)
     split = lfw_disjoint_split(lfw, test_folds, min_images)
+    if pack_path is not None:  # a pack that will not do is refused before out_dir is made
+        check_lfw_pack(pack_path, lfw, split, preset)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if pack_path is None:
         pack_path = out_dir / f"lfw-{h}x{w}.pack"
         if not pack_path.exists():
@@ -85,6 +87,7 @@ def reproduce_lfw(
         "data": f"LFW ({lfw.root}) people outside View 2 folds {folds_1based} with >= {min_images} images: "
                 f"{len(train)} images of {split.num_classes} people",
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
+        "test_folds": folds_1based,  # `pydcr eval lfw` evaluates these by default and refuses the others
     })
     baseline_trunks = {}
     if baselines:
@@ -122,6 +125,14 @@ def reproduce_lfw(
     return {"table": table.to_dict(), **meta}
 
 
+def check_lfw_pack(pack_path: str | Path, lfw: LFW, split: LFWDisjointSplit, preset: str) -> None:
+    """A ValueError unless the pack at pack_path holds crops at lfw's size (the preset's) of every
+    image `split` trains and tests on."""
+    with PackedFaces(pack_path) as faces:
+        check_pack(lfw, np.concatenate([split.train_indices, split.test_indices]), faces,
+                   f"the {preset} preset trains on")
+
+
 BASELINES = ("ResNet: the trunk trained as the DCR trunk is, on HR faces only; ResNet-FT: that network "
              "fine-tuned on the same faces at HR and degraded to each probe size, for a third of the epochs "
              "at a tenth of the learning rate")
@@ -132,11 +143,13 @@ def train_resnet_baselines(faces, num_classes: int, config: TrunkConfig, sizes: 
     """The paper's "ResNet" and "ResNet-FT" rows (BASELINES), trained in out_dir/resnet and
     out_dir/resnet-ft: the same network without multi-resolution training, and that network
     fine-tuned on the low-resolution faces. None when stopped by a signal (a rerun resumes)."""
-    resnet = train_trunk(faces, num_classes, replace(config, low_sizes=()), out_dir / "resnet", **train_args)
+    resnet = train_trunk(faces, num_classes, replace(config, low_sizes=()), out_dir / "resnet", label="ResNet",
+                         **train_args)
     if not resnet.finished:
         return None
     fine_tune = replace(config, low_sizes=tuple(sizes), epochs=max(1, config.epochs // 3), lr=config.lr / 10)
-    tuned = train_trunk(faces, num_classes, fine_tune, out_dir / "resnet-ft", init=resnet, **train_args)
+    tuned = train_trunk(faces, num_classes, fine_tune, out_dir / "resnet-ft", init=resnet, label="ResNet-FT",
+                        **train_args)
     if not tuned.finished:
         return None
     return {"ResNet": resnet.trunk, "ResNet-FT": tuned.trunk}

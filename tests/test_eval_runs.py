@@ -63,6 +63,7 @@ def test_runs_are_listed_with_their_commands():
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(test_folds=[1, 2]), "test_folds"),
     (lambda r: r.update(preset="paper"), "preset"),
+    (lambda r: r.update(training_precision="bfloat16 autocast"), "training_precision"),
     (lambda r: r["table"].pop("HR"), "columns"),
     (lambda r: r["table"]["8x8"].pop("DCR"), "rows"),
 ])
@@ -78,6 +79,26 @@ def test_a_seed_may_not_count_twice():
     with pytest.raises(ValueError, match="c and a have the same seed, 0"):
         summarize_runs(runs, ["a", "b", "c"])
     summarize_runs(runs[:2], ["a", "b"])
+
+
+def test_a_run_may_not_count_twice_without_a_seed(tmp_path, capsys):
+    """Reports that record no seed (written before it was recorded): the same run given twice, by
+    two paths to it or as a copy, is refused."""
+    runs = [report(table((0.8, 0.8), (0.8, 0.8)), command=f"pydcr reproduce lfw --seed {s}") for s in (0, 1)]
+    with pytest.raises(ValueError, match="c and a are the same run"):
+        summarize_runs([*runs, dict(runs[0])], ["a", "b", "c"])
+    for name, run in zip(("seed0", "seed1", "copy"), [*runs, runs[0]]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(run))
+    for twice, message in [
+        ((tmp_path / "seed0", tmp_path / "seed0" / "report.json"), "are the same run: one run would count twice"),
+        ((tmp_path / "seed0", tmp_path / "seed1" / ".." / "seed0"), "are the same run: one run would count twice"),
+        ((tmp_path / "seed0", tmp_path / "copy"), "are the same run (identical reports)"),
+    ]:
+        assert main(["reproduce", "summary", str(tmp_path / "seed1"), *map(str, twice)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"pydcr reproduce: {twice[1]} and {twice[0]} ") and message in err
+        assert len(err.splitlines()) == 1
 
 
 def test_one_run_is_not_a_summary():

@@ -13,6 +13,7 @@ import torch
 
 from pydcr.cli import main
 from pydcr.data import REFERENCE_112x96, SCface, write_landmarks
+from pydcr.demo import DEMO_PACK
 from pydcr.eval import evaluate_scface
 from pydcr.eval.scface import PAPER_RESOLUTIONS, finetune_pairs, protocol_features
 from pydcr.models import DCR, BranchPair, Trunk, save
@@ -238,6 +239,8 @@ def test_cli_finetunes_with_the_models_preset(cli_files, tmp_path):
     [
         (["MODEL", "--root", "/no/such/scface", "--landmarks", "LIST"], "no such SCface folder: /no/such/scface"),
         (["/no/model.safetensors", "--root", "ROOT", "--landmarks", "LIST"], "no such model file"),
+        (["PACK", "--root", "ROOT", "--landmarks", "LIST"],
+         f"pydcr eval: {DEMO_PACK} is a pack of faces, not a model file"),
         (["MODEL", "--root", "ROOT"], "SCface has no landmark list of its own"),
         (["MODEL", "--root", "ROOT", "--landmarks", "/no/list.txt"], "no such landmark list"),
         (["TRUNK", "--root", "ROOT", "--landmarks", "LIST", "--train-subjects", "4"], "needs one for 20"),
@@ -255,7 +258,7 @@ def test_cli_finetunes_with_the_models_preset(cli_files, tmp_path):
 def test_cli_argument_errors(argv, message, cli_files, capsys):
     root, files = cli_files
     names = {"MODEL": files / "model.safetensors", "TRUNK": files / "trunk.safetensors", "ROOT": root,
-             "LIST": files / "landmarks.txt"}
+             "LIST": files / "landmarks.txt", "PACK": DEMO_PACK}
     assert main(["eval", "scface", *(str(names.get(a, a)) for a in argv)]) == 2
     assert message in capsys.readouterr().err
 

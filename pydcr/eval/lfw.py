@@ -5,6 +5,7 @@ Folds are numbered as in pydcr.data.Pairs: 0-9 for View 2's ten folds (the comma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,18 +66,42 @@ def lfw_disjoint_split(lfw: LFW, test_folds: Sequence[int], min_images: int = 2)
     return LFWDisjointSplit(train_indices, train_labels, len(kept), test_indices, first, second, same, folds)
 
 
+def trained_outside_folds(model) -> list[int] | None:
+    """The View 2 folds (0-based) whose people `model` was kept from training on, as its provenance
+    records them (`pydcr reproduce lfw`: it trained on the LFW people outside its test folds, so
+    possibly on the people of every other fold); None when it records none."""
+    provenance = getattr(model, "provenance", None) or {}
+    folds = provenance.get("test_folds")  # 1-based, as the command line and the report number them
+    if folds is None:  # models saved before the key: the data line names the folds
+        found = re.search(r"people outside View 2 folds \[([0-9, ]+)\]", str(provenance.get("data", "")))
+        folds = [int(f) for f in found.group(1).split(",")] if found else None
+    return sorted({int(f) - 1 for f in folds}) if folds else None
+
+
+def check_pack(lfw: LFW, indices: np.ndarray, pack: PackedFaces, wants: str = "the model takes") -> None:
+    """A ValueError unless `pack` holds crops at lfw's size (`wants` names what takes that size) of
+    all of lfw's images `indices`."""
+    if tuple(pack.size) != lfw.size:
+        raise ValueError(f"{pack.path} holds {pack.size[0]}x{pack.size[1]} crops, {wants} "
+                         f"{lfw.size[0]}x{lfw.size[1]}")
+    packed = set(pack.paths)
+    missing = [lfw.paths[i] for i in indices if lfw.paths[i] not in packed]
+    if missing:
+        raise ValueError(f"{pack.path} lacks {len(missing)} of the images needed, e.g. {missing[0]}")
+
+
+def pair_images(lfw: LFW, folds: Sequence[int] | None = None) -> np.ndarray:
+    """lfw's images in the pairs of `folds` (None: every fold): those evaluate_lfw aligns."""
+    return _test_pairs(lfw, folds)[0]
+
+
 def aligned_faces(lfw: LFW, indices: np.ndarray, *, pack: PackedFaces | None = None, workers: int | None = None,
                   progress: bool = True) -> torch.Tensor:
     """The aligned crops of lfw's images `indices` as N x 3 x h x w uint8: read from `pack` (made from
     this LFW by pydcr pack) when given, else aligned from the images with their landmarks."""
     if pack is not None:
+        check_pack(lfw, indices, pack)
         where = {p: i for i, p in enumerate(pack.paths)}
-        missing = [lfw.paths[i] for i in indices if lfw.paths[i] not in where]
-        if missing:
-            raise ValueError(f"{pack.path} lacks {len(missing)} of the images needed, e.g. {missing[0]}")
-        if tuple(pack.size) != lfw.size:
-            raise ValueError(f"{pack.path} holds {pack.size[0]}x{pack.size[1]} crops, the model takes "
-                             f"{lfw.size[0]}x{lfw.size[1]}")
         crops = pack.images([where[lfw.paths[i]] for i in indices])
     else:
         crops = np.empty((len(indices), *lfw.size, 3), dtype=np.uint8)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # Report fields that must agree for the runs' tables to be comparable cell by cell.
-_SAME_PROTOCOL = ("test_folds", "test_pairs", "preset", "epochs", "min_images", "pca_dim")
+_SAME_PROTOCOL = ("test_folds", "test_pairs", "preset", "epochs", "training_precision", "min_images", "pca_dim")
 
 
 def load_report(path: str | Path) -> dict:
@@ -54,6 +54,10 @@ def _check_comparable(reports: Sequence[dict], names: Sequence[str]) -> None:
         if seed is not None and seed in seeds:
             raise ValueError(f"{name} and {seeds[seed]} have the same seed, {seed}: one run would count twice")
         seeds.setdefault(seed, name)
+    for i, (name, report) in enumerate(zip(names, reports)):  # a copy of a run that records no seed
+        twin = next((other for other, earlier in zip(names, reports[:i]) if earlier == report), None)
+        if twin is not None:
+            raise ValueError(f"{name} and {twin} are the same run (identical reports): one run would count twice")
 
 
 def _rows(table: dict) -> list[str]:
@@ -65,7 +69,8 @@ def summarize_runs(reports: Sequence[dict], names: Sequence[str], reference: str
     row per run (points), with the folds of all runs where `reference` is higher.
 
     reports: report.json contents of runs that differ only in their seed (checked: same columns,
-    rows, test folds, preset, epochs and PCA, and no seed twice); names label them in the list of runs.
+    rows, test folds, preset, epochs, training precision and PCA, no seed twice and no report
+    twice); names label them in the list of runs.
     """
     _check_comparable(reports, names)
     tables = [r["table"] for r in reports]

@@ -59,6 +59,7 @@ def train_trunk(
     tensorboard: bool = False,
     init: TrunkRun | None = None,
     amp: bool | None = None,
+    label: str = "trunk",
 ) -> TrunkRun:
     """Train a trunk on `dataset` (items: an h x w x 3 uint8 aligned crop at the trunk's input size, an
     int label; a pydcr.data.PackedFaces, say) and return it.
@@ -69,6 +70,8 @@ def train_trunk(
     run's trunk and classifier instead of afresh (a fine-tune; the optimizer and schedule start
     anew, and a checkpoint in out_dir still wins). With the same seed, a
     resumed run trains on the same batches (shuffling and flips come from seeded generators).
+
+    label: what the progress bar calls the network.
 
     amp: the forward pass in bfloat16 autocast; the loss, the optimizer and the
     weights stay float32. Default: on CUDA only. On a CPU with bfloat16 arithmetic (AMX,
@@ -148,7 +151,7 @@ def train_trunk(
     model.train()
     initial = start_epoch * steps_per_epoch + start_step
     with StopFlag() as stop, denormals_flushed(device.type == "cpu"), Progress(
-            total, "trunk", enabled=progress and world.is_main, initial=initial) as bar, MetricsLog(
+            total, label, enabled=progress and world.is_main, initial=initial) as bar, MetricsLog(
             out_dir, tensorboard=tensorboard, enabled=world.is_main) as log:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
