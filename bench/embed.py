@@ -86,7 +86,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 32 64 128 256 512)")
     p.add_argument("--images", type=int, default=None, help="images per measurement (default: 4 batches)")
     p.add_argument("--workers", type=int, default=None, help="Embedder threads (default: its own)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved runs per case, best kept (default 3, quick 2)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved runs per case: images_per_s is the median batch's over all of them, "
+                        "whole_run_per_s the best run's (default 3, quick 2)")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 3)
     device = torch.device(args.device)

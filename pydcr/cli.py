@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="how pydcr was built and what it runs with")
-    info.add_argument("--json", action="store_true", help="print as JSON")
+    info.add_argument("--json", action="store_true", help="print as JSON (default: one 'key  value' line each)")
     info.set_defaults(func=_info)
     _add_pack(sub)
     _add_align(sub)
@@ -97,7 +97,7 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
                         "identities), scface, or auto (default)")
     p.add_argument("--workers", type=int, default=None, help="threads (default: one per CPU core)")
     p.add_argument("--device", default=None, help="where MTCNN runs (default: cuda if available)")
-    p.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
+    p.add_argument("--fresh", action="store_true", help="start over (default: resume an interrupted run)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -107,11 +107,13 @@ def _add_pack(sub) -> None:
     p.add_argument("out", type=Path, help="the pack file to write")
     p.add_argument("--size", type=int, nargs=2, default=(112, 96), metavar=("H", "W"),
                    help="crop size (default 112 96)")
-    p.add_argument("--landmarks", type=Path, default=None,
-                   help="landmark list (paths relative to the image root; LFW: lfw_landmark.txt by default)")
+    p.add_argument("--landmarks", type=Path, default=None, metavar="LIST",
+                   help="landmark list, paths relative to the image root (default: none; for LFW its "
+                        "lfw_landmark.txt)")
     p.add_argument("--format", choices=("jpeg", "png", "raw"), default="jpeg", help="crop encoding (default jpeg)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
-    p.add_argument("--detect", action="store_true", help="find the landmarks of unlisted images with MTCNN")
+    p.add_argument("--detect", action="store_true",
+                   help="find the landmarks of unlisted images with MTCNN (default: off, they are skipped)")
     p.set_defaults(func=_pack)
 
 
@@ -149,10 +151,19 @@ def _pack(args: argparse.Namespace) -> int:
     with PackedFaces(out) as faces:
         packed = len(faces)
         if packed:
-            print(f"{out}: {packed} faces of {len(set(faces.labels.tolist()) - {-1})} identities, "
-                  f"{out.stat().st_size / 2**20:.1f} MiB, {faces.format} {faces.size[0]}x{faces.size[1]}")
+            # a flat folder's images have no identity (identities are subfolders, or LFW's names)
+            identities = len(set(faces.labels.tolist()) - {-1})
+            whose = f"of {identities} identities" if faces.classes else "without identities (a flat folder)"
+            print(f"{out}: {packed} faces {whose}, {out.stat().st_size / 2**20:.1f} MiB, "
+                  f"{faces.format} {faces.size[0]}x{faces.size[1]}")
         for path, reason in faces.skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
+        unmarked = sum(reason == "no landmarks" for _, reason in faces.skipped)
+    if unmarked:
+        how = ("are not in the landmark list: add them (pydcr align writes a list), or give --detect"
+               if dataset.landmarks is not None else
+               "have no landmarks: give --landmarks LIST (pydcr align writes one) or --detect")
+        print(f"pydcr pack: {unmarked} of {len(dataset)} images {how}", file=sys.stderr)
     if not packed:  # as embed and identify: a pack of no face is a failure, and is not left behind
         out.unlink()
         print(f"pydcr pack: no face could be packed from {args.src} (every image skipped, listed above); "

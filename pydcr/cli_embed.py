@@ -13,12 +13,17 @@ from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_im
                         device_or_default, load_model, reading)
 
 PACK_MAGIC = b"PYDCRPK1"
+#: The reason given for an image that is not an aligned crop, in the command's words (see ItemSource).
+ALIGN_ADVICE = ("give --landmarks LIST or --detect to align it",
+                "it is not in the landmark list: add it, or use --detect (without --landmarks) to align it")
 
 
 def add_embed_parsers(sub) -> None:
     e = sub.add_parser("embed", help="embed a gallery of faces into one file (resumable; shards merge)",
                        description="Embed INPUT (a folder, a list file of paths, or a pack) with MODEL into "
-                                   "GALLERY; or, with --merge, join the shard files of a multi-process run.")
+                                   "the gallery file --out; or, with --merge, join the shard files of a "
+                                   "multi-process run into --out. A finished --out made from the same input "
+                                   "and settings is kept as it is (--fresh embeds again).")
     e.add_argument("model", type=Path, nargs="?", help="model file (pydcr.models.save)")
     e.add_argument("input", type=Path, nargs="?",
                    help="folder of images (one folder per identity, or flat), list file (path[<TAB>identity] "
@@ -28,13 +33,14 @@ def add_embed_parsers(sub) -> None:
     e.add_argument("--dtype", choices=("float16", "float32"), default=None, help="stored features (default float16)")
     e.add_argument("--resolution", type=int, nargs="+", default=None,
                    help="branch pairs whose HR features to store (default: all; the trunk's for a model without pairs)")
-    e.add_argument("--trunk", action="store_true", help="store trunk features only")
+    e.add_argument("--trunk", action="store_true", help="store trunk features only (default: the pairs' HR features)")
     e.add_argument("--chunk-size", type=int, default=4096, help="images per resumable chunk (default 4096)")
     e.add_argument("--shard", default=None, metavar="RANK/WORLD",
                    help="embed this process's share of the input into its own shard file; 'auto' reads "
-                        "RANK and WORLD_SIZE (set by torchrun)")
-    e.add_argument("--fresh", action="store_true", help="start over instead of resuming an interrupted run")
-    _common(e)
+                        "RANK and WORLD_SIZE (set by torchrun) (default: one process embeds it all)")
+    e.add_argument("--fresh", action="store_true",
+                   help="start over (default: resume an interrupted run, keep a finished one)")
+    _common(e, probes=False)
     e.set_defaults(func=run_embed)
 
     i = sub.add_parser("identify", help="top-k gallery matches of low-resolution probes, to CSV")
@@ -47,29 +53,35 @@ def add_embed_parsers(sub) -> None:
     i.add_argument("--backend", choices=("torch", "faiss"), default="torch",
                    help="exact torch matmul (default) or faiss IndexFlatIP")
     i.add_argument("--out", type=Path, required=True, help="results CSV")
-    _common(i)
+    _common(i, probes=True)
     i.set_defaults(func=run_identify)
 
     v = sub.add_parser("verify", help="cosine score of one gallery image and one probe")
     v.add_argument("model", type=Path, help="model file")
     v.add_argument("image_a", type=Path, help="the high-resolution (gallery) image")
     v.add_argument("image_b", type=Path, help="the low-resolution (probe) image")
-    v.add_argument("--size", type=int, default=None, help="probe resolution k (default: own size or estimated)")
-    v.add_argument("--threshold", type=float, default=None, help="also say same / different at this score")
-    _alignment(v)
+    v.add_argument("--size", type=int, default=None,
+                   help="probe resolution k (default: a small crop's own size, else estimated)")
+    v.add_argument("--threshold", type=float, default=None,
+                   help="also say same / different at this score (default: the score only)")
+    _alignment(v, probes=True, lfw=False)
     v.add_argument("--device", default=None, help="default: cuda when available")
     add_amp_argument(v, "the model")
     v.set_defaults(func=run_verify)
 
 
-def _alignment(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--landmarks", type=Path, default=None,
-                   help="five-point landmark list (pydcr align) to align the images with")
-    p.add_argument("--detect", action="store_true", help="find each face with MTCNN (the one nearest the centre)")
+def _alignment(p: argparse.ArgumentParser, *, probes: bool, lfw: bool = True) -> None:
+    default = "none, or an LFW root's lfw_landmark.txt" if lfw else "none"
+    p.add_argument("--landmarks", type=Path, default=None, metavar="LIST",
+                   help=f"five-point landmark list (pydcr align) to align the images with (default: {default})")
+    small = "; probes smaller than the model's input are taken as they are" if probes else ""
+    p.add_argument("--detect", action="store_true",
+                   help="align each image that is not an aligned crop on the face MTCNN finds nearest its centre "
+                        f"(default: off, such images need --landmarks){small}")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    _alignment(p)
+def _common(p: argparse.ArgumentParser, *, probes: bool) -> None:
+    _alignment(p, probes=probes)
     p.add_argument("--batch-size", type=int, default=None, help="faces per forward (default 256 on CUDA, 64 on CPU)")
     p.add_argument("--workers", type=int, default=None, help="decode / align threads (default: half the cores, <= 8)")
     p.add_argument("--device", default=None, help="default: cuda when available")
@@ -178,7 +190,8 @@ def _source(embedder, args, *, allow_small: bool = False, input_path: Path, out:
 
     items, description = open_input(input_path, embedder.crop_size, args.landmarks)
     check_out_of_images(out, items)
-    return ItemSource(items, embedder.crop_size, detector=_detector(args, embedder), allow_small=allow_small), description
+    return ItemSource(items, embedder.crop_size, detector=_detector(args, embedder), allow_small=allow_small,
+                      advice=ALIGN_ADVICE), description
 
 
 def _report_failures(command: str, failures, total: int) -> None:
@@ -210,7 +223,7 @@ def _shard(spec: str | None):
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from .embed import Gallery, embed_gallery, merge_shards
+    from .embed import Gallery, complete_gallery, embed_gallery, merge_shards
     from .embed.embedder import TRUNK, hr_head
     from .embed.gallery import work_folder
 
@@ -256,10 +269,16 @@ def run_embed(args: argparse.Namespace) -> int:
             raise UsageError(f"the model has no branch pair for {unknown}; it has {model.resolutions}")
         heads = [hr_head(k) for k in args.resolution]
     source, description = _source(embedder, args, input_path=args.input, out=target)
+    plan = dict(heads=heads, dtype=args.dtype, chunk_size=args.chunk_size, shard=shard,
+                description={**description, "model_file": args.model.name})
+    done = None if args.fresh else complete_gallery(embedder, source, args.out, **plan)
+    if done is not None:
+        skipped = f", {len(done.failures)} inputs skipped" if done.failures else ""
+        print(f"{done.path}: already complete ({len(done)} faces{skipped}) from the same input and settings; "
+              "nothing embedded (--fresh embeds again)")
+        return 0
     try:
-        out = embed_gallery(embedder, source, args.out, heads=heads, dtype=args.dtype, chunk_size=args.chunk_size,
-                            shard=shard, description={**description, "model_file": args.model.name},
-                            resume=not args.fresh, progress=not args.quiet)
+        out = embed_gallery(embedder, source, args.out, **plan, resume=not args.fresh, progress=not args.quiet)
     except KeyboardInterrupt:
         print("pydcr embed: interrupted; the same command resumes from the last finished chunk", file=sys.stderr)
         return 130
@@ -384,6 +403,7 @@ def _identity(source, item: int) -> str:
 def run_verify(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
+    from .embed import ItemSource
     from .embed.embedder import TRUNK, hr_head
 
     check_positive(args, "size")
@@ -398,19 +418,24 @@ def run_verify(args: argparse.Namespace) -> int:
     model = embedder.model
     if not model.resolutions and args.size is not None:  # the trunk takes no size
         raise UsageError(f"{args.model} has no branch pairs: --size does not apply")
+
+    def one(image: Path, marks, *, probe: bool):
+        return ItemSource([image], embedder.crop_size, landmarks=marks, detector=detector, allow_small=probe,
+                          advice=ALIGN_ADVICE)
+
     if model.resolutions:
-        b = embedder.embed_lr([args.image_b], args.size, landmarks=marks_b, detector=detector)
+        b = embedder.embed_lr(one(args.image_b, marks_b, probe=True), args.size)
         if b.failures:
             return _unusable(*b.failures[0])
         resolution = int(b.resolutions[0])
-        a = embedder.embed_hr([args.image_a], resolution, landmarks=marks_a, detector=detector)
+        a = embedder.embed_hr(one(args.image_a, marks_a, probe=False), resolution)
         head = hr_head(resolution)
     else:
         head, resolution = TRUNK, None
-        b = embedder.embed_trunk([args.image_b], landmarks=marks_b, detector=detector)
+        b = embedder.embed_trunk(one(args.image_b, marks_b, probe=True))
         if b.failures:
             return _unusable(*b.failures[0])
-        a = embedder.embed_trunk([args.image_a], landmarks=marks_a, detector=detector)
+        a = embedder.embed_trunk(one(args.image_a, marks_a, probe=True))
     if a.failures:
         return _unusable(*a.failures[0])
     score = float(F.cosine_similarity(a.features[:1], b.features[:1]).item())

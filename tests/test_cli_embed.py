@@ -16,7 +16,7 @@ import torch
 
 import pydcr
 from pydcr.cli import main
-from pydcr.data import PackedFaces
+from pydcr.data import REFERENCE_112x96, PackedFaces
 from pydcr.demo import DEMO_PACK
 from pydcr.embed import Gallery, topk
 from pydcr.models import DCR, BranchPair, Trunk, save
@@ -112,6 +112,95 @@ def test_verify_with_a_trunk_only_model_takes_a_native_probe(folder, tmp_path, c
         probe = torch.from_numpy(cv2.cvtColor(cv2.imread(str(b)), cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None]
         torch.testing.assert_close(e.embed_trunk([str(b)]).features, trunk.embed_trunk(probe))
     assert out.startswith(f"cosine {want:.4f} (trunk vs probe through trunk)")
+
+
+class FakeMTCNN:
+    """Stands in for MTCNN: one face, at `points`, in every image it is shown; `seen` records their sizes."""
+
+    def __init__(self, points, seen):
+        self.points, self.seen = np.asarray(points, np.float32), seen
+
+    def detect(self, image):
+        self.seen.append(image.shape[:2])
+        box = np.array([[*self.points.min(0), *self.points.max(0)]], np.float32)
+        return box, np.ones(1, np.float32), self.points[None]
+
+
+def _photo(crop_path: Path, out: Path) -> np.ndarray:
+    """The crop placed in a larger, black 200 x 180 photo, shifted by (40, 30): the photo's landmarks."""
+    canvas = np.zeros((200, 180, 3), np.uint8)
+    canvas[30:142, 40:136] = cv2.imread(str(crop_path))
+    cv2.imwrite(str(out), canvas)
+    return REFERENCE_112x96 + np.array([40.0, 30.0], np.float32)
+
+
+def test_detect_aligns_photos_and_takes_small_probes_as_they_are(models, folder, tmp_path, monkeypatch, capsys):
+    """--detect applies to images larger than a native low-resolution crop; a 12 x 12 probe (where
+    MTCNN finds no face) is used as it is, as without --detect."""
+    import pydcr.data
+
+    crop = sorted(folder.rglob("*.png"))[0]
+    photo, probe = tmp_path / "photo.png", tmp_path / "probes" / "q.png"
+    probe.parent.mkdir()
+    points = _photo(crop, photo)
+    cv2.imwrite(str(probe), cv2.resize(cv2.imread(str(crop)), (12, 12), interpolation=cv2.INTER_AREA))
+    seen = []
+    monkeypatch.setattr(pydcr.data, "MTCNN", lambda *args, **kwargs: FakeMTCNN(points, seen))
+    assert main(["verify", str(models[0]), str(crop), str(probe)]) == 0
+    want = capsys.readouterr().out
+    assert main(["verify", str(models[0]), str(photo), str(probe), "--detect"]) == 0
+    assert capsys.readouterr().out == want and seen == [(200, 180)]
+    gallery, results = tmp_path / "g.safetensors", tmp_path / "r.csv"
+    assert main(["embed", str(models[0]), str(folder), "--out", str(gallery), "--quiet"]) == 0
+    seen.clear()
+    assert main(["identify", str(models[0]), "--gallery", str(gallery), "--probes", str(probe.parent), "--detect",
+                 "--out", str(results), "--quiet"]) == 0
+    assert seen == [] and len(list(csv.DictReader(results.open()))) == 5
+
+
+def test_unaligned_images_name_the_options(models, folder, tmp_path, capsys):
+    """The reason for an image that is not an aligned crop names --landmarks and --detect."""
+    photo = tmp_path / "photo.png"
+    _photo(sorted(folder.rglob("*.png"))[0], photo)
+    assert main(["verify", str(models[0]), str(photo), str(photo)]) == 1
+    assert capsys.readouterr().err == (f"pydcr verify: cannot use {photo}: not an aligned 112x96 crop (or a smaller "
+                                       "low-resolution one): got 200x180; give --landmarks LIST or --detect to align "
+                                       "it\n")
+    (tmp_path / "marks.txt").write_text("elsewhere.png" + "\t1" * 10 + "\n")
+    (tmp_path / "list.txt").write_text("photo.png\n")
+    assert main(["embed", str(models[0]), str(tmp_path / "list.txt"), "--landmarks", str(tmp_path / "marks.txt"),
+                 "--out", str(tmp_path / "g.safetensors"), "--quiet"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "skipped photo.png: not an aligned 112x96 crop: got 200x180; it is not in the landmark list: add it, or use "
+        "--detect (without --landmarks) to align it")
+
+
+def test_a_finished_gallery_is_kept(models, folder, tmp_path, monkeypatch, capsys):
+    """A rerun of a finished embed says so and embeds nothing; other settings, a changed image or
+    --fresh embed again."""
+    import pydcr.embed.gallery as gallery_module
+
+    faces = tmp_path / "faces"
+    shutil.copytree(folder, faces)
+    out = tmp_path / "g.safetensors"
+    argv = ["embed", str(models[0]), str(faces), "--out", str(out), "--quiet"]
+    real, chunks = gallery_module._write_chunk, []
+    monkeypatch.setattr(gallery_module, "_write_chunk", lambda *args: (chunks.append(1), real(*args)))
+    assert main(argv) == 0 and len(chunks) == 1
+    made, stamp = out.read_bytes(), out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0 and len(chunks) == 1
+    assert capsys.readouterr().out == (f"{out}: already complete (12 faces, 1 inputs skipped) from the same input and "
+                                       "settings; nothing embedded (--fresh embeds again)\n")
+    assert out.read_bytes() == made and out.stat().st_mtime_ns == stamp
+    for extra in (["--batch-size", "5"], ["--dtype", "float32"], ["--resolution", "8"], ["--amp"], ["--fresh"]):
+        assert main([*argv, *extra]) == 0 and "already complete" not in capsys.readouterr().out
+    assert len(chunks) == 6
+    assert main(argv) == 0 and len(chunks) == 6  # --fresh made it again, as this run would
+    image = sorted(faces.rglob("*.png"))[3]
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert main(argv) == 0 and len(chunks) == 7
+    assert main(argv) == 0 and len(chunks) == 7
 
 
 def test_size_does_not_apply_to_trunk_features(models, folder, tmp_path, capsys):

@@ -127,8 +127,24 @@ def test_pack_of_no_face_is_a_failure(work, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[:2] == ["skipped a.png: no landmarks", "skipped b.jpg: unreadable: cannot decode image (corrupt or "
                        "not an image): junk/b.jpg"]
-    assert err[2:] == ["pydcr pack: no face could be packed from junk (every image skipped, listed above); "
+    assert err[2:] == ["pydcr pack: 1 of 2 images are not in the landmark list: add them (pydcr align writes a "
+                       "list), or give --detect",
+                       "pydcr pack: no face could be packed from junk (every image skipped, listed above); "
                        "j.pack not written"]
+
+
+def test_pack_without_landmarks_says_how_to_get_them(work, capsys):
+    """No landmark list and no --detect: each image is skipped, and one line names the options."""
+    (work / "photos").mkdir()
+    for name in ("a.png", "b.png"):
+        (work / "photos" / name).write_bytes((work / "faces" / "p0" / "0.png").read_bytes())
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(["pack", "photos", "p.pack", "--quiet"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "skipped a.png: no landmarks", "skipped b.png: no landmarks",
+        "pydcr pack: 2 of 2 images have no landmarks: give --landmarks LIST (pydcr align writes one) or --detect",
+        "pydcr pack: no face could be packed from photos (every image skipped, listed above); p.pack not written"]
 
 
 def test_align_names_unreadable_files_apart_from_faceless_ones(work, capsys):
@@ -315,6 +331,24 @@ def test_help_names_the_debug_switch(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "PYDCR_DEBUG=1" in capsys.readouterr().out
+
+
+def test_help_states_every_default():
+    """Each option of these commands says what happens without it (a required option needs none)."""
+    import argparse
+
+    from pydcr.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = []
+    for name in ("embed", "identify", "verify", "pack", "align", "info"):
+        for action in commands[name]._actions:
+            # --merge is a mode (joining shards instead of embedding), --quiet's opposite is plain
+            if action.option_strings and not action.required and action.dest not in ("help", "merge", "quiet"):
+                if "default" not in action.help:
+                    silent.append(f"{name} {action.option_strings[0]}")
+    assert silent == []
+    assert "GALLERY" not in commands["embed"].description and "--out" in commands["embed"].description
 
 
 @pytest.fixture

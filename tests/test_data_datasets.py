@@ -182,3 +182,23 @@ def test_scface_stand_in(lfw_root, tmp_path):
 def test_scface_empty_tree(tmp_path):
     with pytest.raises(ValueError, match="no SCface images"):
         SCface(tmp_path)
+
+
+def test_align_and_pack_take_an_scface_tree_of_any_size(tmp_path, capsys):
+    """Listing SCface for `pydcr align` / `pydcr pack` does not split its subjects: 3 are enough."""
+    from pydcr.cli import main
+
+    root = tmp_path / "scface"
+    for sid in ("001", "002", "003"):
+        write_image(root / "mugshot_frontal_cropped_all" / f"{sid}_frontal.JPG", 90, (64, 64, 3))
+        write_image(root / "surveillance_cameras_all" / f"{sid}_cam1_1.jpg", 90, (64, 64, 3))
+    data = open_dataset(root, "scface")
+    assert len(data) == 6 and data.classes == ["001", "002", "003"] and data.test_subjects == data.classes
+    marks = "".join(p + "\t20\t30\t44\t30\t32\t42\t22\t52\t42\t52\n" for p in data.paths)
+    (tmp_path / "marks.txt").write_text(marks)
+    assert main(["pack", str(root), str(tmp_path / "s.pack"), "--layout", "scface", "--landmarks",
+                 str(tmp_path / "marks.txt"), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 's.pack'}: 6 faces of 3 identities, ")
+    assert main(["align", str(root), str(tmp_path / "found.txt"), "--layout", "scface", "--device", "cpu",
+                 "--quiet"]) == 0
+    assert "of 6 images" in capsys.readouterr().out

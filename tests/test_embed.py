@@ -97,6 +97,55 @@ def test_images_aligned_with_landmarks(model, faces, tmp_path):
     assert none.failures[0][1].endswith("give landmarks or a detector to align it")
 
 
+class FakeDetector:
+    """Finds one face, at `points`, in every image it is given; records the images' sizes."""
+
+    def __init__(self, points=REFERENCE_112x96):
+        self.points, self.seen = np.asarray(points, np.float32), []
+
+    def detect(self, image):
+        self.seen.append(image.shape[:2])
+        box = np.array([[*self.points.min(0), *self.points.max(0)]], np.float32)
+        return box, np.ones(1, np.float32), self.points[None]
+
+
+def test_small_probes_are_never_aligned(model, faces):
+    """Native low-resolution probes are faces already: a detector or landmarks given for the run do
+    not apply to them (MTCNN finds no face in 12 x 12), only to images larger than a small crop."""
+    e = pydcr.Embedder(model, batch_size=4)
+    small = torch.nn.functional.interpolate(faces[:3].float(), (12, 12), mode="area").round().to(torch.uint8)
+    want = e.embed_lr(small)
+    shift = np.array([40.0, 30.0], np.float32)
+    canvas = np.zeros((200, 180, 3), np.uint8)
+    canvas[30:142, 40:136] = faces[3].permute(1, 2, 0).numpy()
+    detector = FakeDetector(REFERENCE_112x96 + shift)
+    got = e.embed_lr([*small, canvas], detector=detector)
+    assert detector.seen == [(200, 180)] and got.failures == [] and got.index.tolist() == [0, 1, 2, 3]
+    torch.testing.assert_close(got.features[:3], want.features)
+    assert got.resolutions[:3].tolist() == want.resolutions.tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(got.features[3:], model.embed_lr(faces[3:4]), atol=1e-4, rtol=1e-4)
+    degenerate = [np.full((5, 2), 3, np.float32)] * 3  # would fail to align, were they used
+    torch.testing.assert_close(e.embed_trunk(small, landmarks=degenerate).features, e.embed_trunk(small).features)
+    gallery = FakeDetector()  # the gallery takes no small crops: one there is an image to align
+    e.embed_hr(small[:1], 8, detector=gallery)
+    assert gallery.seen == [(12, 12)]
+
+
+def test_an_item_source_is_taken_as_it_is(model, faces):
+    e = pydcr.Embedder(model, batch_size=4)
+    source = ItemSource(list(faces[:2]), e.crop_size, advice=("say A", "say B"))
+    torch.testing.assert_close(e.embed_hr(source, 8).features, e.embed_hr(faces[:2], 8).features)
+    canvas = ItemSource([np.zeros((200, 180, 3), np.uint8)], e.crop_size, advice=("say A", "say B"))
+    assert e.embed_hr(canvas, 8).failures == [("#0", "not an aligned 112x96 crop: got 200x180; say A")]
+    with pytest.raises(ValueError, match="brings its own landmarks"):
+        e.embed_hr(source, 8, landmarks=[REFERENCE_112x96] * 2)
+    with pytest.raises(ValueError, match="takes full-size faces"):
+        e.embed_hr(ItemSource(list(faces[:2]), e.crop_size, allow_small=True), 8)
+    with pytest.raises(ValueError, match="makes 56x48 crops"):
+        e.embed_hr(ItemSource(list(faces[:2]), (56, 48)), 8)
+
+
 def _bad_files(tmp_path, faces):
     """A list of good crops (PNG) with a corrupt file, a truncated JPEG, a missing file, an empty
     file and an image of the wrong size between them; returns (paths, positions of the good ones)."""

@@ -311,9 +311,10 @@ def open_dataset(
     root: str | os.PathLike, layout: str = "auto", landmarks: Landmarks = None, size: Sequence[int] = (112, 96)
 ) -> FaceDataset:
     """A dataset by layout name: "lfw", "folder" (one folder per identity), "flat" (images with no
-    identities, directly under root), "scface", or "auto" (LFW when root has an ``lfw/`` folder,
-    else an identity folder when root has any subfolder, else flat). landmarks: a list or mapping;
-    for LFW, None means its own ``lfw_landmark.txt`` when present."""
+    identities, directly under root), "scface" (any number of subjects, all in the test split: for
+    the evaluation's split, construct :class:`SCface` itself), or "auto" (LFW when root has an
+    ``lfw/`` folder, else an identity folder when root has any subfolder, else flat). landmarks: a
+    list or mapping; for LFW, None means its own ``lfw_landmark.txt`` when present."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such dataset folder: {root}")
@@ -325,8 +326,8 @@ def open_dataset(
         return IdentityFolder(root, landmarks, size)
     if layout == "flat":
         return FlatFolder(root, landmarks, size)
-    if layout == "scface":
-        return SCface(root, landmarks=landmarks, size=size)
+    if layout == "scface":  # every subject: the evaluation's train / test split is not the listing's business
+        return SCface(root, train_subjects=0, landmarks=landmarks, size=size)
     raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
 
 

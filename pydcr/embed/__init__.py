@@ -7,7 +7,7 @@ chunk by chunk (resumable, shardable across processes) and :func:`merge_shards` 
 """
 
 from .embedder import EmbeddedBatch, Embedder, EmbedResult
-from .gallery import Gallery, Shard, embed_gallery, merge_shards
+from .gallery import Gallery, Shard, complete_gallery, embed_gallery, merge_shards
 from .identity import model_identity
 from .items import BadItem, ItemSource
 from .search import ExactIndex, FaissIndex, make_index, topk
@@ -22,6 +22,7 @@ __all__ = [
     "Gallery",
     "ItemSource",
     "Shard",
+    "complete_gallery",
     "embed_gallery",
     "make_index",
     "merge_shards",

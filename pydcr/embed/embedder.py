@@ -70,10 +70,13 @@ class Embedder:
     channels_last, the layout cuDNN's and oneDNN's convolutions run fastest in.
 
     Inputs (``items``): a list of image paths, of H x W x 3 uint8 RGB arrays or 3 x H x W tensors,
-    an N x 3 x H x W tensor, a :class:`pydcr.data.PackedFaces` or a :class:`pydcr.data.FaceDataset`.
-    Images that are not yet aligned crops are aligned with ``landmarks`` (one 5 x 2 array per item,
-    or a mapping from path) or a ``detector`` (:class:`pydcr.data.MTCNN`). An item that cannot be
-    read or has no face is skipped and listed in the result's failures, never stopping the run.
+    an N x 3 x H x W tensor, a :class:`pydcr.data.PackedFaces`, a :class:`pydcr.data.FaceDataset`
+    or an :class:`ItemSource` (taken as it is). Images that are not yet aligned crops are aligned
+    with ``landmarks`` (one 5 x 2 array per item, or a mapping from path) or a ``detector``
+    (:class:`pydcr.data.MTCNN`). Probes (embed_lr, embed_trunk) smaller than the model's input are
+    native low-resolution crops, faces already: they are upsampled as they are, never aligned or
+    searched for a face. An item that cannot be read or has no face is skipped and listed in the
+    result's failures, never stopping the run.
     """
 
     def __init__(
@@ -141,6 +144,18 @@ class Embedder:
     # Streaming --------------------------------------------------------------------------------
 
     def source(self, items, *, landmarks=None, detector=None, allow_small: bool = False) -> ItemSource:
+        """`items` as an ItemSource of this model's crops; allow_small: take native low-resolution
+        crops (probes). An ItemSource is taken as it is, when it suits."""
+        if isinstance(items, ItemSource):
+            if landmarks is not None or detector is not None:
+                raise ValueError("an ItemSource brings its own landmarks and detector: give them to it, not here")
+            if items.crop_size != self.crop_size:
+                raise ValueError(f"the ItemSource makes {items.crop_size[0]}x{items.crop_size[1]} crops; the model "
+                                 f"takes {self.crop_size[0]}x{self.crop_size[1]}")
+            if items.allow_small and not allow_small:
+                raise ValueError("the ItemSource takes small (low-resolution) crops, but the gallery branch takes "
+                                 "full-size faces: make it without allow_small")
+            return items
         if detector is True:
             from ..data import MTCNN
 

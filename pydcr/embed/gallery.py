@@ -3,13 +3,15 @@
 Tensors: ``features.<head>`` (n x D, float16 or float32; one per head: ``hr<k>`` for each
 branch pair, or ``trunk``), ``index`` (n int64: each row's position in the input list) and
 ``labels`` (n int64 identity labels, -1 when unknown). Metadata key ``pydcr.gallery``: JSON with
-the model's identity, the heads, the rows' paths, the identity names, the input's fingerprint
-and the (path, reason) of each input that could not be embedded.
+the model's identity, the heads and the settings the features were made with, the rows' paths,
+the identity names, the input's fingerprint (and a stamp of its files' sizes and modification
+times) and the (path, reason) of each input that could not be embedded.
 
 Writing: the input is cut into chunks of consecutive items; each finished chunk is a small file
 in ``OUT.parts/``, and the chunks are concatenated into OUT at the end. A rerun with the same
 settings skips the chunks already written, so an interrupted run resumes; batches never cross a
-chunk, so the resumed file is bit-identical to an uninterrupted run. A shard (one process of
+chunk, so the resumed file is bit-identical to an uninterrupted run. :func:`complete_gallery`
+finds a finished file that a run with the same settings would write again. A shard (one process of
 several) writes the chunks of its contiguous share of the input to its own file;
 :func:`merge_shards` joins the shards in input order into the same file a single process writes.
 """
@@ -155,12 +157,11 @@ def embed_gallery(
     heads = list(heads) if heads else default_heads(embedder)
     out = Path(out)
     target = shard.path(out) if shard else out
-    meta = _gallery_meta(embedder, source, heads, dtype, flip, description)
+    meta = _gallery_meta(embedder, source, heads, dtype, flip, chunk_size, description)
     n = len(source)
     count = max(1, -(-n // chunk_size))
     chunks = shard.chunks(count) if shard else range(count)
-    plan = {**meta, "chunk_size": chunk_size, "batch_size": embedder.batch_size,
-            "shard": [shard.rank, shard.world] if shard else None}
+    plan = {**meta, "shard": [shard.rank, shard.world] if shard else None}
     work = _work_folder(target, plan, resume)
     done = {c for c in chunks if _chunk_path(work, c).is_file()}
     first = chunks.start * chunk_size
@@ -179,16 +180,70 @@ def embed_gallery(
     if not parts:  # more shards than chunks: this one holds no rows, but still a valid file
         parts = [work / "empty.safetensors"]
         _write_chunk(embedder, source, heads, dtype, flip, n, n, parts[0], bar)
-    rows_meta = _joined_meta(parts)
-    final = {**meta, **rows_meta}
-    if shard:
-        final["shard"] = {"rank": shard.rank, "world": shard.world, "chunks": [chunks.start, chunks.stop]}
+    final = {**_finished_meta(meta, shard, chunks), **_joined_meta(parts)}
     concat(parts, target, {META_KEY: json.dumps(final)})
     _remove_work_folder(work)
     return target
 
 
-def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, description) -> dict:
+def complete_gallery(
+    embedder: Embedder,
+    source: ItemSource,
+    out: str | os.PathLike,
+    *,
+    heads: Sequence[str] | None = None,
+    dtype: str = "float16",
+    chunk_size: int = 4096,
+    shard: Shard | None = None,
+    flip: bool = False,
+    description: dict | None = None,
+) -> Gallery | None:
+    """The gallery file that :func:`embed_gallery` with these arguments would write (for a shard,
+    ``shard.path(out)``), when it exists and is finished: made by the same model, with the same
+    heads and settings (dtype, flip, chunk and batch size, amp), from the same input (items,
+    labels, landmarks, detector) whose files have not changed since (sizes and modification
+    times). Else None, also for inputs that are not files (arrays, tensors), which have no stamp."""
+    target = shard.path(Path(out)) if shard else Path(out)
+    if not target.is_file():
+        return None
+    try:
+        gallery = Gallery(target)
+    except ValueError:  # not a gallery, or damaged: not finished
+        return None
+    meta = _gallery_meta(embedder, source, list(heads) if heads else default_heads(embedder), dtype, flip,
+                         chunk_size, description)
+    if meta["input"]["files"] is None:
+        return None
+    count = max(1, -(-len(source) // chunk_size))
+    want = json.loads(json.dumps(_finished_meta(meta, shard, shard.chunks(count) if shard else range(count))))
+    have = {k: v for k, v in gallery.meta.items() if k not in ("paths", "failures")}
+    return gallery if have == want else None
+
+
+def _finished_meta(meta: dict, shard: Shard | None, chunks: range) -> dict:
+    """A finished file's metadata less its rows (paths, failures)."""
+    if shard is None:
+        return dict(meta)
+    return {**meta, "shard": {"rank": shard.rank, "world": shard.world, "chunks": [chunks.start, chunks.stop]}}
+
+
+def _files_stamp(source: ItemSource) -> str | None:
+    """A digest of the size and modification time of each file the input is read from; None for
+    inputs held in memory."""
+    files = source.files()
+    if files is None:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        try:
+            st = os.stat(path)
+            h.update(f"{st.st_size}:{st.st_mtime_ns}\0".encode())
+        except OSError:  # missing: listed as a failure; a file that appears later changes the stamp
+            h.update(b"-\0")
+    return h.hexdigest()
+
+
+def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, chunk_size, description) -> dict:
     h = hashlib.sha256()
     for name in source.names:
         h.update(name.encode() + b"\0")
@@ -205,8 +260,12 @@ def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, de
         "heads": heads,
         "dtype": dtype,
         "flip": bool(flip),
+        "amp": bool(embedder.amp),
+        "batch_size": embedder.batch_size,  # batches never cross a chunk: the two decide each feature's bits
+        "chunk_size": chunk_size,
         "crop_size": list(embedder.crop_size),
-        "input": {**(description or {}), "count": len(source), "fingerprint": h.hexdigest()},
+        "input": {**(description or {}), "count": len(source), "fingerprint": h.hexdigest(),
+                  "files": _files_stamp(source)},
         "classes": source.classes,
     }
 

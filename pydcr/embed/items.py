@@ -22,13 +22,21 @@ class BadItem(Exception):
     """An input that cannot be embedded (unreadable, no face, wrong size); its reason is reported."""
 
 
+#: What the reason for an image that is not an aligned crop advises: (when no landmarks were given,
+#: when the image is missing from the given landmark list). The command line names its options.
+ALIGN_ADVICE = ("give landmarks or a detector to align it",
+                "it is not in the landmark list: add it, or give a detector to align it")
+
+
 class ItemSource:
     """A sequence of inputs, each loadable as an aligned crop.
 
     ``load(i)`` returns the h x w x 3 RGB crop of item i (uint8, or float32 for float tensors) or
     raises :class:`BadItem`. Crops are `crop_size`; with `allow_small`, smaller ones too (native
-    low-resolution probes, upsampled later). Items that are not crops are aligned with their
-    landmarks, or with the face a detector finds nearest the image centre. Thread-safe.
+    low-resolution probes, upsampled later): such a crop is a face already and is taken as it is,
+    whatever landmarks or detector are given. Other items that are not crops are aligned with their
+    landmarks, or with the face a detector finds nearest the image centre. advice: what the reason
+    for an unaligned image without landmarks says to do (see ALIGN_ADVICE). Thread-safe.
     """
 
     def __init__(
@@ -39,9 +47,11 @@ class ItemSource:
         landmarks=None,
         detector=None,
         allow_small: bool = False,
+        advice: tuple[str, str] = ALIGN_ADVICE,
     ) -> None:
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.allow_small = allow_small
+        self.advice = advice
         self.detector = detector
         self._detector_lock = threading.Lock()
         self.labels: np.ndarray | None = None
@@ -52,26 +62,36 @@ class ItemSource:
                 raise ValueError(f"{items.path} holds {items.size[0]}x{items.size[1]} crops; the model takes "
                                  f"{self.crop_size[0]}x{self.crop_size[1]}")
             self._read, self._points = _pack_reader(items), lambda i: None
+            self._files = lambda: [items.path]
             self.names = list(items.paths)
             self.labels, self.classes = np.asarray(items.labels, np.int64), list(items.classes)
         elif isinstance(items, FaceDataset):
             if landmarks is not None:
                 raise ValueError("a dataset brings its own landmarks: give them to the dataset, not here")
             self._read, self._points = items.image, items.landmarks_of
+            self._files = lambda: [items.path(i) for i in range(len(items))]
             self._listed = items.landmarks is not None
             self.names = list(items.paths)
             self.labels, self.classes = np.asarray(items.labels, np.int64), list(items.classes)
         else:
             items = _as_list(items)
             self._read = lambda i: _read_one(items[i])
+            on_disk = all(isinstance(item, (str, os.PathLike)) for item in items)
+            self._files = lambda: [Path(item) for item in items] if on_disk else None
             self.names = [_name(i, item) for i, item in enumerate(items)]
             self._points = _landmark_lookup(landmarks, self.names)
 
     def __len__(self) -> int:
         return len(self.names)
 
+    def files(self) -> list[Path] | None:
+        """The files the items are read from (the pack, or each item's image), or None when some
+        items are held in memory."""
+        return self._files()
+
     def landmarks_of(self, index: int) -> np.ndarray | None:
-        """The five points item `index` is aligned with, or None (an aligned crop, or detection)."""
+        """The five points listed for item `index`, or None (an aligned crop, or detection). A native
+        low-resolution crop (see is_small) is taken as it is, even when it has points."""
         return self._points(index)
 
     def load(self, index: int) -> np.ndarray:
@@ -79,6 +99,8 @@ class ItemSource:
             image = self._read(index)
         except (OSError, ValueError) as err:  # missing, empty, corrupt, truncated, damaged pack record
             raise BadItem(f"unreadable: {err}") from None
+        if self.is_small(image.shape[:2]):  # a native low-resolution probe: already a face crop
+            return image
         points = self._points(index)
         if points is None and self.detector is None:
             return self._check_crop(image)
@@ -88,6 +110,13 @@ class ItemSource:
             return align(image, points, self.crop_size)
         except (ValueError, cv2.error) as err:  # degenerate landmarks
             raise BadItem(f"cannot align: {err}") from None
+
+    def is_small(self, shape: Sequence[int]) -> bool:
+        """Whether an image of (h, w) `shape` is a native low-resolution crop (smaller than
+        crop_size, with allow_small): taken as it is, never aligned."""
+        h, w = int(shape[0]), int(shape[1])
+        H, W = self.crop_size
+        return self.allow_small and h <= H and w <= W and (h, w) != (H, W)
 
     def _detect(self, image: np.ndarray) -> np.ndarray:
         from ..data.mtcnn import central_face
@@ -106,12 +135,10 @@ class ItemSource:
     def _check_crop(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
         H, W = self.crop_size
-        if (h, w) == (H, W) or (self.allow_small and h <= H and w <= W):
+        if (h, w) == (H, W):
             return image
         wanted = f"an aligned {H}x{W} crop" + (" (or a smaller low-resolution one)" if self.allow_small else "")
-        how = "it is not in the landmark list: add it, or give a detector" if self._listed else \
-            "give landmarks or a detector"
-        raise BadItem(f"not {wanted}: got {h}x{w}; {how} to align it")
+        raise BadItem(f"not {wanted}: got {h}x{w}; {self.advice[1] if self._listed else self.advice[0]}")
 
 
 def _as_list(items) -> list:
