@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _add_lfw(protocols) -> None:
 def run_lfw(args: argparse.Namespace) -> int:
     from .cli_train import check_lfw_root, device_or_default, load_model, view2_folds
     from .data import LFW, PackedFaces
-    from .eval.lfw import check_pack, evaluate_lfw, pair_images, trained_outside_folds
+    from .eval.lfw import check_pack, evaluate_lfw, pair_images, people_trained_on, trained_outside_folds
     from .eval.report import write_report
 
     device = device_or_default(args.device)
@@ -84,6 +85,10 @@ def run_lfw(args: argparse.Namespace) -> int:
         folds_used = (f"{_numbers(tested)}, the test folds {args.model.name} records (it trained on the LFW "
                       "people outside them)")
         print(f"eval lfw: View 2 folds {folds_used}")
+    seen = people_trained_on(model, lfw, folds)
+    if seen:  # a model trained on LFW people (the demo's, or one trained on an LFW pack)
+        print(f"pydcr eval: warning: {args.model} trained on {len(seen)} of the people in these pairs "
+              f"(e.g. {seen[0]}): its accuracy here is not that of unseen people", file=sys.stderr)
     # an input found unusable mid-run (a damaged pack record) is an input error, not a usage error
     table = evaluate_lfw(model, lfw, folds, args.sizes, pca_dim=args.pca_dim, pack=pack,
                          device=device, progress=not args.quiet)
@@ -91,6 +96,8 @@ def run_lfw(args: argparse.Namespace) -> int:
     if args.out is not None:
         meta = {"model": str(args.model), "root": str(args.root), "folds": folds_used,
                 "pca_dim": args.pca_dim if args.pca_dim is not None else "none (centering only)"}
+        if seen:
+            meta["people trained on"] = f"{len(seen)} of the people in these pairs"
         for path in write_report(args.out, f"LFW verification of {args.model.name}", table, meta):
             print(f"wrote {path}")
     return 0

@@ -266,7 +266,8 @@ def _train_and_save(args, config, faces, classes, device, world=None) -> int:
             return 0
         path = save(DCR(run.trunk, antialias=config.antialias), path, provenance={
             "data": str(args.data), "preset": args.preset, "trunk": config.to_dict(), "seed": args.seed,
-            "processes": 1 if world is None else world.size, "command": " ".join(sys.argv)})
+            "processes": 1 if world is None else world.size, "command": " ".join(sys.argv),
+            "people": list(faces.classes)})
         print(f"pydcr train trunk: {path}")
     return 0
 
@@ -320,6 +321,7 @@ def run_branch(args: argparse.Namespace) -> int:
                    progress=not args.quiet, amp=args.amp)
     model.provenance.setdefault("branches", {}).update(
         {str(k): {"data": str(args.data), "preset": args.preset, "branch": config.to_dict()} for k in args.size})
+    model.provenance["people"] = sorted(set(model.provenance.get("people") or ()) | set(faces.classes))
     save(model.cpu(), path)
     print(f"pydcr train branch: pairs for {', '.join(map(str, args.size))} added to {path}")
     return 0

@@ -35,17 +35,20 @@ class Split:
     pairs: np.ndarray  # P x 2 indices into test_images
     same: np.ndarray  # P
     folds: np.ndarray  # P
+    train_people: np.ndarray  # the labels (of the input) of the people trained on
 
 
-def load_faces(pack: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def load_faces(pack: Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The pack's crops at `size` (N x h x w x 3 uint8), their labels and the identities' names."""
     with PackedFaces(pack) as faces:
         images = faces.images(range(len(faces)))
         labels = np.asarray(faces.labels, dtype=np.int64)
+        names = list(faces.classes)
     if tuple(images.shape[1:3]) != tuple(size):
         x = torch.from_numpy(images).permute(0, 3, 1, 2)
         x = ops.resize(x, size).round().clamp(0, 255).to(torch.uint8)
         images = x.permute(0, 2, 3, 1).contiguous().numpy()
-    return images, labels
+    return images, labels, names
 
 
 def split(images: np.ndarray, labels: np.ndarray, *, folds: int = 10, seed: int = 0) -> Split:
@@ -70,7 +73,7 @@ def split(images: np.ndarray, labels: np.ndarray, *, folds: int = 10, seed: int 
             p, q = rng.choice(members, 2, replace=False)
             pairs.append((rng.choice(idx[p]), rng.choice(idx[q]))), same.append(False), fold.append(f)
     return Split(FaceArrays(images[~is_test], train_labels), len(people) - len(test_people), images[is_test],
-                 np.array(pairs), np.array(same), np.array(fold))
+                 np.array(pairs), np.array(same), np.array(fold), np.setdiff1d(people, test_people))
 
 
 def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs: int | None = None,
@@ -80,7 +83,7 @@ def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs
     p = get_preset(preset)
     trunk_cfg = p.trunk if epochs is None else replace(p.trunk, epochs=epochs)
     started = time.perf_counter()
-    images, labels = load_faces(pack, trunk_cfg.input_size)
+    images, labels, names = load_faces(pack, trunk_cfg.input_size)
     s = split(images, labels, seed=seed)
     print(f"demo: {len(s.train)} training faces of {s.num_classes} people; {len(s.pairs)} test pairs of "
           f"{len(np.unique(s.folds))} identity-disjoint folds; crops {trunk_cfg.input_size[0]}x{trunk_cfg.input_size[1]}")
@@ -96,6 +99,7 @@ def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs
     save(model, out_dir / "model.safetensors", provenance={
         "data": f"pydcr demo faces ({pack.name}), {len(s.train)} images of {s.num_classes} people",
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
+        "people": [names[p] for p in s.train_people],  # LFW people: `pydcr eval lfw` warns of them
     })
     meta = {"minutes": round(minutes, 1), "preset": preset, "device": device, "train_images": len(s.train),
             "train_people": s.num_classes, "test_pairs": len(s.pairs), "folds": len(np.unique(s.folds))}

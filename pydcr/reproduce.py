@@ -88,6 +88,7 @@ def reproduce_lfw(
                 f"{len(train)} images of {split.num_classes} people",
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
         "test_folds": folds_1based,  # `pydcr eval lfw` evaluates these by default and refuses the others
+        "people": split.people,
     })
     baseline_trunks = {}
     if baselines:

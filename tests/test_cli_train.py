@@ -3,6 +3,7 @@
 import pytest
 
 from pydcr.cli import main
+from pydcr.data import PackedFaces
 from pydcr.models import load, save
 
 
@@ -19,6 +20,8 @@ def test_trunk_then_branches(amp, tiny_pack, tmp_path):
     assert main(["train", "trunk", "--out", str(run), "--width", "0.125", "--batch-size", "8", *common]) == 0
     model = load(run / "model.safetensors")
     assert model.resolutions == [] and model.provenance["preset"] == "cpu"
+    with PackedFaces(tiny_pack) as faces:
+        assert model.provenance["people"] == list(faces.classes)  # eval lfw warns of them
     assert main(["train", "branch", "--trunk", str(run), "--size", "8", "12", *common]) == 0
     model = load(run / "model.safetensors")
     assert model.resolutions == [8, 12] and set(model.provenance["branches"]) == {"8", "12"}

@@ -96,6 +96,21 @@ def test_the_folds_of_other_models(provenance, folds, lfw, model_file, evaluated
     assert evaluated == [folds]
 
 
+def test_a_model_trained_on_people_of_the_pairs_is_flagged(lfw, model_file, evaluated, tmp_path, capsys):
+    # The demo's model, or one trained on an LFW pack, records the people it trained on.
+    model = load(model_file)
+    model.provenance = {"people": ["A3", "B3", "Someone Else"]}
+    save(model, tmp_path / "seen.safetensors")
+    assert eval_lfw(tmp_path / "seen.safetensors", lfw, "--out", tmp_path / "report") == 0
+    assert capsys.readouterr().err == (f"pydcr eval: warning: {tmp_path / 'seen.safetensors'} trained on 2 of the "
+                                       "people in these pairs (e.g. A3): its accuracy here is not that of unseen "
+                                       "people\n")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["people trained on"] == "2 of the people in these pairs"
+    assert eval_lfw(tmp_path / "seen.safetensors", lfw, "--folds", 1, 2) == 0  # A3 and B3 are in fold 4 only
+    assert capsys.readouterr().err == ""
+
+
 def test_folds_a_reproduction_trained_on_are_refused(lfw, model_file, evaluated, capsys):
     assert eval_lfw(model_file, lfw, "--folds", 1, 2, 6) == 2
     assert capsys.readouterr().err == (
@@ -160,7 +175,9 @@ def test_a_reproduction_records_its_test_folds_and_names_the_baselines(lfw, pack
     reproduce.reproduce_lfw(lfw, out, preset="demo", epochs=1, sizes=(8,), pack_path=packs["56x48"], progress=False,
                             baselines=True)
     assert labels == [None, "ResNet", "ResNet-FT"]  # the DCR trunk's bar keeps the default, "trunk"
-    assert load(out / "model.safetensors").provenance["test_folds"] == [6, 7, 8, 9, 10]
+    provenance = load(out / "model.safetensors").provenance
+    assert provenance["test_folds"] == [6, 7, 8, 9, 10]
+    assert provenance["people"] == [f"{x}{f}" for x in "AB" for f in range(5)]  # the people of folds 1-5
     assert eval_lfw(out / "model.safetensors", lfw, "--pack", packs["56x48"], "--out", tmp_path / "eval",
                     "--device", "cpu") == 0
     table = json.loads((out / "report.json").read_text())["table"]

@@ -129,6 +129,7 @@ def test_demo_split_is_identity_disjoint():
     test_people = np.unique(labels)[::5]
     assert len(s.train) == (~np.isin(labels, test_people)).sum()
     assert s.num_classes == 80 and s.train.labels.max() == 79
+    np.testing.assert_array_equal(s.train_people, np.setdiff1d(np.unique(labels), test_people))  # what it records
     test_labels = labels[np.isin(labels, test_people)]
     for f in range(10):  # each person's pairs sit in one fold
         people = set(test_labels[s.pairs[s.folds == f].ravel()])

@@ -34,6 +34,7 @@ class LFWDisjointSplit:
     second: np.ndarray
     same: np.ndarray
     folds: np.ndarray
+    people: list[str]  # the names of the training people, in label order
 
 
 def _test_pairs(lfw: LFW, folds: Sequence[int] | None) -> tuple[np.ndarray, ...]:
@@ -63,7 +64,8 @@ def lfw_disjoint_split(lfw: LFW, test_folds: Sequence[int], min_images: int = 2)
     train_labels = np.searchsorted(kept, labels[train_indices])
     if set(names[labels[train_indices]]) & test_people:  # by construction; checked because it is the protocol
         raise AssertionError("a test identity reached the training set")
-    return LFWDisjointSplit(train_indices, train_labels, len(kept), test_indices, first, second, same, folds)
+    return LFWDisjointSplit(train_indices, train_labels, len(kept), test_indices, first, second, same, folds,
+                            [str(name) for name in names[kept]])
 
 
 def trained_outside_folds(model) -> list[int] | None:
@@ -76,6 +78,15 @@ def trained_outside_folds(model) -> list[int] | None:
         found = re.search(r"people outside View 2 folds \[([0-9, ]+)\]", str(provenance.get("data", "")))
         folds = [int(f) for f in found.group(1).split(",")] if found else None
     return sorted({int(f) - 1 for f in folds}) if folds else None
+
+
+def people_trained_on(model, lfw: LFW, folds: Sequence[int] | None) -> list[str]:
+    """The people in the pairs of `folds` (None: every fold) whom `model` trained on, as its
+    provenance lists them (``people``: the training identities' names); [] when it lists none."""
+    provenance = getattr(model, "provenance", None) or {}
+    trained = set(provenance.get("people") or ())
+    in_pairs = lfw.fold_identities(range(lfw.pairs.num_folds) if folds is None else folds)
+    return sorted(in_pairs & trained)
 
 
 def check_pack(lfw: LFW, indices: np.ndarray, pack: PackedFaces, wants: str = "the model takes") -> None:
