@@ -245,6 +245,7 @@ def run_trunk(args: argparse.Namespace) -> int:
 def _train_and_save(args, config, faces, classes, device, world=None) -> int:
     """Train, and on rank 0 write the model file; every rank returns the same status."""
     from .models import DCR, save
+    from .models.people import people_record
     from .train import train_trunk
     from .train.checkpoint import OtherRunError
 
@@ -267,7 +268,7 @@ def _train_and_save(args, config, faces, classes, device, world=None) -> int:
         path = save(DCR(run.trunk, antialias=config.antialias), path, provenance={
             "data": str(args.data), "preset": args.preset, "trunk": config.to_dict(), "seed": args.seed,
             "processes": 1 if world is None else world.size, "command": " ".join(sys.argv),
-            "people": list(faces.classes)})
+            "people": people_record(faces.classes)})
         print(f"pydcr train trunk: {path}")
     return 0
 
@@ -288,6 +289,7 @@ def _holds_trunk(path: Path, trunk) -> bool:
 
 def run_branch(args: argparse.Namespace) -> int:
     from .models import save
+    from .models.people import people_record
     from .train import train_branches
 
     world = _torchrun_world()
@@ -321,7 +323,7 @@ def run_branch(args: argparse.Namespace) -> int:
                    progress=not args.quiet, amp=args.amp)
     model.provenance.setdefault("branches", {}).update(
         {str(k): {"data": str(args.data), "preset": args.preset, "branch": config.to_dict()} for k in args.size})
-    model.provenance["people"] = sorted(set(model.provenance.get("people") or ()) | set(faces.classes))
+    model.provenance["people"] = people_record(faces.classes, model.provenance.get("people"))
     save(model.cpu(), path)
     print(f"pydcr train branch: pairs for {', '.join(map(str, args.size))} added to {path}")
     return 0

@@ -21,6 +21,7 @@ from .data import FaceArrays, PackedFaces
 from .eval.report import write_report
 from .eval.table import verification_table
 from .models import DCR, save
+from .models.people import people_record
 from .train import get_preset, train_branches, train_trunk
 
 DEMO_PACK = Path(__file__).parent / "demo_data" / "lfw-demo.pack"
@@ -99,7 +100,7 @@ def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs
     save(model, out_dir / "model.safetensors", provenance={
         "data": f"pydcr demo faces ({pack.name}), {len(s.train)} images of {s.num_classes} people",
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
-        "people": [names[p] for p in s.train_people],  # LFW people: `pydcr eval lfw` warns of them
+        "people": people_record(names[p] for p in s.train_people),  # LFW people: `pydcr eval lfw` warns of them
     })
     meta = {"minutes": round(minutes, 1), "preset": preset, "device": device, "train_images": len(s.train),
             "train_people": s.num_classes, "test_pairs": len(s.pairs), "folds": len(np.unique(s.folds))}

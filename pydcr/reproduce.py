@@ -21,6 +21,7 @@ from .eval.lfw import LFWDisjointSplit, aligned_faces, check_pack, lfw_disjoint_
 from .eval.report import write_report
 from .eval.table import verification_table
 from .models import DCR, Trunk, save
+from .models.people import people_record
 from .train import TrunkConfig, get_preset, train_branches, train_trunk
 
 SIZES = (8, 12, 16, 20)
@@ -88,7 +89,7 @@ def reproduce_lfw(
                 f"{len(train)} images of {split.num_classes} people",
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
         "test_folds": folds_1based,  # `pydcr eval lfw` evaluates these by default and refuses the others
-        "people": split.people,
+        "people": people_record(split.people),
     })
     baseline_trunks = {}
     if baselines:

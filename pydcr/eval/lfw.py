@@ -16,6 +16,7 @@ import torch
 from ..data import LFW, PackedFaces
 from ..data._progress import progress_bar
 from ..models import DCR
+from ..models.people import trained_on
 from .table import VerificationTable, verification_table
 
 
@@ -82,11 +83,9 @@ def trained_outside_folds(model) -> list[int] | None:
 
 def people_trained_on(model, lfw: LFW, folds: Sequence[int] | None) -> list[str]:
     """The people in the pairs of `folds` (None: every fold) whom `model` trained on, as its
-    provenance lists them (``people``: the training identities' names); [] when it lists none."""
-    provenance = getattr(model, "provenance", None) or {}
-    trained = set(provenance.get("people") or ())
+    provenance records them (pydcr.models.people); [] when it records none."""
     in_pairs = lfw.fold_identities(range(lfw.pairs.num_folds) if folds is None else folds)
-    return sorted(in_pairs & trained)
+    return trained_on(getattr(model, "provenance", None), in_pairs)
 
 
 def check_pack(lfw: LFW, indices: np.ndarray, pack: PackedFaces, wants: str = "the model takes") -> None:
