@@ -402,3 +402,15 @@ def test_onnx_export_matches(model, kind, resolution, shape, tmp_path):
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     expected = model.embed_hr(x, resolution) if kind == "hr" else model.embed_lr(x)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_people_are_recorded_without_their_names():
+    from pydcr.models.people import people_record, trained_on
+
+    first = people_record(["Ann Lee", "Bob Roy"])
+    both = people_record(["Cy Orr"], first)  # a later step adds to the record, under its salt
+    assert both["salt"] == first["salt"] and len(both["digests"]) == 3
+    assert trained_on({"people": both}, ["Ann Lee", "Cy Orr", "Dan Poe"]) == ["Ann Lee", "Cy Orr"]
+    assert trained_on({}, ["Ann Lee"]) == [] and trained_on(None, ["Ann Lee"]) == []
+    assert "Ann" not in str(both)
+    assert people_record(["Ann Lee"])["digests"] != people_record(["Ann Lee"])["digests"]  # salted per model
