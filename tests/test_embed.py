@@ -1,6 +1,8 @@
 """The Embedder against the model's own embed_* calls, bad inputs, search, and gallery files
 (resume after an interruption, shards merged) against single uninterrupted runs."""
 
+import os
+import shutil
 import sys
 
 import cv2
@@ -424,6 +426,16 @@ def test_resume_after_interruption_is_identical(model, tiny_pack, tmp_path):
     _gallery(model, tiny_pack, out, on_chunk=written.append)
     assert written == [2, 3, 4]  # the two finished chunks were not embedded again
     assert out.read_bytes() == whole.read_bytes()
+    # An input file touched between the interruption and the resume: the chunks still count.
+    out.unlink()
+    touched = tmp_path / "touched.pack"
+    shutil.copy(tiny_pack, touched)
+    with pytest.raises(Interrupt):
+        _gallery(model, touched, out, on_chunk=stop_after_two)
+    os.utime(touched, ns=(0, 0))
+    written.clear()
+    _gallery(model, touched, out, on_chunk=written.append)
+    assert written == [2, 3, 4] and Gallery(out).meta["input"]["files"] != Gallery(whole).meta["input"]["files"]
 
 
 def test_shards_merge_into_the_single_run(model, tiny_pack, tmp_path):
@@ -433,6 +445,13 @@ def test_shards_merge_into_the_single_run(model, tiny_pack, tmp_path):
     assert [s.name for s in shards] == [f"g.shard00{r}-of-003.safetensors" for r in (2, 0, 1)]
     assert merge_shards(shards, out) == out
     assert out.read_bytes() == whole.read_bytes()
+    # Shards read from copies of the data (other files, other times) still go together.
+    copy = tmp_path / "copy.pack"
+    shutil.copy(tiny_pack, copy)
+    os.utime(copy, ns=(1, 1))
+    mixed = [_gallery(model, copy if r == 1 else tiny_pack, tmp_path / "c.safetensors", shard=Shard(r, 3))
+             for r in range(3)]
+    assert merge_shards(mixed, tmp_path / "c.safetensors").read_bytes() == whole.read_bytes()
     many = [_gallery(model, tiny_pack, tmp_path / "m.safetensors", shard=Shard(r, 7)) for r in range(7)]
     assert len(Gallery(many[0])) == 0  # 5 chunks for 7 processes: some hold none
     assert merge_shards(many, tmp_path / "m.safetensors").read_bytes() == whole.read_bytes()

@@ -158,6 +158,7 @@ def embed_gallery(
     out = Path(out)
     target = shard.path(out) if shard else out
     meta = _gallery_meta(embedder, source, heads, dtype, flip, chunk_size, description)
+    stamp = _files_stamp(source)  # before the run: a file changed during it makes the next run embed again
     n = len(source)
     count = max(1, -(-n // chunk_size))
     chunks = shard.chunks(count) if shard else range(count)
@@ -180,7 +181,7 @@ def embed_gallery(
     if not parts:  # more shards than chunks: this one holds no rows, but still a valid file
         parts = [work / "empty.safetensors"]
         _write_chunk(embedder, source, heads, dtype, flip, n, n, parts[0], bar)
-    final = {**_finished_meta(meta, shard, chunks), **_joined_meta(parts)}
+    final = {**_finished_meta(meta, shard, chunks, stamp), **_joined_meta(parts)}
     concat(parts, target, {META_KEY: json.dumps(final)})
     _remove_work_folder(work)
     return target
@@ -210,20 +211,24 @@ def complete_gallery(
         gallery = Gallery(target)
     except ValueError:  # not a gallery, or damaged: not finished
         return None
+    stamp = _files_stamp(source)
+    if stamp is None:
+        return None
     meta = _gallery_meta(embedder, source, list(heads) if heads else default_heads(embedder), dtype, flip,
                          chunk_size, description)
-    if meta["input"]["files"] is None:
-        return None
     count = max(1, -(-len(source) // chunk_size))
-    want = json.loads(json.dumps(_finished_meta(meta, shard, shard.chunks(count) if shard else range(count))))
+    want = json.loads(json.dumps(_finished_meta(meta, shard, shard.chunks(count) if shard else range(count), stamp)))
     have = {k: v for k, v in gallery.meta.items() if k not in ("paths", "failures")}
     return gallery if have == want else None
 
 
-def _finished_meta(meta: dict, shard: Shard | None, chunks: range) -> dict:
-    """A finished file's metadata less its rows (paths, failures)."""
+def _finished_meta(meta: dict, shard: Shard | None, chunks: range, stamp: str | None) -> dict:
+    """A finished file's metadata less its rows (paths, failures). The input files' stamp is here
+    only, not in the resume plan nor in what shards must share: a file touched between an
+    interruption and the resume, or shards read from copies of the data, still go together."""
+    meta = {**meta, "input": {**meta["input"], "files": stamp}}
     if shard is None:
-        return dict(meta)
+        return meta
     return {**meta, "shard": {"rank": shard.rank, "world": shard.world, "chunks": [chunks.start, chunks.stop]}}
 
 
@@ -264,8 +269,7 @@ def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, ch
         "batch_size": embedder.batch_size,  # batches never cross a chunk: the two decide each feature's bits
         "chunk_size": chunk_size,
         "crop_size": list(embedder.crop_size),
-        "input": {**(description or {}), "count": len(source), "fingerprint": h.hexdigest(),
-                  "files": _files_stamp(source)},
+        "input": {**(description or {}), "count": len(source), "fingerprint": h.hexdigest()},
         "classes": source.classes,
     }
 
@@ -360,11 +364,17 @@ def merge_shards(shards: Sequence[str | os.PathLike], out: str | os.PathLike) ->
     galleries.sort(key=lambda g: g.meta["shard"]["rank"])
     paths = [p for g in galleries for p in g.paths]
     failures = [f for g in galleries for f in g.meta["failures"]]
-    final = {**common, "paths": paths, "failures": failures}
+    # the stamp of rank 0's input files: shards may have read copies of the data
+    stamped = {**common["input"], "files": galleries[0].meta["input"].get("files")} if "input" in common else None
+    final = {**common, **({"input": stamped} if stamped else {}), "paths": paths, "failures": failures}
     out = Path(out)
     concat([g.path for g in galleries], out, {META_KEY: json.dumps(final)})
     return out
 
 
 def _without_rows(meta: dict) -> dict:
-    return {k: v for k, v in meta.items() if k not in ("paths", "failures", "shard")}
+    """What the shards of one run share: all but their rows, their place and their input files' stamp."""
+    shared = {k: v for k, v in meta.items() if k not in ("paths", "failures", "shard")}
+    if "input" in shared:
+        shared["input"] = {k: v for k, v in shared["input"].items() if k != "files"}
+    return shared
