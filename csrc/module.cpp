@@ -53,11 +53,12 @@ bool set_flush_denormal_pool(bool on) {
 #endif
 }
 
-bool flush_denormal_here() {
+// Whether the calling thread flushes denormals; None where this build cannot read it (not x86).
+py::object flush_denormal_here() {
 #if defined(__x86_64__) || defined(_M_X64)
-  return (_mm_getcsr() & kFlushDenormal) == kFlushDenormal;
+  return py::bool_((_mm_getcsr() & kFlushDenormal) == kFlushDenormal);
 #else
-  return false;
+  return py::none();
 #endif
 }
 
@@ -80,5 +81,6 @@ PYBIND11_MODULE(_C, m) {
         "Flush denormals to zero (or stop) on the calling thread and every thread of torch's CPU pool "
         "(x86; returns False, changing nothing, elsewhere). Call torch.set_flush_denormal first: it "
         "tells whether the CPU supports it.");
-  m.def("flush_denormal_here", &flush_denormal_here, "Whether the calling thread flushes denormals to zero.");
+  m.def("flush_denormal_here", &flush_denormal_here,
+        "Whether the calling thread flushes denormals to zero (None where it cannot tell: not x86).");
 }
