@@ -224,14 +224,39 @@ def test_large_photos_are_shrunk_by_area_before_the_warp():
     crop = align(photo, points).astype(float)
     assert abs(crop.mean() - 127.5) < 2 and crop.std() < 2
     assert plain.std() > 10 * crop.std()
-    # The shrink keeps the geometry: a dot at a landmark lands on the template point.
-    dot = np.zeros((size, size, 3), np.uint8)
-    x, y = points[2].round().astype(int)
-    dot[y - 10:y + 11, x - 10:x + 11] = 255
-    aligned = align(dot, points)[..., 0].astype(float)
-    rows, cols = np.mgrid[:112, :96]
-    centre = np.array([(cols * aligned).sum(), (rows * aligned).sum()]) / aligned.sum()
-    np.testing.assert_allclose(centre, apply(m, np.array([[x, y]], float))[0], atol=0.1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_area_shrink_keeps_the_geometry(seed):
+    # A square dot near the nose of a rotated face shrunk 2x to 12x, in an image of odd size: its
+    # centre of mass in the crop is where the alignment matrix maps it.
+    rng = np.random.default_rng(seed)
+    height, width = rng.integers(801, 2001, 2)
+    scale, angle = rng.uniform(0.08, 0.49), rng.uniform(-0.6, 0.6)
+    size = [(112, 96), (111, 95), (56, 48), (29, 25)][seed % 4]
+    to_image = similarity(angle, 1 / scale, *rng.uniform(0.3, 0.7, 2) * (width, height))
+    points = apply(to_image, template(size))
+    m = alignment_matrix(points, size)
+    x, y = np.round(points[2] + rng.uniform(-4, 4, 2) / scale).astype(int)
+    r = int(3 / scale)
+    image = np.zeros((height, width, 3), np.uint8)
+    image[y - r:y + r + 1, x - r:x + r + 1] = 255
+    crop = align(image, points, size)[..., 0].astype(float)
+    rows, cols = np.mgrid[:size[0], :size[1]]
+    centre = np.array([(cols * crop).sum(), (rows * crop).sum()]) / crop.sum()
+    np.testing.assert_allclose(centre, apply(m, np.array([[x, y]], float))[0], atol=0.15)
+
+
+def test_the_area_shrink_keeps_the_black_border():
+    # A face half outside a large white image: the crop's outside part stays black, as in a plain warp.
+    image = np.full((1500, 1000, 3), 255, np.uint8)
+    points = REFERENCE_112x96 * 8 + [-400, 300]  # the left half of the face lies left of the image
+    m = alignment_matrix(points)
+    plain = cv2.warpAffine(image, m, (96, 112), flags=cv2.INTER_CUBIC)
+    crop = align(image, points)
+    inside, outside = plain[..., 0] == 255, plain[..., 0] == 0
+    assert inside.any() and outside.any()
+    assert (crop[inside] == 255).mean() > 0.95 and (crop[outside] == 0).mean() > 0.95
 
 
 @pytest.mark.data

@@ -76,7 +76,7 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: Sequence[int] = (112, 
     m = alignment_matrix(landmarks, (h, w))
     scale = np.sqrt(abs(np.linalg.det(m[:, :2])))
     if scale < MAX_WARP_SHRINK:
-        image, m = _area_shrunk(image, m, scale)
+        image, m = _area_shrunk(image, m, scale, (h, w))
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
@@ -84,16 +84,30 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: Sequence[int] = (112, 
 MAX_WARP_SHRINK = 0.5
 
 
-def _area_shrunk(image: np.ndarray, m: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The image shrunk by `scale` with area averaging, and m for it: the warp that is left keeps
-    the face's size (its scale is about 1)."""
+def _area_shrunk(image: np.ndarray, m: np.ndarray, scale: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the image an (h, w) crop reads through m, shrunk by `scale` with area averaging,
+    and m for it: the warp that is left keeps the face's size (its scale is about 1). Only that
+    part is shrunk, so a face in a large photo costs what its own region does."""
+    h, w = size
     height, width = image.shape[:2]
-    sw, sh = max(1, round(width * scale)), max(1, round(height * scale))
-    small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-    # A pixel centre x of the shrunk image is (x + 0.5) * width / sw - 0.5 in the original.
-    fx, fy = width / sw, height / sh
-    to_original = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
-    return small, m @ to_original
+    # The crop's corners in the image, widened by what the area cells and the warp's bicubic taps
+    # reach (a few shrunk pixels), and clipped: beyond the image the warp reads black, as before.
+    corners = np.array([[-1, -1, 1], [w, -1, 1], [-1, h, 1], [w, h, 1]], dtype=np.float64)
+    reached = corners @ cv2.invertAffineTransform(m).T
+    margin = 4 / scale + 2
+    x0, y0 = np.floor(reached.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(reached.max(0) + margin).astype(int)
+    x0, x1 = min(max(x0, 0), width - 1), min(max(x1, 1), width)
+    y0, y1 = min(max(y0, 0), height - 1), min(max(y1, 1), height)
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    region = image[y0:y1, x0:x1]
+    rw, rh = x1 - x0, y1 - y0
+    sw, sh = max(1, round(rw * scale)), max(1, round(rh * scale))
+    small = cv2.resize(region, (sw, sh), interpolation=cv2.INTER_AREA)
+    # A pixel centre x of the shrunk region is (x + 0.5) * rw / sw - 0.5 + x0 in the image.
+    fx, fy = rw / sw, rh / sh
+    to_image = np.array([[fx, 0, 0.5 * fx - 0.5 + x0], [0, fy, 0.5 * fy - 0.5 + y0], [0, 0, 1]])
+    return small, m @ to_image
 
 
 def align_many(
