@@ -129,6 +129,20 @@ def test_resume_ignores_another_plan(tree, tmp_path):
     assert PackedFaces(tmp_path / "p.pack").format == "png"
 
 
+def test_resume_ignores_a_pack_begun_by_another_alignment(tree, tmp_path, monkeypatch):
+    import pydcr.data.packed
+
+    root, marks = tree
+    data = Flaky(root, landmarks=marks)
+    data.reads, data.fail_at = [], 4
+    with pytest.raises(Interrupt):
+        pack(data, tmp_path / "p.pack", progress=False)
+    monkeypatch.setattr(pydcr.data.packed, "ALIGNMENT_VERSION", pydcr.data.packed.ALIGNMENT_VERSION + 1)
+    data.reads, data.fail_at = [], None
+    pack(data, tmp_path / "p.pack", progress=False)
+    assert min(data.reads) == 0  # its crops would differ: started over
+
+
 @pytest.fixture
 def packed(tree, tmp_path):
     root, marks = tree

@@ -83,6 +83,10 @@ def align(image: np.ndarray, landmarks: np.ndarray, size: Sequence[int] = (112, 
 #: The smallest scale the bicubic warp takes on its own (see align).
 MAX_WARP_SHRINK = 0.5
 
+#: Changes whenever align's crops change for the same image and points (2: the area shrink), so
+#: that a resumed pack never mixes crops of two versions.
+ALIGNMENT_VERSION = 2
+
 
 def _area_shrunk(image: np.ndarray, m: np.ndarray, scale: float, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The part of the image an (h, w) crop reads through m, shrunk by `scale` with area averaging,

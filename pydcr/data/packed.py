@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from ._progress import progress_bar
-from .align import align
+from .align import ALIGNMENT_VERSION, align
 from .datasets import FaceDataset
 
 MAGIC, RECORD_MAGIC, FOOTER_MAGIC = b"PYDCRPK1", b"REC1", b"PYDCRIX1"
@@ -110,8 +110,10 @@ def pack(
 
 
 def plan_fingerprint(dataset: FaceDataset, settings: PackSettings) -> str:
-    """A digest of everything that decides a pack's bytes, so a resume never mixes two plans."""
-    h = hashlib.sha256(json.dumps([settings.format, settings.quality, list(settings.size), dataset.classes]).encode())
+    """A digest of everything that decides a pack's bytes, so a resume never mixes two plans (the
+    alignment's version included: a pack begun by another one starts over)."""
+    h = hashlib.sha256(json.dumps([settings.format, settings.quality, list(settings.size), dataset.classes,
+                                   ALIGNMENT_VERSION]).encode())
     for path, label in zip(dataset.paths, dataset.labels.tolist()):
         h.update(f"{path}\0{label}\0".encode())
     if dataset.landmarks is not None:

@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 
 from .._files import write_safetensors
 from ..data._progress import progress_bar
+from ..data.align import ALIGNMENT_VERSION
 from .embedder import TRUNK, Embedder, hr_head
 from .identity import model_identity
 from .items import ItemSource
@@ -269,6 +270,7 @@ def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, ch
         "batch_size": embedder.batch_size,  # batches never cross a chunk: the two decide each feature's bits
         "chunk_size": chunk_size,
         "crop_size": list(embedder.crop_size),
+        "alignment": ALIGNMENT_VERSION,  # the crops of images aligned here: a resume never mixes two
         "input": {**(description or {}), "count": len(source), "fingerprint": h.hexdigest()},
         "classes": source.classes,
     }
