@@ -112,8 +112,9 @@ class FakeDetector:
 
 
 def test_small_probes_are_never_aligned(model, faces):
-    """Native low-resolution probes are faces already: a detector or landmarks given for the run do
-    not apply to them (MTCNN finds no face in 12 x 12), only to images larger than a small crop."""
+    """Native low-resolution probes are faces already: a detector given for the run does not apply
+    to them (MTCNN finds no face in 12 x 12), only to images larger than a small crop; landmarks
+    listed for one do."""
     e = pydcr.Embedder(model, batch_size=4)
     small = torch.nn.functional.interpolate(faces[:3].float(), (12, 12), mode="area").round().to(torch.uint8)
     want = e.embed_lr(small)
@@ -127,8 +128,11 @@ def test_small_probes_are_never_aligned(model, faces):
     assert got.resolutions[:3].tolist() == want.resolutions.tolist()
     with torch.no_grad():
         torch.testing.assert_close(got.features[3:], model.embed_lr(faces[3:4]), atol=1e-4, rtol=1e-4)
-    degenerate = [np.full((5, 2), 3, np.float32)] * 3  # would fail to align, were they used
-    torch.testing.assert_close(e.embed_trunk(small, landmarks=degenerate).features, e.embed_trunk(small).features)
+    frame = canvas[20:120, 30:120]  # 100 x 90: smaller than a crop, but listed, so aligned
+    points = REFERENCE_112x96 + np.float32(10)
+    listed = e.embed_trunk([frame], landmarks=[points])
+    torch.testing.assert_close(listed.features, e.embed_trunk([align(frame, points)]).features)
+    assert not torch.allclose(listed.features, e.embed_trunk([frame]).features)  # unlisted: as it is
     gallery = FakeDetector()  # the gallery takes no small crops: one there is an image to align
     e.embed_hr(small[:1], 8, detector=gallery)
     assert gallery.seen == [(12, 12)]

@@ -33,8 +33,8 @@ class ItemSource:
 
     ``load(i)`` returns the h x w x 3 RGB crop of item i (uint8, or float32 for float tensors) or
     raises :class:`BadItem`. Crops are `crop_size`; with `allow_small`, smaller ones too (native
-    low-resolution probes, upsampled later): such a crop is a face already and is taken as it is,
-    whatever landmarks or detector are given. Other items that are not crops are aligned with their
+    low-resolution probes, upsampled later): such a crop is a face already and is taken as it is
+    (the detector is not run on it), unless landmarks are listed for it. Other items that are not crops are aligned with their
     landmarks, or with the face a detector finds nearest the image centre. advice: what the reason
     for an unaligned image without landmarks says to do (see ALIGN_ADVICE). Thread-safe.
     """
@@ -90,8 +90,8 @@ class ItemSource:
         return self._files()
 
     def landmarks_of(self, index: int) -> np.ndarray | None:
-        """The five points listed for item `index`, or None (an aligned crop, or detection). A native
-        low-resolution crop (see is_small) is taken as it is, even when it has points."""
+        """The five points listed for item `index`, or None (an aligned crop, a native
+        low-resolution one, or detection)."""
         return self._points(index)
 
     def load(self, index: int) -> np.ndarray:
@@ -99,9 +99,9 @@ class ItemSource:
             image = self._read(index)
         except (OSError, ValueError) as err:  # missing, empty, corrupt, truncated, damaged pack record
             raise BadItem(f"unreadable: {err}") from None
-        if self.is_small(image.shape[:2]):  # a native low-resolution probe: already a face crop
-            return image
         points = self._points(index)
+        if points is None and self.is_small(image.shape[:2]):  # a native low-resolution probe: a face crop
+            return image
         if points is None and self.detector is None:
             return self._check_crop(image)
         if points is None:
@@ -113,7 +113,8 @@ class ItemSource:
 
     def is_small(self, shape: Sequence[int]) -> bool:
         """Whether an image of (h, w) `shape` is a native low-resolution crop (smaller than
-        crop_size, with allow_small): taken as it is, never aligned."""
+        crop_size, with allow_small): taken as it is unless landmarks are listed for it, never
+        searched by the detector."""
         h, w = int(shape[0]), int(shape[1])
         H, W = self.crop_size
         return self.allow_small and h <= H and w <= W and (h, w) != (H, W)
