@@ -1,9 +1,10 @@
 """The people a model trained on, kept in its provenance without their names.
 
-A model file travels; the names of the people it was trained on should not travel with it. The
-provenance keeps a salted digest of each name instead (``people``: the salt and the digests),
-which is enough to tell whether a given person is among them (`pydcr eval lfw` warns when the
-pairs it evaluates hold people the model trained on) but does not list them.
+A model file travels; the names of the people it was trained on should not travel with it as a
+list. The provenance keeps a salted digest of each name instead (``people``: the salt and the
+digests), which is enough to tell whether a given person is among them (`pydcr eval lfw` warns
+when the pairs it evaluates hold people the model trained on) but does not list them. It hides
+nothing from whoever can guess the names: with a list of candidates, each can be tested.
 """
 
 from __future__ import annotations
