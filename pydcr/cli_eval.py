@@ -136,8 +136,8 @@ def _add_scface(protocols) -> None:
                    help="subjects for fine-tuning and PCA; the rest are tested (default 50)")
     s.add_argument("--seed", type=int, default=0, help="the subject split and fine-tuning seed (default 0)")
     s.add_argument("--preset", default=None,
-                   help="whose branch settings fine-tune the pairs (default: the preset the model was trained "
-                        "with, as it records it; else cpu); the pair keeps its size")
+                   help="whose branch settings fine-tune the pairs (default: the preset the pairs were trained "
+                        "with, as the model records it; else cpu); the pair keeps its size")
     s.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs; 0: none (default 10)")
     s.add_argument("--finetune-lr", type=float, default=None,
                    help="fine-tuning learning rate (default: a tenth of the preset's branch rate)")
@@ -181,7 +181,7 @@ def run_scface(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    preset = preset_named(args.preset or trained_preset(model))
+    preset = preset_named(args.preset or trained_preset(model, args.sizes))
     finetune = None
     if args.finetune_epochs:
         lr = args.finetune_lr if args.finetune_lr is not None else preset.branch.lr / 10

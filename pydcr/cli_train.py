@@ -66,9 +66,15 @@ def preset_named(name: str):
         raise UsageError(err.args[0]) from None
 
 
-def trained_preset(model) -> str:
-    """The preset `model`'s trunk was trained with, as its provenance records it; cpu if none."""
-    return model.provenance.get("preset") or "cpu"
+def trained_preset(model, sizes=()) -> str:
+    """The preset `model`'s pairs for `sizes` were trained with where they agree, else its trunk's,
+    as its provenance records them; cpu where it records none this version knows."""
+    from .train import PRESETS
+
+    provenance = model.provenance
+    pairs = {(provenance.get("branches") or {}).get(str(k), {}).get("preset") for k in sizes}
+    recorded = [*(pairs if len(pairs) == 1 else ()), provenance.get("preset")]
+    return next((name for name in recorded if name in PRESETS), "cpu")
 
 
 def check_lfw_root(root: Path) -> None:

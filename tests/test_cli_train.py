@@ -134,3 +134,19 @@ def test_reproduce_argument_errors(args, message, lfw_like_root, capsys):
     argv = ["reproduce", "lfw", "--root", str(lfw_like_root), *args]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_preset_a_model_records():
+    from types import SimpleNamespace
+
+    from pydcr.cli_train import trained_preset
+
+    def model(**provenance):
+        return SimpleNamespace(provenance=provenance)
+
+    pairs = {"20": {"preset": "paper"}, "30": {"preset": "paper"}, "112": {"preset": "small"}}
+    assert trained_preset(model(preset="cpu", branches=pairs), [20, 30]) == "paper"  # the pairs' own
+    assert trained_preset(model(preset="cpu", branches=pairs), [20, 112]) == "cpu"  # they differ: the trunk's
+    assert trained_preset(model(preset="demo")) == "demo"
+    assert trained_preset(model(preset="future-preset")) == "cpu"  # a name this version does not know
+    assert trained_preset(model()) == "cpu"

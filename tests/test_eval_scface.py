@@ -223,8 +223,8 @@ def test_cli_writes_the_table(cli_files, tmp_path, capsys):
 def test_cli_finetunes_with_the_models_preset(cli_files, tmp_path):
     # The settings the pairs were trained with, as the model records them: here the paper's SGD.
     root, files = cli_files
-    model = tiny_model()
-    model.provenance = {"preset": "paper"}
+    model = tiny_model()  # a cpu trunk whose pairs were trained with the paper's settings
+    model.provenance = {"preset": "cpu", "branches": {str(k): {"preset": "paper"} for k in (20, 30, 112)}}
     save(model, tmp_path / "paper.safetensors")
     out = tmp_path / "report"
     assert main(["eval", "scface", str(tmp_path / "paper.safetensors"), "--root", str(root), "--landmarks",
