@@ -7,6 +7,7 @@
 // Weights are host-built bands (resample.h), copied to the device once per call; the tap
 // arithmetic is band_dot, the same function the CPU kernels use.
 #include <limits>
+#include <type_traits>
 
 #include <torch/csrc/stable/accelerator.h>
 #include <torch/csrc/stable/library.h>
@@ -148,22 +149,37 @@ void check_cuda_dtype(const char* op, const char* arg, const Tensor& x, bool uin
                 "on CUDA");
 }
 
-// y = bh x bw^T for every plane of x, into `out` (allocated by the caller).
+// Calls f(Out{}) for the element type of a float32 or 16-bit result.
+template <typename F>
+void dispatch_narrow_out(const Tensor& out, F&& f) {
+  switch (out.scalar_type()) {
+    case ScalarType::Half: f(__half{}); break;
+    case ScalarType::BFloat16: f(__nv_bfloat16{}); break;
+    default: f(float{}); break;
+  }
+}
+
+// y = bh x bw^T for every plane of x, into `out` (allocated by the caller): of x's result type, or,
+// between float32 and the 16-bit types, of the other one (degrade's large-plane passes).
 void launch_resize(const Tensor& x, Tensor& out, const Band<double>& bh, const Band<double>& bw) {
   const int64_t total = out.numel();
   if (total == 0) return;
   cudaStream_t stream = pydcr::cuda::current_stream(x.get_device_index());
   dispatch(x, [&](auto in_tag, auto out_tag, auto acc_tag) {
     using In = decltype(in_tag);
-    using Out = decltype(out_tag);
     using Acc = decltype(acc_tag);
-    DeviceBands<Acc> bands({&bh, &bw});
-    bands.to_device(x.device());
-    resize_kernel<In, Out, Acc><<<pydcr::cuda::blocks_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<const In*>(x.const_data_ptr()), static_cast<Out*>(out.mutable_data_ptr()), out.size(0),
-        out.size(1), out.size(2), out.size(3), strides_of(x), strides_of(out), is_channels_last(out), bands[0],
-        bands[1]);
-    PYDCR_CUDA_CHECK(cudaGetLastError());
+    auto launch = [&](auto result_tag) {
+      using Out = decltype(result_tag);
+      DeviceBands<Acc> bands({&bh, &bw});
+      bands.to_device(x.device());
+      resize_kernel<In, Out, Acc><<<pydcr::cuda::blocks_for(total, kThreads), kThreads, 0, stream>>>(
+          static_cast<const In*>(x.const_data_ptr()), static_cast<Out*>(out.mutable_data_ptr()), out.size(0),
+          out.size(1), out.size(2), out.size(3), strides_of(x), strides_of(out), is_channels_last(out), bands[0],
+          bands[1]);
+      PYDCR_CUDA_CHECK(cudaGetLastError());
+    };
+    if constexpr (std::is_same_v<Acc, double>) launch(out_tag);
+    else dispatch_narrow_out(out, launch);
   });
 }
 
@@ -218,20 +234,14 @@ Tensor degrade_op(const char* op, const char* arg, const Tensor& x, const Degrad
   });
   if (!fused) {
     // The intermediate rows do not fit in shared memory, or the planes in one grid: two resize
-    // passes through a low-resolution tensor in global memory. 16-bit batches go through float32
-    // copies, so that they are rounded once, as in the fused kernel; other intermediates take the
-    // result's dtype, so the second pass reads what it writes.
+    // passes through a low-resolution tensor in global memory. It is float32 for 16-bit batches,
+    // so that they are rounded once, as in the fused kernel; else of the result's dtype, so the
+    // second pass reads what it writes.
     const bool sixteen_bit = x.scalar_type() == ScalarType::Half || x.scalar_type() == ScalarType::BFloat16;
-    Tensor src = x;
-    if (sixteen_bit) {
-      src = empty_image_batch(x, a.n, a.c, x.size(2), x.size(3), ScalarType::Float);
-      torch::stable::copy_(src, x);
-    }
-    Tensor low = empty_image_batch(src, a.n, a.c, p.reduce_h.rows, p.reduce_w.rows, float_result_type(src));
-    launch_resize(src, low, p.reduce_h, p.reduce_w);
-    Tensor wide = sixteen_bit ? empty_image_batch(src, a.n, a.c, a.out_h, a.out_w, ScalarType::Float) : out;
-    launch_resize(low, wide, p.expand_h, p.expand_w);
-    if (sixteen_bit) torch::stable::copy_(out, wide);
+    Tensor low = empty_image_batch(x, a.n, a.c, p.reduce_h.rows, p.reduce_w.rows,
+                                   sixteen_bit ? ScalarType::Float : float_result_type(x));
+    launch_resize(x, low, p.reduce_h, p.reduce_w);
+    launch_resize(low, out, p.expand_h, p.expand_w);
   }
   return out;
 }
