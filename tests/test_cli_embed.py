@@ -21,6 +21,8 @@ from pydcr.demo import DEMO_PACK
 from pydcr.embed import Gallery, topk
 from pydcr.models import DCR, BranchPair, Trunk, save
 
+from fake_detector import FakeDetector
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
@@ -114,18 +116,6 @@ def test_verify_with_a_trunk_only_model_takes_a_native_probe(folder, tmp_path, c
     assert out.startswith(f"cosine {want:.4f} (trunk vs probe through trunk)")
 
 
-class FakeMTCNN:
-    """Stands in for MTCNN: one face, at `points`, in every image it is shown; `seen` records their sizes."""
-
-    def __init__(self, points, seen):
-        self.points, self.seen = np.asarray(points, np.float32), seen
-
-    def detect(self, image):
-        self.seen.append(image.shape[:2])
-        box = np.array([[*self.points.min(0), *self.points.max(0)]], np.float32)
-        return box, np.ones(1, np.float32), self.points[None]
-
-
 def _photo(crop_path: Path, out: Path) -> np.ndarray:
     """The crop placed in a larger, black 200 x 180 photo, shifted by (40, 30): the photo's landmarks."""
     canvas = np.zeros((200, 180, 3), np.uint8)
@@ -145,7 +135,7 @@ def test_detect_aligns_photos_and_takes_small_probes_as_they_are(models, folder,
     points = _photo(crop, photo)
     cv2.imwrite(str(probe), cv2.resize(cv2.imread(str(crop)), (12, 12), interpolation=cv2.INTER_AREA))
     seen = []
-    monkeypatch.setattr(pydcr.data, "MTCNN", lambda *args, **kwargs: FakeMTCNN(points, seen))
+    monkeypatch.setattr(pydcr.data, "MTCNN", lambda *args, **kwargs: FakeDetector(points, seen))
     assert main(["verify", str(models[0]), str(crop), str(probe)]) == 0
     want = capsys.readouterr().out
     assert main(["verify", str(models[0]), str(photo), str(probe), "--detect"]) == 0

@@ -17,6 +17,8 @@ from pydcr.embed import ExactIndex, FaissIndex, Gallery, Shard, embed_gallery, m
 from pydcr.embed.items import ItemSource
 from pydcr.models import DCR, BranchPair, Trunk, load, save
 
+from fake_detector import FakeDetector
+
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
@@ -97,18 +99,6 @@ def test_images_aligned_with_landmarks(model, faces, tmp_path):
     assert partial.failures[0][1].endswith("it is not in the landmark list: add it, or give a detector to align it")
     none = pydcr.Embedder(model).embed_hr(paths[:1], 8)
     assert none.failures[0][1].endswith("give landmarks or a detector to align it")
-
-
-class FakeDetector:
-    """Finds one face, at `points`, in every image it is given; records the images' sizes."""
-
-    def __init__(self, points=REFERENCE_112x96):
-        self.points, self.seen = np.asarray(points, np.float32), []
-
-    def detect(self, image):
-        self.seen.append(image.shape[:2])
-        box = np.array([[*self.points.min(0), *self.points.max(0)]], np.float32)
-        return box, np.ones(1, np.float32), self.points[None]
 
 
 def test_small_probes_are_never_aligned(model, faces):
