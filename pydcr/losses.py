@@ -42,6 +42,8 @@ class CenterLoss(nn.Module):
     statistics of all processes of ``process_group`` before applying the rule, so every process
     moves its centers by the combined batch and all hold identical centers. Every process must
     then run the update (forward and backward, or :meth:`update_centers`) the same number of times.
+    ``process_group=False`` keeps the update to this process's batches whatever the processes
+    (branch training, which runs in one of them).
 
     Features are cast to the centers' dtype (``dtype``, float32 by default), so half-precision
     features under autocast meet float32 centers.
@@ -111,6 +113,9 @@ class _LossThenUpdate(torch.autograd.Function):
 
 
 def _distributed(group) -> bool:
+    """Whether centers are updated with the statistics of other processes too; False: this one's only."""
+    if group is False:
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 

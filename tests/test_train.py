@@ -220,3 +220,28 @@ def test_branch_pair_training_couples_and_separates():
     (c0, acc0), (c1, acc1) = coupling_and_accuracy(untrained), coupling_and_accuracy(trained)
     assert c1 > c0 + 0.1, (c0, c1)
     assert min(acc1) > 0.9 and min(acc1) > max(acc0), (acc0, acc1)
+
+
+def test_the_logged_rate_is_the_one_trained_at(tmp_path):
+    data, classes = toy_faces()  # 4 steps an epoch: the milestone falls between the two epochs
+    train_trunk(data, classes, replace(TINY, milestones=(0.5,)), tmp_path / "two", progress=False)
+    assert [json.loads(line)["lr"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()] == \
+        pytest.approx([0.02, 0.002])
+    # One step in all: the milestones (0.6, 0.85 of it) round to no step, not to a cut before it.
+    train_trunk(data, classes, replace(TINY, epochs=1, batch_size=64), tmp_path / "one", progress=False)
+    assert json.loads((tmp_path / "one" / "metrics.jsonl").read_text())["lr"] == pytest.approx(0.02)
+
+
+def test_branch_training_keeps_its_centers_to_itself(monkeypatch):
+    # Inside a distributed job (one process trains the pairs): no collective, the centers are local.
+    import pydcr.losses
+    from pydcr.train.branch import train_branch_pair
+
+    monkeypatch.setattr(pydcr.losses.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(pydcr.losses.dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(pydcr.losses, "all_reduce_center_stats", lambda *a, **k: pytest.fail("a collective ran"))
+    torch.manual_seed(0)
+    hr, labels = torch.randn(24, 16), torch.arange(24) % 4
+    config = replace(get_preset("demo").branch, dim=8, epochs=1, batch_size=8)
+    pair = train_branch_pair(hr, hr + 0.1 * torch.randn(24, 16), labels, 4, config, progress=False)
+    assert pair.dim == 8

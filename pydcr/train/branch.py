@@ -32,7 +32,8 @@ def trunk_features(
 
     Returns (hr N x D, {k: N x D}, labels N), float32 on the CPU. The trunk is frozen in step 2, so
     branch training then costs seconds instead of a trunk pass per step. amp: the trunk in
-    bfloat16 autocast, as the Embedder runs it (default: on CUDA only).
+    bfloat16 autocast, as the Embedder runs it (default: on CUDA only). The trunk is left in eval
+    mode, channels_last, on `device` (the DCR it belongs to moves with it).
     """
     device = torch.device(device)
     amp = use_amp(amp, device)
@@ -79,8 +80,9 @@ def train_branch_pair(
             raise ValueError(f"the pair to fine-tune takes {init.in_dim}-d features, got {hr.shape[1]}-d")
         pair.hr_branch.fc.load_state_dict(init.hr_branch.fc.state_dict())
         pair.lr_branch.fc.load_state_dict(init.lr_branch.fc.state_dict())
+    # Local centers: branch training runs in one process, even inside a distributed job.
     loss_fn = CMLoss(num_classes, dim, config.lam, config.alpha, shared_centers=config.shared_centers,
-                     center_alpha=config.center_alpha).to(device)
+                     center_alpha=config.center_alpha, process_group=False).to(device)
     opt = make_optimizer(pair.parameters(), config)
     steps = -(-len(labels) // config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps * config.epochs)

@@ -19,13 +19,21 @@ def summary_writer_class():
 class MetricsLog:
     """Appends one JSON line per epoch to out_dir/metrics.jsonl and, with ``tensorboard=True``, writes
     the same figures as TensorBoard scalars under out_dir/tensorboard (global step = epoch), so that
-    ``tensorboard --logdir RUN_DIR`` follows a run. A resumed run appends to both. A disabled log
-    (the processes other than rank 0 of a distributed run) writes nothing."""
+    ``tensorboard --logdir RUN_DIR`` follows a run. A resumed run appends to both; ``after_epoch``
+    (the epochs its checkpoint holds) first drops the lines of later epochs, written by a run
+    stopped before it could checkpoint them, which it trains again. A disabled log (the processes
+    other than rank 0 of a distributed run) writes nothing."""
 
-    def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, enabled: bool = True):
+    def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, enabled: bool = True,
+                 after_epoch: int | None = None):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.enabled = enabled
         self._writer = None
+        if enabled and after_epoch is not None and self.path.is_file():
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= after_epoch]
+            if len(kept) != len(lines):
+                self.path.write_text("".join(kept))
         if tensorboard and enabled:
             self._writer = summary_writer_class()(str(Path(out_dir) / "tensorboard"))
 

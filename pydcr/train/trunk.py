@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,7 +111,9 @@ def train_trunk(
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank, shuffle=True, seed=seed * 1_000_003)
     steps_per_epoch = -(-len(sampler) // local_batch)
     total = steps_per_epoch * config.epochs
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(m * total) for m in config.milestones], config.gamma)
+    # A milestone at step 0 would cut the rate before the first step (a run of one or two steps).
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(m * total)) for m in config.milestones],
+                                                 config.gamma)
     # channels_last: cuDNN's and oneDNN's convolutions run fastest in it, float32 included (bench.trunk)
     trunk = trunk.to(memory_format=torch.channels_last)
 
@@ -129,13 +132,15 @@ def train_trunk(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_epoch, start_step = state["epoch"], state["step"]
+    # A stopped epoch's figures so far (summed over the processes), so that its line covers it all.
+    partial = state.get("epoch_sums") if state is not None and start_step else None
 
-    def checkpoint(epoch: int, step: int) -> None:
+    def checkpoint(epoch: int, step: int, epoch_sums: list[float] | None = None) -> None:
         if world.is_main:  # every rank holds the same state
             save_checkpoint(ckpt_path, {
                 "trunk": trunk.state_dict(), "head": head.state_dict(), "loss": loss_fn.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-                "config": config.to_dict(), "seed": seed, "world_size": world.size,
+                "config": config.to_dict(), "seed": seed, "world_size": world.size, "epoch_sums": epoch_sums,
             })
         world.barrier()  # no rank runs ahead of, or returns before, the checkpoint on disk
 
@@ -150,21 +155,25 @@ def train_trunk(
     resolutions = MultiResolution(config.low_sizes, antialias=config.antialias)
     model.train()
     initial = start_epoch * steps_per_epoch + start_step
+    # One loader for the run (its workers persist); a resumed epoch's order skips the trained batches.
+    order = _Resumable(sampler, local_batch)
+    loader = face_loader(dataset, local_batch, shuffle=False, sampler=order, workers=num_workers,
+                         pin_memory=device.type == "cuda")
     with StopFlag() as stop, denormals_flushed(device.type == "cpu"), Progress(
             total, label, enabled=progress and world.is_main, initial=initial) as bar, MetricsLog(
-            out_dir, tensorboard=tensorboard, enabled=world.is_main) as log:
+            out_dir, tensorboard=tensorboard, enabled=world.is_main, after_epoch=start_epoch) as log:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
-            loader = face_loader(dataset, local_batch, shuffle=False, sampler=sampler, workers=num_workers,
-                                 pin_memory=device.type == "cuda")
+            order.skip = start_step
             # Sums stay on the device: the host reads them when the bar shows them and at the epoch's end.
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen, images_seen = 0, 0
-            started = time.perf_counter()
-            for step, (images, labels) in enumerate(loader):
-                if step < (start_step if epoch == start_epoch else 0):
-                    continue  # resuming mid-epoch: these batches were trained on
+            # Rank 0 carries on a stopped epoch's totals; the others start at 0 (they are summed).
+            earlier = partial if partial is not None and world.is_main else [0.0, 0, 0, 0, 0.0]
+            loss_sum = torch.tensor(earlier[0], dtype=torch.float64, device=device)
+            correct = torch.tensor(earlier[1], dtype=torch.int64, device=device)
+            seen, images_seen = earlier[2], earlier[3]
+            started = time.perf_counter() - earlier[4]
+            partial, stopping, lr = None, False, sched.get_last_lr()[0]
+            for step, (images, labels) in enumerate(loader, start=start_step):
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 flips.manual_seed(seed * 1_000_003 + epoch * 10_007 + step)
@@ -178,6 +187,7 @@ def train_trunk(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                lr = sched.get_last_lr()[0]  # the rate this step trained at
                 sched.step()
                 loss_sum += loss.detach().double() * len(targets)
                 correct += (logits.detach().argmax(1) == targets).sum()
@@ -188,14 +198,34 @@ def train_trunk(
                 if on_step is not None:
                     on_step(epoch * steps_per_epoch + step)
                 if world.any(stop.stop):  # a signal reaches the ranks at different steps
-                    checkpoint(epoch, step + 1)
+                    if step + 1 == steps_per_epoch:  # the epoch is done: end it as usual, then stop
+                        stopping = True
+                        break
+                    sums = world.sum([loss_sum.item(), correct.item(), seen, images_seen])
+                    checkpoint(epoch, step + 1, [*sums, time.perf_counter() - started])
                     return TrunkRun(trunk, head, False, epoch)
             start_step = 0
             total_loss, total_correct, total_seen, total_images = world.sum(
                 [loss_sum.item(), correct.item(), seen, images_seen])
             metrics = {"epoch": epoch + 1, "loss": total_loss / max(total_seen, 1),
                        "train_acc": total_correct / max(total_seen, 1),
-                       "images_per_s": total_images / (time.perf_counter() - started), "lr": sched.get_last_lr()[0]}
+                       "images_per_s": total_images / (time.perf_counter() - started), "lr": lr}
             log.write(metrics)
             checkpoint(epoch + 1, 0)
+            if stopping and epoch + 1 < config.epochs:
+                return TrunkRun(trunk, head, False, epoch + 1)
     return TrunkRun(trunk, head, True, config.epochs)
+
+
+class _Resumable(torch.utils.data.Sampler):
+    """An epoch's order from `sampler`, less its first `skip` batches of `batch` (trained on before a
+    resume): they are not loaded again."""
+
+    def __init__(self, sampler, batch: int) -> None:
+        self.sampler, self.batch, self.skip = sampler, batch, 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip * self.batch, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip * self.batch)
