@@ -1,5 +1,7 @@
 """Alignment and landmark lists, against independent computations (direct least squares, OpenCV)."""
 
+import io
+
 import cv2
 import numpy as np
 import pytest
@@ -153,6 +155,29 @@ def test_read_image_bad_files(tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
     with pytest.raises(ValueError, match="cannot decode.*text.jpg"):
         read_image(tmp_path / "text.jpg")
+
+
+def test_jpeg_ends_are_told_from_truncation(tmp_path):
+    """A JPEG with data after its end (a phone's trailer, a motion photo's video, padding) reads; one
+    cut short does not, even when an EXIF thumbnail before its image holds an end marker."""
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 255, (60, 80, 3)).astype(np.uint8)
+    thumbnail = io.BytesIO()
+    Image.fromarray(rgb[::4, ::4]).save(thumbnail, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    whole = io.BytesIO()
+    Image.fromarray(rgb).save(whole, "JPEG", quality=95, exif=exif.tobytes() + thumbnail.getvalue())
+    data = whole.getvalue()
+    assert data.count(b"\xff\xd9") == 2  # the thumbnail's end marker, then the image's
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    for name, tail in (("zeros", bytes(100)), ("video", b"\x00\x00\x00\x18ftypmp42" + bytes(5000))):
+        (tmp_path / f"{name}.jpg").write_bytes(data + tail)
+        np.testing.assert_array_equal(read_image(tmp_path / f"{name}.jpg"), expected)
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) - 200])
+    with pytest.raises(ValueError, match="truncated JPEG"):
+        read_image(tmp_path / "cut.jpg")
 
 
 def test_read_image_converts_gray_and_rgba(tmp_path):

@@ -23,7 +23,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ValueError(f"image file is empty: {path}")
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
+    if data[:2].tobytes() == b"\xff\xd8" and not _jpeg_is_complete(data.tobytes()):
         # OpenCV decodes a cut-off JPEG with a warning, filling the missing rows with grey.
         raise ValueError(f"truncated JPEG (no end-of-image marker): {path}")
     # Not IMREAD_UNCHANGED: that flag also skips the EXIF rotation, and phone photos come out sideways.
@@ -39,3 +39,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """Whether a JPEG's image data reach its end-of-image marker. The segments before the first
+    start-of-scan are stepped over by their lengths (an EXIF thumbnail there holds its own end
+    marker); after it, scan data cannot hold the marker (0xFF bytes are stuffed), so any end
+    marker is the image's, whatever follows it (a phone's trailer, an appended video)."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False  # not a segment: damaged
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # segments without a length
+            i += 2
+        elif marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", i + 2) != -1
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return False
