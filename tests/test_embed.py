@@ -128,6 +128,16 @@ def test_small_probes_are_never_aligned(model, faces):
     assert gallery.seen == [(12, 12)]
 
 
+def test_aligned_crops_are_taken_as_they_are_under_a_detector(model, faces, tiny_pack):
+    # A pack's crops, or crop-size arrays, are aligned already: a detector given for the run skips them.
+    e = pydcr.Embedder(model, batch_size=4)
+    detector = FakeDetector(REFERENCE_112x96 + 7)  # would shift every face, were it run
+    torch.testing.assert_close(e.embed_hr(faces[:3], 8, detector=detector).features, e.embed_hr(faces[:3], 8).features)
+    with PackedFaces(tiny_pack) as packed:
+        torch.testing.assert_close(e.embed_hr(packed, 8, detector=detector).features, e.embed_hr(packed, 8).features)
+    assert detector.seen == []
+
+
 def test_an_item_source_is_taken_as_it_is(model, faces):
     e = pydcr.Embedder(model, batch_size=4)
     source = ItemSource(list(faces[:2]), e.crop_size, advice=("say A", "say B"))

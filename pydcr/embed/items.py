@@ -33,10 +33,10 @@ class ItemSource:
 
     ``load(i)`` returns the h x w x 3 RGB crop of item i (uint8, or float32 for float tensors) or
     raises :class:`BadItem`. Crops are `crop_size`; with `allow_small`, smaller ones too (native
-    low-resolution probes, upsampled later): such a crop is a face already and is taken as it is
-    (the detector is not run on it), unless landmarks are listed for it. Other items that are not crops are aligned with their
-    landmarks, or with the face a detector finds nearest the image centre. advice: what the reason
-    for an unaligned image without landmarks says to do (see ALIGN_ADVICE). Thread-safe.
+    low-resolution probes, upsampled later). A crop is a face already and is taken as it is (the
+    detector is not run on it), unless landmarks are listed for it. Other items are aligned with
+    their landmarks, or with the face a detector finds nearest the image centre. advice: what the
+    reason for an unaligned image without landmarks says to do (see ALIGN_ADVICE). Thread-safe.
     """
 
     def __init__(
@@ -100,8 +100,8 @@ class ItemSource:
         except (OSError, ValueError) as err:  # missing, empty, corrupt, truncated, damaged pack record
             raise BadItem(f"unreadable: {err}") from None
         points = self._points(index)
-        if points is None and self.is_small(image.shape[:2]):  # a native low-resolution probe: a face crop
-            return image
+        if points is None and (self.is_small(image.shape[:2]) or tuple(image.shape[:2]) == self.crop_size):
+            return image  # an aligned crop, or a native low-resolution probe: a face already
         if points is None and self.detector is None:
             return self._check_crop(image)
         if points is None:
