@@ -17,7 +17,10 @@ def write_image(path, value=0, shape=(40, 30, 3)):
 
 
 def test_identity_folder(tmp_path):
-    for name, files in {"bob": ["2.jpg", "1.png"], "alice": ["a.jpg"], "empty": []}.items():
+    # Hidden files and folders (notebook checkpoints, macOS metadata) and empty folders are no one.
+    folders = {"bob": ["2.jpg", "1.png", "._1.png"], "alice": ["a.jpg"], "empty": [], ".ipynb_checkpoints": ["c.jpg"],
+               "__MACOSX": ["m.jpg"]}
+    for name, files in folders.items():
         (tmp_path / name).mkdir()
         for f in files:
             write_image(tmp_path / name / f, value=len(f))
@@ -25,7 +28,7 @@ def test_identity_folder(tmp_path):
     (tmp_path / "stray.jpg").write_bytes(b"")
     points = np.array([[12, 15], [20, 15], [16, 20], [12, 25], [20, 25]], np.float32)
     data = IdentityFolder(tmp_path, landmarks={"bob/1.png": points}, size=(56, 48))
-    assert data.classes == ["alice", "bob", "empty"]
+    assert data.classes == ["alice", "bob"]
     assert data.paths == ["alice/a.jpg", "bob/1.png", "bob/2.jpg"]
     assert data.labels.tolist() == [0, 1, 1] and data.identities == ["alice", "bob", "bob"]
     crop, label = data[1]
@@ -51,6 +54,9 @@ def test_flat_folder_and_auto_layout(tmp_path):
     data = open_dataset(tmp_path / "flat")
     assert isinstance(data, FlatFolder)
     assert data.paths == ["a.png", "b.jpg"] and data.labels.tolist() == [-1, -1] and data.classes == []
+    write_image(tmp_path / "flat" / ".ipynb_checkpoints" / "a.png")
+    (tmp_path / "flat" / "empty").mkdir()
+    assert isinstance(open_dataset(tmp_path / "flat"), FlatFolder)  # those folders do not make it a tree
     write_image(tmp_path / "people" / "ann" / "1.jpg")
     assert type(open_dataset(tmp_path / "people")) is IdentityFolder
     assert open_dataset(tmp_path / "people", "flat").paths == []  # the layout asked for, not guessed

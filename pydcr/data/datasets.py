@@ -97,20 +97,21 @@ class IdentityFolder(FaceDataset):
     """One folder per identity (``root/<identity>/<image>``, the CASIA-WebFace layout).
 
     Identities are sorted by name and labelled 0, 1, ...; images are sorted within each. Files that
-    are not images (by extension) are ignored. landmarks: a list with paths relative to root.
+    are not images (by extension), hidden files and folders (".*", "__MACOSX": notebook checkpoints,
+    macOS metadata) and folders without images are ignored. landmarks: a list with paths relative
+    to root.
     """
 
     def __init__(self, root: str | os.PathLike, landmarks: Landmarks = None, size: Sequence[int] = (112, 96)) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"no such dataset folder: {root}")
-        with os.scandir(root) as entries:  # scandir: no stat per file, which matters for big trees
-            classes = sorted(e.name for e in entries if e.is_dir())
+        files = {name: _image_files(root / name) for name in _subfolders(root)}
+        classes = [name for name in files if files[name]]  # a folder without images is no identity
         paths, labels = [], []
         for label, name in enumerate(classes):
-            files = _image_files(root / name)
-            paths += [f"{name}/{f}" for f in files]
-            labels += [label] * len(files)
+            paths += [f"{name}/{f}" for f in files[name]]
+            labels += [label] * len(files[name])
         super().__init__(root, paths, labels, classes, landmarks, size)
 
 
@@ -313,13 +314,13 @@ def open_dataset(
     """A dataset by layout name: "lfw", "folder" (one folder per identity), "flat" (images with no
     identities, directly under root), "scface" (any number of subjects, all in the test split: for
     the evaluation's split, construct :class:`SCface` itself), or "auto" (LFW when root has an
-    ``lfw/`` folder, else an identity folder when root has any subfolder, else flat). landmarks: a
+    ``lfw/`` folder, else an identity folder when root has a subfolder with images, else flat). landmarks: a
     list or mapping; for LFW, None means its own ``lfw_landmark.txt`` when present."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such dataset folder: {root}")
     if layout == "auto":
-        layout = "lfw" if (root / "lfw").is_dir() else "folder" if _has_subfolder(root) else "flat"
+        layout = "lfw" if (root / "lfw").is_dir() else "folder" if _has_image_folder(root) else "flat"
     if layout == "lfw":
         return LFW(root, pairs=None, landmarks=LFW_LANDMARKS if landmarks is None else landmarks, size=size)
     if layout == "folder":
@@ -331,12 +332,24 @@ def open_dataset(
     raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
 
 
-def _has_subfolder(root: Path) -> bool:
+def _hidden(name: str) -> bool:
+    """Names no dataset means: hidden files and folders (".ipynb_checkpoints", macOS "._x.jpg")
+    and macOS archives' "__MACOSX"."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _subfolders(root: Path) -> list[str]:
+    """The names of the visible folders directly in root, sorted (scandir: no stat per entry)."""
     with os.scandir(root) as entries:
-        return any(e.is_dir() for e in entries)
+        return sorted(e.name for e in entries if e.is_dir() and not _hidden(e.name))
+
+
+def _has_image_folder(root: Path) -> bool:
+    return any(_image_files(root / name) for name in _subfolders(root))
 
 
 def _image_files(folder: Path) -> list[str]:
-    """The names of the image files (by extension) directly in folder, sorted."""
+    """The names of the visible image files (by extension) directly in folder, sorted."""
     with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
+        return sorted(e.name for e in entries
+                      if e.is_file() and not _hidden(e.name) and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
