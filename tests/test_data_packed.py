@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pydcr.data import CorruptPackError, IdentityFolder, PackedFaces, align, pack, read_landmarks
-from pydcr.data.packed import FOOTER
+from pydcr.data import (CorruptPackError, FlatFolder, IdentityFolder, PackedFaces, align, pack, read_landmarks,
+                        write_landmarks)
+from pydcr.data.packed import FOOTER, RECORD, RECORD_MAGIC
 
 POINTS = np.array([[20, 30], [44, 30], [32, 42], [22, 52], [42, 52]], np.float32)
 
@@ -141,6 +142,57 @@ def test_resume_ignores_a_pack_begun_by_another_alignment(tree, tmp_path, monkey
     data.reads, data.fail_at = [], None
     pack(data, tmp_path / "p.pack", progress=False)
     assert min(data.reads) == 0  # its crops would differ: started over
+
+
+def test_resume_with_a_detector_starts_over(tree, tmp_path):
+    # Images skipped for lack of landmarks would stay skipped in a resumed pack that now detects.
+    from fake_detector import FakeDetector
+
+    root, marks = tree
+    data = Flaky(root, landmarks=marks)
+    data.reads, data.fail_at = [], 6  # past cy/2.png, skipped with "no landmarks"
+    with pytest.raises(Interrupt):
+        pack(data, tmp_path / "p.pack", progress=False)
+    data.reads, data.fail_at = [], None
+    pack(data, tmp_path / "p.pack", detector=FakeDetector(POINTS), progress=False)
+    skipped = [reason for _, reason in PackedFaces(tmp_path / "p.pack").skipped]
+    assert min(data.reads) == 0 and "no landmarks" not in skipped and len(skipped) == 1  # the unreadable file
+
+
+def test_resume_stops_at_a_damaged_record_length(tree, tmp_path):
+    root, marks = tree
+    whole = pack(IdentityFolder(root, landmarks=marks), tmp_path / "whole.pack", progress=False)
+    data = Flaky(root, landmarks=marks)
+    data.reads, data.fail_at = [], 4
+    with pytest.raises(Interrupt):
+        pack(data, tmp_path / "p.pack", progress=False)
+    partial = tmp_path / "p.pack.partial"
+    raw = bytearray(partial.read_bytes())
+    last = raw.rfind(RECORD_MAGIC)  # the fourth record's header: its length made absurd
+    fields = list(RECORD.unpack_from(raw, last))
+    fields[3] = 2**62
+    RECORD.pack_into(raw, last, *fields)
+    partial.write_bytes(raw)
+    data.reads, data.fail_at = [], None
+    pack(data, tmp_path / "p.pack", progress=False)  # not a MemoryError: the records end before it
+    assert min(data.reads) == 3 and (tmp_path / "p.pack").read_bytes() == whole.read_bytes()
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    root = tmp_path / "flat"
+    root.mkdir()
+    ok, png = cv2.imencode(".png", np.full((64, 64, 3), 90, np.uint8))
+    try:
+        with open(os.fsencode(root) + b"/caf\xe9.png", "wb") as f:  # Latin-1 bytes, as old archives hold
+            f.write(png.tobytes())
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    (root / "plain.png").write_bytes(png.tobytes())
+    data = FlatFolder(root, landmarks={name: POINTS for name in os.listdir(root)})
+    write_landmarks(tmp_path / "marks.txt", [(name, POINTS) for name in data.paths])
+    assert sorted(read_landmarks(tmp_path / "marks.txt")) == data.paths
+    faces = PackedFaces(pack(data, tmp_path / "p.pack", progress=False))
+    assert faces.paths == data.paths and len(faces) == 2
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def pack(
     settings = PackSettings(format, int(quality), dataset.size)
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    fingerprint = plan_fingerprint(dataset, settings)
+    fingerprint = plan_fingerprint(dataset, settings, detector is not None)
     done = _resume_point(partial, fingerprint) if resume else None
     with open(partial, "r+b" if done is not None else "w+b") as f:
         if done is None:
@@ -109,13 +109,14 @@ def pack(
     return out
 
 
-def plan_fingerprint(dataset: FaceDataset, settings: PackSettings) -> str:
+def plan_fingerprint(dataset: FaceDataset, settings: PackSettings, detect: bool = False) -> str:
     """A digest of everything that decides a pack's bytes, so a resume never mixes two plans (the
-    alignment's version included: a pack begun by another one starts over)."""
+    alignment's version and whether a detector finds unlisted faces included: a pack begun
+    otherwise starts over)."""
     h = hashlib.sha256(json.dumps([settings.format, settings.quality, list(settings.size), dataset.classes,
-                                   ALIGNMENT_VERSION]).encode())
+                                   ALIGNMENT_VERSION, bool(detect)]).encode())
     for path, label in zip(dataset.paths, dataset.labels.tolist()):
-        h.update(f"{path}\0{label}\0".encode())
+        h.update(f"{path}\0{label}\0".encode("utf-8", "surrogateescape"))  # file names need not be UTF-8
     if dataset.landmarks is not None:
         for path in dataset.paths:
             points = dataset.landmarks.get(path)
@@ -145,7 +146,7 @@ class _ItemPacker:
         try:
             image = self.dataset.image(item)
         except (OSError, ValueError) as err:
-            return SKIPPED, item, f"unreadable: {err}".encode(), nan
+            return SKIPPED, item, f"unreadable: {err}".encode("utf-8", "backslashreplace"), nan
         points = self.dataset.landmarks_of(item)
         if points is None:
             if self.detector is None:
@@ -156,7 +157,7 @@ class _ItemPacker:
         try:
             crop = align(image, points, self.settings.size)
         except ValueError as err:  # degenerate landmarks: skipped and listed, as an unreadable image is
-            return SKIPPED, item, f"bad landmarks: {err}".encode(), nan
+            return SKIPPED, item, f"bad landmarks: {err}".encode("utf-8", "backslashreplace"), nan
         return PACKED, item, encode(crop, self.settings), np.asarray(points, np.float32)
 
     def _detect(self, image: np.ndarray) -> np.ndarray | None:
@@ -224,6 +225,7 @@ def _resume_point(partial: Path, fingerprint: str) -> list[_Record] | None:
             return None
         if header.get("fingerprint") != fingerprint:
             return None
+        size = partial.stat().st_size
         f.seek(len(MAGIC) + 4 + header["_length"])
         records: list[_Record] = []
         while True:
@@ -232,8 +234,10 @@ def _resume_point(partial: Path, fingerprint: str) -> list[_Record] | None:
             if len(raw) < RECORD.size:
                 break
             magic, status, item, length, crc, *rest = RECORD.unpack(raw)
+            if magic != RECORD_MAGIC or item != len(records) or length > size - f.tell():
+                break  # torn or damaged: the records end here (a garbage length is not read)
             payload = f.read(length)
-            if magic != RECORD_MAGIC or item != len(records) or len(payload) != length or zlib.crc32(payload) != crc:
+            if len(payload) != length or zlib.crc32(payload) != crc:
                 break
             records.append(
                 _Record(status, item, start + RECORD.size, length, crc, np.array(rest[:10], np.float32).reshape(5, 2))
