@@ -143,6 +143,20 @@ def test_batch_equals_single(detector, lfw_sample):
 
 
 @pytest.mark.data
+def test_pnet_in_pixel_bounded_calls_finds_the_same_faces(detector, lfw_sample, monkeypatch):
+    # Large photos go through P-Net a few at a time: one image a call here, as the same batch at once.
+    import pydcr.data.mtcnn
+
+    images = list(lfw_sample[0][:4])
+    together = detector.detect_batch(images)
+    monkeypatch.setattr(pydcr.data.mtcnn, "PNET_PIXELS", 1)
+    for (b1, s1, p1), (b2, s2, p2) in zip(detector.detect_batch(images), together):
+        np.testing.assert_allclose(b1, b2, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.data
 def test_flipped_image_mirrors_landmarks(detector, lfw_sample):
     """A mirrored face is found at the mirrored place (eyes and mouth corners swap sides)."""
     image = lfw_sample[0][0]

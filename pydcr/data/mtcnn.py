@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTS_DIR = Path(__file__).with_name("mtcnn_weights")
+# Input pixels per P-Net call: a batch of large photos goes through the pyramid's first levels a few
+# images at a time (P-Net's activations are about 40 bytes a pixel), not all at once.
+PNET_PIXELS = 1 << 20
 
 Detections = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes N x 4, scores N, landmarks N x 5 x 2
 
@@ -170,7 +173,10 @@ class MTCNN:
         found = []
         for scale in pyramid_scales(h, w, self.min_face_size, self.factor):
             size = (math.ceil(h * scale), math.ceil(w * scale))
-            prob, reg = self._run(self.pnet, np.stack([_resample(im, size) for im in images]))
+            per_call = max(1, min(self.batch_size, PNET_PIXELS // (size[0] * size[1])))
+            outs = [self._run(self.pnet, np.stack([_resample(im, size) for im in images[k : k + per_call]]))
+                    for k in range(0, len(images), per_call)]
+            prob, reg = (np.concatenate(o) for o in zip(*outs))
             image_of, row, col = np.nonzero(prob >= self.thresholds[0])
             if len(image_of) == 0:
                 continue
