@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pydcr.data import (CorruptPackError, FlatFolder, IdentityFolder, PackedFaces, align, pack, read_landmarks,
-                        write_landmarks)
+from pydcr.data import CorruptPackError, FlatFolder, IdentityFolder, PackedFaces, align, pack, read_landmarks
 from pydcr.data.packed import FOOTER, RECORD, RECORD_MAGIC
 
 POINTS = np.array([[20, 30], [44, 30], [32, 42], [22, 52], [42, 52]], np.float32)
@@ -189,8 +188,6 @@ def test_file_names_that_are_not_utf8(tmp_path):
         pytest.skip("this file system takes only UTF-8 names")
     (root / "plain.png").write_bytes(png.tobytes())
     data = FlatFolder(root, landmarks={name: POINTS for name in os.listdir(root)})
-    write_landmarks(tmp_path / "marks.txt", [(name, POINTS) for name in data.paths])
-    assert sorted(read_landmarks(tmp_path / "marks.txt")) == data.paths
     faces = PackedFaces(pack(data, tmp_path / "p.pack", progress=False))
     assert faces.paths == data.paths and len(faces) == 2
 

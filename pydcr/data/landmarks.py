@@ -17,7 +17,7 @@ def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     seen in the image). A malformed line raises ValueError naming the file and line number.
     """
     out: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:  # -sig: a byte-order mark is not part of the first path
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first path
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -62,7 +62,7 @@ def write_landmarks(
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:  # names as the file system has them
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(lines)
         os.replace(tmp, path)
     except BaseException:
