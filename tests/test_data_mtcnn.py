@@ -1,5 +1,7 @@
 """MTCNN: the cascade's plumbing, and its landmarks on LFW against the published MTCNN landmark list."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +224,25 @@ def test_detect_landmarks_writes_and_resumes(tmp_path):
     for path, points in marks.items():
         np.testing.assert_array_equal(points, np.full((5, 2), int(path.split("/")[1][0]) * 10))
     assert not (tmp_path / "marks.txt.partial").exists()
+
+
+def test_detect_landmarks_names_a_file_name_a_list_cannot_hold(tmp_path):
+    import cv2
+
+    from pydcr.data import FlatFolder
+    from pydcr.data.mtcnn import detect_landmarks
+
+    root = tmp_path / "src"
+    root.mkdir()
+    ok, png = cv2.imencode(".png", np.full((10, 10, 3), 10, np.uint8))
+    try:
+        with open(os.fsencode(root) + b"/caf\xe9.png", "wb") as f:  # a Latin-1 name
+            f.write(png.tobytes())
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    (root / "plain.png").write_bytes(png.tobytes())
+    unreadable = {}
+    missing = detect_landmarks(FlatFolder(root), tmp_path / "marks.txt", detector=FakeDetector(), progress=False,
+                               unreadable=unreadable)
+    assert missing == ["caf\udce9.png"] and "not UTF-8" in unreadable["caf\udce9.png"]
+    assert list(read_landmarks(tmp_path / "marks.txt")) == ["plain.png"]  # the run finished, the list is whole

@@ -339,6 +339,15 @@ def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
     return net.to(device, memory_format=torch.channels_last).eval()
 
 
+def _utf8(name: str) -> bool:
+    """Whether a path decoded from the file system is UTF-8 (else it holds surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def detect_landmarks(
     dataset,
     out: str | Path,
@@ -372,6 +381,10 @@ def detect_landmarks(
     missing: list[str] = []
 
     def read(i: int):
+        if not _utf8(dataset.paths[i]):  # a list is UTF-8 text: this name cannot go in one
+            if unreadable is not None:
+                unreadable[dataset.paths[i]] = "its name is not UTF-8 text, which a landmark list is: rename it"
+            return None
         try:
             return dataset.image(i)
         except (OSError, ValueError) as err:
