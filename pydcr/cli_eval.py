@@ -67,10 +67,9 @@ def run_lfw(args: argparse.Namespace) -> int:
                              f"{_numbers(tested)} (the default)")
     try:
         lfw = LFW(args.root, size=model.trunk.input_size)
-        needed = pair_images(lfw, folds)
         pack = PackedFaces(args.pack) if args.pack is not None else None
         if pack is not None:  # the crop size and every image the folds need, before any face is embedded
-            check_pack(lfw, needed, pack)
+            check_pack(lfw, pair_images(lfw, folds), pack)
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.pca_dim is not None:  # checked now, not after every face is embedded

@@ -155,14 +155,9 @@ def embed_gallery(
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    heads = list(heads) if heads else default_heads(embedder)
-    out = Path(out)
-    target = shard.path(out) if shard else out
-    meta = _gallery_meta(embedder, source, heads, dtype, flip, chunk_size, description)
+    target, heads, meta, chunks = _plan(embedder, source, out, heads, dtype, chunk_size, shard, flip, description)
     stamp = _files_stamp(source)  # before the run: a file changed during it makes the next run embed again
     n = len(source)
-    count = max(1, -(-n // chunk_size))
-    chunks = shard.chunks(count) if shard else range(count)
     plan = {**meta, "shard": [shard.rank, shard.world] if shard else None}
     work = _work_folder(target, plan, resume)
     done = {c for c in chunks if _chunk_path(work, c).is_file()}
@@ -205,7 +200,7 @@ def complete_gallery(
     heads and settings (dtype, flip, chunk and batch size, amp), from the same input (items,
     labels, landmarks, detector) whose files have not changed since (sizes and modification
     times). Else None, also for inputs that are not files (arrays, tensors), which have no stamp."""
-    target = shard.path(Path(out)) if shard else Path(out)
+    target, heads, meta, chunks = _plan(embedder, source, out, heads, dtype, chunk_size, shard, flip, description)
     if not target.is_file():
         return None
     try:
@@ -215,12 +210,19 @@ def complete_gallery(
     stamp = _files_stamp(source)
     if stamp is None:
         return None
-    meta = _gallery_meta(embedder, source, list(heads) if heads else default_heads(embedder), dtype, flip,
-                         chunk_size, description)
-    count = max(1, -(-len(source) // chunk_size))
-    want = json.loads(json.dumps(_finished_meta(meta, shard, shard.chunks(count) if shard else range(count), stamp)))
+    want = json.loads(json.dumps(_finished_meta(meta, shard, chunks, stamp)))
     have = {k: v for k, v in gallery.meta.items() if k not in ("paths", "failures")}
     return gallery if have == want else None
+
+
+def _plan(embedder: Embedder, source: ItemSource, out, heads, dtype, chunk_size, shard, flip, description):
+    """What a run with these arguments writes: (the file, its heads, its metadata less rows and
+    files' stamp, this process's range of chunks)."""
+    heads = list(heads) if heads else default_heads(embedder)
+    target = shard.path(Path(out)) if shard else Path(out)
+    meta = _gallery_meta(embedder, source, heads, dtype, flip, chunk_size, description)
+    count = max(1, -(-len(source) // chunk_size))
+    return target, heads, meta, shard.chunks(count) if shard else range(count)
 
 
 def _finished_meta(meta: dict, shard: Shard | None, chunks: range, stamp: str | None) -> dict:
