@@ -16,6 +16,8 @@ def write_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.chmod(tmp, 0o666 & ~_umask())
+    with open(tmp, "rb") as f:  # on disk before the rename: a power cut leaves the old file or the new
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -35,6 +35,9 @@ def add_embed_parsers(sub) -> None:
                    help="branch pairs whose HR features to store (default: all; the trunk's for a model without pairs)")
     e.add_argument("--trunk", action="store_true", help="store trunk features only (default: the pairs' HR features)")
     e.add_argument("--chunk-size", type=int, default=4096, help="images per resumable chunk (default 4096)")
+    e.add_argument("--flip", action="store_true",
+                   help="store each face's feature plus its mirror image's; identify then embeds probes the "
+                        "same way (default: off)")
     e.add_argument("--shard", default=None, metavar="RANK/WORLD",
                    help="embed this process's share of the input into its own shard file; 'auto' reads "
                         "RANK and WORLD_SIZE (set by torchrun) (default: one process embeds it all)")
@@ -269,8 +272,7 @@ def run_embed(args: argparse.Namespace) -> int:
             raise UsageError(f"the model has no branch pair for {unknown}; it has {model.resolutions}")
         heads = [hr_head(k) for k in args.resolution]
     source, description = _source(embedder, args, input_path=args.input, out=target)
-    plan = dict(heads=heads, dtype=args.dtype, chunk_size=args.chunk_size, shard=shard,
-                description={**description, "model_file": args.model.name})
+    plan = dict(heads=heads, dtype=args.dtype, chunk_size=args.chunk_size, shard=shard, flip=args.flip)
     done = None if args.fresh else complete_gallery(embedder, source, args.out, **plan)
     if done is not None:
         skipped = f", {len(done.failures)} inputs skipped" if done.failures else ""
@@ -278,7 +280,9 @@ def run_embed(args: argparse.Namespace) -> int:
               "nothing embedded (--fresh embeds again)")
         return 0
     try:
-        out = embed_gallery(embedder, source, args.out, **plan, resume=not args.fresh, progress=not args.quiet)
+        about = {**description, "model_file": args.model.name}
+        out = embed_gallery(embedder, source, args.out, **plan, description=about, resume=not args.fresh,
+                            progress=not args.quiet)
     except KeyboardInterrupt:
         print("pydcr embed: interrupted; the same command resumes from the last finished chunk", file=sys.stderr)
         return 130
@@ -341,8 +345,11 @@ def run_identify(args: argparse.Namespace) -> int:
                 raise UsageError(f"a probe routes to {head}, but {args.gallery} holds only {gallery.heads}: "
                                  "embed the gallery for every pair, or give --size")
             index = make_index(args.backend, device)
-            for start in range(0, len(gallery), 65536):
-                index.add(gallery.features(head, start, start + 65536))
+            try:
+                for start in range(0, len(gallery), 65536):
+                    index.add(gallery.features(head, start, start + 65536))
+            except ValueError as err:  # e.g. NaN rows, which would top every list
+                raise UsageError(f"{args.gallery}, {head}: {err}; embed the gallery again") from None
             indexes[head] = index
         return indexes[head]
 
@@ -356,7 +363,8 @@ def run_identify(args: argparse.Namespace) -> int:
             writer = csv.writer(f)
             writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery", "gallery_identity", "score"])
             head = TRUNK if trunk_only else LR
-            for batch in embedder.stream(source, [head], size=args.size):
+            # probes are embedded as the gallery was: with the mirror image's feature added or not
+            for batch in embedder.stream(source, [head], size=args.size, flip=gallery.meta.get("flip", False)):
                 failures += [(source.names[i], reason) for i, reason in batch.failures]
                 bar.update(batch.size)
                 matched += _write_matches(writer, batch, head, index_of, source, gallery, args.top_k)
@@ -369,7 +377,7 @@ def run_identify(args: argparse.Namespace) -> int:
         os.replace(tmp, args.out)
     finally:  # a run that stopped or matched nothing leaves no half-written file
         tmp.unlink(missing_ok=True)
-    print(f"{args.out}: top-{args.top_k} matches of {matched} probes in a gallery of {len(gallery)}")
+    print(f"{args.out}: top-{min(args.top_k, len(gallery))} matches of {matched} probes in a gallery of {len(gallery)}")
     return 0
 
 

@@ -193,6 +193,74 @@ def test_a_finished_gallery_is_kept(models, folder, tmp_path, monkeypatch, capsy
     assert main(argv) == 0 and len(chunks) == 7
 
 
+def test_the_input_path_and_model_file_name_are_not_compared(models, folder, tmp_path, monkeypatch, capsys):
+    """The same input reached by another path, and a renamed copy of the model file, resume an
+    interrupted run and keep a finished one."""
+    import pydcr.embed.gallery as gallery_module
+
+    model = tmp_path / "renamed.safetensors"
+    shutil.copy(models[0], model)
+    out = tmp_path / "g.safetensors"
+    real, chunks = gallery_module._write_chunk, []
+
+    def interrupted(*args):
+        if len(chunks) == 1:
+            raise KeyboardInterrupt
+        chunks.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(gallery_module, "_write_chunk", interrupted)
+    assert main(["embed", str(models[0]), str(folder), "--out", str(out), "--chunk-size", "8", "--quiet"]) == 130
+    monkeypatch.setattr(gallery_module, "_write_chunk", lambda *args: (chunks.append(1), real(*args)))
+    monkeypatch.chdir(folder.parent)
+    relative = ["embed", str(model), folder.name, "--out", str(out), "--chunk-size", "8", "--quiet"]
+    assert main(relative) == 0 and len(chunks) == 2  # chunk 0 was kept
+    assert "starting over" not in capsys.readouterr().err
+    assert Gallery(out).meta["about"] == {"source": folder.name, "kind": "folder", "model_file": model.name}
+    assert main(["embed", str(models[0]), str(folder), "--out", str(out), "--chunk-size", "8", "--quiet"]) == 0
+    assert len(chunks) == 2 and "already complete" in capsys.readouterr().out
+
+
+def test_identify_embeds_probes_as_the_gallery_was(models, folder, tmp_path):
+    """A gallery of image + mirror features is searched with probes embedded the same way."""
+    gallery = tmp_path / "g.safetensors"
+    assert main(["embed", str(models[0]), str(folder), "--out", str(gallery), "--dtype", "float32", "--flip",
+                 "--quiet"]) == 0
+    g = Gallery(gallery)
+    assert g.meta["flip"] is True
+    probes = sorted(folder.rglob("*.png"))[:4]
+    listing = tmp_path / "probes.txt"
+    listing.write_text("".join(f"{p}\n" for p in probes))
+    results = tmp_path / "r.csv"
+    assert main(["identify", str(models[0]), "--gallery", str(gallery), "--probes", str(listing), "--size", "16",
+                 "--top-k", "2", "--out", str(results), "--quiet"]) == 0
+    rows = list(csv.DictReader(results.open()))
+    e = pydcr.Embedder(models[0])
+    with_flip = e.embed_lr([str(p) for p in probes], 16, flip=True).features
+    for features, flip in ((with_flip, True), (e.embed_lr([str(p) for p in probes], 16).features, False)):
+        scores, hits = topk(g.features("hr16"), features, 2)
+        same = [float(r["score"]) for r in rows] == pytest.approx(scores.reshape(-1).tolist(), abs=2e-6)
+        assert same == flip
+
+
+def test_identify_refuses_a_gallery_with_nan_features(models, folder, tmp_path, capsys):
+    from pydcr._files import write_safetensors
+    from safetensors import safe_open
+
+    gallery = tmp_path / "g.safetensors"
+    assert main(["embed", str(models[0]), str(folder), "--out", str(gallery), "--dtype", "float32", "--quiet"]) == 0
+    with safe_open(str(gallery), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["features.hr16"][5, 7] = float("nan")
+    write_safetensors(tensors, gallery, meta)
+    results = tmp_path / "r.csv"
+    capsys.readouterr()
+    assert main(["identify", str(models[0]), "--gallery", str(gallery), "--probes", str(folder), "--size", "16",
+                 "--out", str(results), "--quiet"]) == 2
+    assert "hr16: the gallery features hold NaN or infinite values" in capsys.readouterr().err
+    assert not results.exists()
+
+
 def test_size_does_not_apply_to_trunk_features(models, folder, tmp_path, capsys):
     """The trunk takes no probe size: --size with a model without pairs, or a trunk-only gallery, is refused."""
     torch.manual_seed(0)

@@ -13,8 +13,10 @@ import torch
 import pydcr
 from pydcr.data import FaceDataset, PackedFaces, REFERENCE_112x96, align, pack, read_image, read_landmarks
 from pydcr.demo import DEMO_PACK
-from pydcr.embed import ExactIndex, FaissIndex, Gallery, Shard, embed_gallery, merge_shards, model_identity, topk
+from pydcr.embed import (ExactIndex, FaissIndex, Gallery, Shard, embed_gallery, make_index, merge_shards,
+                         model_identity, topk)
 from pydcr.embed.items import ItemSource
+from pydcr._files import write_safetensors
 from pydcr.models import DCR, BranchPair, Trunk, load, save
 
 from fake_detector import FakeDetector
@@ -60,6 +62,17 @@ def test_other_item_kinds(model, faces):
     with torch.no_grad():
         torch.testing.assert_close(got.features, model.embed_lr(small), atol=1e-4, rtol=1e-4)
     assert set(got.resolutions.tolist()) == {model.nearest_resolution(12)}
+
+
+def test_16_bit_tensors_are_embedded(model, faces):
+    """numpy has no bfloat16: such tensors are read as float32, as the model takes them."""
+    e = pydcr.Embedder(model, batch_size=3)
+    want = e.embed_hr(faces, 8).features
+    for dtype in (torch.bfloat16, torch.float16):
+        got = e.embed_hr(faces.to(dtype), 8)  # integers up to 255 are exact in both
+        assert not got.failures
+        torch.testing.assert_close(got.features, want)
+        torch.testing.assert_close(e.embed_hr(list(faces.to(dtype)), 8).features, want)
 
 
 def test_images_in_the_wrong_range_or_type_are_listed(model, faces):
@@ -315,6 +328,36 @@ def test_topk_equals_brute_force(n, k):
         np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
 
 
+def test_a_gallery_added_whole_is_searched_in_chunks(monkeypatch):
+    """Scores are held one probe chunk x one gallery chunk at a time, whatever the gallery's
+    tensor: the matmuls never see more gallery rows than gallery_chunk."""
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((1000, 16)).astype(np.float32)
+    probes = rng.standard_normal((30, 16)).astype(np.float32)
+    index = ExactIndex(probe_chunk=8, gallery_chunk=96)
+    index.add(torch.from_numpy(gallery))
+    assert index.size == 1000 and max(len(c) for c in index.chunks) == 96
+    want_scores, want_rows = _brute_force(gallery.astype(np.float64), probes.astype(np.float64), 7)
+    scores, rows = index.search(torch.from_numpy(probes), 7)
+    np.testing.assert_array_equal(rows.numpy(), want_rows)
+    np.testing.assert_allclose(scores.numpy(), want_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_an_index_refuses_bad_gallery_rows(backend):
+    if backend == "faiss":
+        pytest.importorskip("faiss")
+    index = make_index(backend)
+    bad = torch.randn(5, 8)
+    bad[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="the gallery features hold NaN or infinite values"):
+        index.add(bad)
+    index.add(torch.randn(5, 8))
+    with pytest.raises(ValueError, match="gallery features are 4-d, the gallery's are 8-d"):
+        index.add(torch.randn(5, 4))
+    assert index.size == 5
+
+
 def test_topk_input_errors():
     gallery, probes = torch.randn(6, 8), torch.randn(3, 8)
     scores, rows = topk(gallery.numpy(), probes.numpy(), k=2)  # numpy arrays are taken as they are
@@ -438,8 +481,42 @@ def test_resume_after_interruption_is_identical(model, tiny_pack, tmp_path):
         _gallery(model, touched, out, on_chunk=stop_after_two)
     os.utime(touched, ns=(0, 0))
     written.clear()
-    _gallery(model, touched, out, on_chunk=written.append)
+    # The facts kept for the reader (here: another spelling of the input's path) are not compared.
+    _gallery(model, touched, out, on_chunk=written.append, description={"source": "elsewhere/touched.pack"})
     assert written == [2, 3, 4] and Gallery(out).meta["input"]["files"] != Gallery(whole).meta["input"]["files"]
+    assert Gallery(out).meta["about"] == {"source": "elsewhere/touched.pack"}
+
+
+def test_a_damaged_chunk_is_embedded_again(model, tiny_pack, tmp_path):
+    whole = _gallery(model, tiny_pack, tmp_path / "whole.safetensors")
+
+    def stop_after_two(chunk):
+        if chunk == 1:
+            raise Interrupt
+
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(Interrupt):
+        _gallery(model, tiny_pack, out, on_chunk=stop_after_two)
+    chunk = tmp_path / "resumed.safetensors.parts" / "chunk-00000000.safetensors"
+    chunk.write_bytes(chunk.read_bytes()[:300])  # cut short, as by a full disk
+    written = []
+    _gallery(model, tiny_pack, out, on_chunk=written.append)
+    assert written == [0, 2, 3, 4]
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_a_failed_concatenation_leaves_no_file(tmp_path):
+    from pydcr.embed.tables import concat
+
+    parts = []
+    for i in range(2):
+        parts.append(tmp_path / f"{i}.safetensors")
+        write_safetensors({"x": torch.arange(6.0).reshape(3, 2)}, parts[-1], {})
+    parts[1].write_bytes(parts[1].read_bytes()[:-4])
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ValueError, match="is truncated"):
+        concat(parts, out, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.safetensors", "1.safetensors"]
 
 
 def test_shards_merge_into_the_single_run(model, tiny_pack, tmp_path):
@@ -449,13 +526,15 @@ def test_shards_merge_into_the_single_run(model, tiny_pack, tmp_path):
     assert [s.name for s in shards] == [f"g.shard00{r}-of-003.safetensors" for r in (2, 0, 1)]
     assert merge_shards(shards, out) == out
     assert out.read_bytes() == whole.read_bytes()
-    # Shards read from copies of the data (other files, other times) still go together.
+    # Shards read from copies of the data (other files, other times, other paths) still go
+    # together; the merged file tells where rank 0 read it.
     copy = tmp_path / "copy.pack"
     shutil.copy(tiny_pack, copy)
     os.utime(copy, ns=(1, 1))
-    mixed = [_gallery(model, copy if r == 1 else tiny_pack, tmp_path / "c.safetensors", shard=Shard(r, 3))
-             for r in range(3)]
-    assert merge_shards(mixed, tmp_path / "c.safetensors").read_bytes() == whole.read_bytes()
+    mixed = [_gallery(model, copy if r == 1 else tiny_pack, tmp_path / "c.safetensors", shard=Shard(r, 3),
+                      description={"source": str(copy if r == 1 else tiny_pack)}) for r in range(3)]
+    described = _gallery(model, tiny_pack, tmp_path / "d.safetensors", description={"source": str(tiny_pack)})
+    assert merge_shards(mixed, tmp_path / "c.safetensors").read_bytes() == described.read_bytes()
     many = [_gallery(model, tiny_pack, tmp_path / "m.safetensors", shard=Shard(r, 7)) for r in range(7)]
     assert len(Gallery(many[0])) == 0  # 5 chunks for 7 processes: some hold none
     assert merge_shards(many, tmp_path / "m.safetensors").read_bytes() == whole.read_bytes()

@@ -37,7 +37,7 @@ from .embedder import TRUNK, Embedder, hr_head
 from .identity import model_identity
 from .items import ItemSource
 from .stream import batch_ranges
-from .tables import concat, read_header
+from .tables import concat, is_complete, read_header
 
 FORMAT, VERSION, META_KEY = "pydcr.gallery", 1, "pydcr.gallery"
 PLAN_FILE = "plan.json"  # in a run's work folder (GALLERY.parts): the settings the chunks were made with
@@ -147,20 +147,22 @@ def embed_gallery(
     """Embed `source` into the gallery file `out` (or, for a shard, into ``shard.path(out)``).
 
     heads: default every pair's HR branch (or the trunk for a model without pairs). chunk_size:
-    input items per chunk, the unit of resuming. description: JSON-able facts about the input kept
-    in the metadata (e.g. its path). on_chunk(c) is called after chunk c is safely written.
+    input items per chunk, the unit of resuming. description: JSON-able facts kept in the metadata
+    as `about` for the reader only (e.g. the input's path): a resume, a rerun of a finished run
+    and a merge do not compare them, so the same input reached by another path still goes
+    together. on_chunk(c) is called after chunk c is safely written.
     Returns the path written.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    target, heads, meta, chunks = _plan(embedder, source, out, heads, dtype, chunk_size, shard, flip, description)
+    target, heads, meta, chunks = _plan(embedder, source, out, heads, dtype, chunk_size, shard, flip)
     stamp = _files_stamp(source)  # before the run: a file changed during it makes the next run embed again
     n = len(source)
     plan = {**meta, "shard": [shard.rank, shard.world] if shard else None}
     work = _work_folder(target, plan, resume)
-    done = {c for c in chunks if _chunk_path(work, c).is_file()}
+    done = {c for c in chunks if is_complete(_chunk_path(work, c))}  # a damaged chunk is embedded again
     first = chunks.start * chunk_size
     stop = min(chunks.stop * chunk_size, n)
     initial = sum(min((c + 1) * chunk_size, n) - c * chunk_size for c in done)
@@ -177,7 +179,7 @@ def embed_gallery(
     if not parts:  # more shards than chunks: this one holds no rows, but still a valid file
         parts = [work / "empty.safetensors"]
         _write_chunk(embedder, source, heads, dtype, flip, n, n, parts[0], bar)
-    final = {**_finished_meta(meta, shard, chunks, stamp), **_joined_meta(parts)}
+    final = {**_finished_meta(meta, shard, chunks, stamp), "about": description or {}, **_joined_meta(parts)}
     concat(parts, target, {META_KEY: json.dumps(final)})
     _remove_work_folder(work)
     return target
@@ -193,14 +195,13 @@ def complete_gallery(
     chunk_size: int = 4096,
     shard: Shard | None = None,
     flip: bool = False,
-    description: dict | None = None,
 ) -> Gallery | None:
     """The gallery file that :func:`embed_gallery` with these arguments would write (for a shard,
     ``shard.path(out)``), when it exists and is finished: made by the same model, with the same
     heads and settings (dtype, flip, chunk and batch size, amp), from the same input (items,
     labels, landmarks, detector) whose files have not changed since (sizes and modification
     times). Else None, also for inputs that are not files (arrays, tensors), which have no stamp."""
-    target, heads, meta, chunks = _plan(embedder, source, out, heads, dtype, chunk_size, shard, flip, description)
+    target, heads, meta, chunks = _plan(embedder, source, out, heads, dtype, chunk_size, shard, flip)
     if not target.is_file():
         return None
     try:
@@ -211,16 +212,16 @@ def complete_gallery(
     if stamp is None:
         return None
     want = json.loads(json.dumps(_finished_meta(meta, shard, chunks, stamp)))
-    have = {k: v for k, v in gallery.meta.items() if k not in ("paths", "failures")}
+    have = {k: v for k, v in gallery.meta.items() if k not in ("paths", "failures", "about")}
     return gallery if have == want else None
 
 
-def _plan(embedder: Embedder, source: ItemSource, out, heads, dtype, chunk_size, shard, flip, description):
+def _plan(embedder: Embedder, source: ItemSource, out, heads, dtype, chunk_size, shard, flip):
     """What a run with these arguments writes: (the file, its heads, its metadata less rows and
     files' stamp, this process's range of chunks)."""
     heads = list(heads) if heads else default_heads(embedder)
     target = shard.path(Path(out)) if shard else Path(out)
-    meta = _gallery_meta(embedder, source, heads, dtype, flip, chunk_size, description)
+    meta = _gallery_meta(embedder, source, heads, dtype, flip, chunk_size)
     count = max(1, -(-len(source) // chunk_size))
     return target, heads, meta, shard.chunks(count) if shard else range(count)
 
@@ -251,7 +252,7 @@ def _files_stamp(source: ItemSource) -> str | None:
     return h.hexdigest()
 
 
-def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, chunk_size, description) -> dict:
+def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, chunk_size) -> dict:
     h = hashlib.sha256()
     for name in source.names:
         h.update(name.encode() + b"\0")
@@ -273,7 +274,7 @@ def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, ch
         "chunk_size": chunk_size,
         "crop_size": list(embedder.crop_size),
         "alignment": ALIGNMENT_VERSION,  # the crops of images aligned here: a resume never mixes two
-        "input": {**(description or {}), "count": len(source), "fingerprint": h.hexdigest()},
+        "input": {"count": len(source), "fingerprint": h.hexdigest()},
         "classes": source.classes,
     }
 
@@ -370,15 +371,17 @@ def merge_shards(shards: Sequence[str | os.PathLike], out: str | os.PathLike) ->
     failures = [f for g in galleries for f in g.meta["failures"]]
     # the stamp of rank 0's input files: shards may have read copies of the data
     stamped = {**common["input"], "files": galleries[0].meta["input"].get("files")} if "input" in common else None
-    final = {**common, **({"input": stamped} if stamped else {}), "paths": paths, "failures": failures}
+    final = {**common, **({"input": stamped} if stamped else {}), "about": galleries[0].meta.get("about", {}),
+             "paths": paths, "failures": failures}
     out = Path(out)
     concat([g.path for g in galleries], out, {META_KEY: json.dumps(final)})
     return out
 
 
 def _without_rows(meta: dict) -> dict:
-    """What the shards of one run share: all but their rows, their place and their input files' stamp."""
-    shared = {k: v for k, v in meta.items() if k not in ("paths", "failures", "shard")}
+    """What the shards of one run share: all but their rows, their place, their input files' stamp
+    and the facts about where they read it."""
+    shared = {k: v for k, v in meta.items() if k not in ("paths", "failures", "shard", "about")}
     if "input" in shared:
         shared["input"] = {k: v for k, v in shared["input"].items() if k != "files"}
     return shared

@@ -173,7 +173,9 @@ def _read_one(item) -> np.ndarray:
     if isinstance(item, torch.Tensor):
         if item.dim() != 3 or item.shape[0] != 3:
             raise ValueError(f"expected a 3 x H x W image tensor, got shape {tuple(item.shape)}")
-        item = item.detach().cpu().permute(1, 2, 0).numpy()
+        item = item.detach().cpu().permute(1, 2, 0)
+        # numpy has no bfloat16: float tensors are read as float32, which every float type fits
+        item = (item.float() if item.is_floating_point() else item).numpy()
     elif item.ndim != 3 or item.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 RGB array, got shape {item.shape}")
     if item.dtype == np.uint8:

@@ -14,19 +14,26 @@ BACKENDS = ("torch", "faiss")
 class ExactIndex:
     """Exact cosine search: normalised gallery chunks on `device`, probes scored chunk by chunk.
 
-    Scores are float32 matmuls; the running top-k is merged across gallery chunks, so memory is
-    one probe chunk x one gallery chunk of scores.
+    Scores are float32 matmuls; the running top-k is merged across gallery chunks of at most
+    `gallery_chunk` rows (however the gallery was added), so memory is one probe chunk x one
+    gallery chunk of scores: 256 MiB at the defaults.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", *, probe_chunk: int = 4096) -> None:
+    def __init__(self, device: str | torch.device = "cpu", *, probe_chunk: int = 4096,
+                 gallery_chunk: int = 16384) -> None:
         self.device = torch.device(device)
         self.probe_chunk = int(probe_chunk)
+        self.gallery_chunk = int(gallery_chunk)
         self.chunks: list[torch.Tensor] = []
         self.size = 0
+        self.dim: int | None = None
 
     def add(self, features: torch.Tensor) -> None:
-        self.chunks.append(_normalize(features.to(self.device)))
-        self.size += len(self.chunks[-1])
+        """Add gallery rows (N x D, finite; a ValueError names what is wrong)."""
+        self.dim = _check_features(features, "gallery", self.dim)
+        for part in torch.as_tensor(features).split(self.gallery_chunk):
+            self.chunks.append(_normalize(part.to(self.device)))
+            self.size += len(part)
 
     @torch.inference_mode()
     def search(self, probes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +66,11 @@ class FaissIndex:
         self.faiss = import_faiss()
         self.index = None
         self.size = 0
+        self.dim: int | None = None
 
     def add(self, features: torch.Tensor) -> None:
+        """Add gallery rows (N x D, finite; a ValueError names what is wrong)."""
+        self.dim = _check_features(features, "gallery", self.dim)
         x = _normalize(features).cpu().numpy()
         if self.index is None:
             self.index = self.faiss.IndexFlatIP(x.shape[1])
@@ -103,13 +113,11 @@ def topk(gallery: torch.Tensor | Iterable[torch.Tensor], probes: torch.Tensor, k
     if int(k) <= 0:
         raise ValueError(f"k must be positive, got {k}")
     index = make_index(backend, device)
-    width = None
     for chunk in [gallery] if isinstance(gallery, (torch.Tensor, np.ndarray)) else gallery:
-        width = _check_features(chunk, "gallery", width)
         index.add(torch.as_tensor(chunk))
     if index.size == 0:
         raise ValueError("the gallery is empty")
-    _check_features(probes, "probe", width)
+    _check_features(probes, "probe", index.dim)
     return index.search(torch.as_tensor(probes), k)
 
 

@@ -37,6 +37,17 @@ def read_header(path: Path) -> tuple[dict, dict[str, str], int]:
     return header, metadata, 8 + n
 
 
+def is_complete(path: Path) -> bool:
+    """Whether `path` is a safetensors file whose header reads and whose data is all there (a file
+    cut short by a crash or a full disk is not)."""
+    try:
+        tensors, _, start = read_header(path)
+        end = max((t["data_offsets"][1] for t in tensors.values()), default=0)
+        return os.path.getsize(path) >= start + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
 def concat(parts: Sequence[Path], out: Path, metadata: dict[str, str]) -> None:
     """Append the rows of `parts` (tables with the same tensor names, dtypes and widths) into `out`."""
     headers = [read_header(p) for p in parts]
@@ -62,17 +73,21 @@ def concat(parts: Sequence[Path], out: Path, metadata: dict[str, str]) -> None:
     header = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(header)) + header)
-        for name in names:
-            for path, (tensors, _, start) in zip(parts, headers):
-                a, b = tensors[name]["data_offsets"]
-                with open(path, "rb") as src:
-                    src.seek(start + a)
-                    _copy(src, f, b - a)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header)
+            for name in names:
+                for path, (tensors, _, start) in zip(parts, headers):
+                    a, b = tensors[name]["data_offsets"]
+                    with open(path, "rb") as src:
+                        src.seek(start + a)
+                        _copy(src, f, b - a)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:  # a part found truncated, a full disk, Ctrl-C: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _copy(src, dst, nbytes: int) -> None:
