@@ -48,6 +48,7 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
     from .data import LFW
     from .eval.lfw import lfw_disjoint_split
     from .reproduce import check_lfw_pack, reproduce_lfw
+    from .train.checkpoint import OtherRunError
 
     preset = preset_named(args.preset)
     check_lfw_root(args.root)
@@ -76,10 +77,13 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
             check_lfw_pack(args.pack, lfw, split, args.preset)
         except ValueError as err:
             raise UsageError(str(err)) from None
-    reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
-                  min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
-                  pack_path=args.pack, device=device, seed=args.seed, progress=not args.quiet,
-                  command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines, amp=args.amp)
+    try:
+        reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
+                      min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
+                      pack_path=args.pack, device=device, seed=args.seed, progress=not args.quiet,
+                      command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines, amp=args.amp)
+    except OtherRunError as err:  # refused before any step: --out holds another run (other people, settings)
+        raise UsageError(str(err)) from None
     return 0
 
 

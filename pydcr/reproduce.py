@@ -8,6 +8,7 @@ the other test folds. Default: test on folds 6-10 (0-based 5-9), train on everyo
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -76,8 +77,11 @@ def reproduce_lfw(
     print(f"reproduce lfw: training on {len(train)} faces of {split.num_classes} people outside test folds "
           f"{folds_1based}; testing {len(split.first)} pairs; crops {h}x{w}, preset {preset}")
 
+    # Which people train: a rerun into out_dir with other test folds must not resume a trunk that
+    # trained on its test people (the number of people alone can agree).
+    data_key = "people:" + hashlib.sha256("\0".join(sorted(split.people)).encode()).hexdigest()[:32]
     run = train_trunk(train, split.num_classes, trunk_cfg, out_dir / "trunk", device=device, seed=seed,
-                      progress=progress, amp=amp)
+                      progress=progress, amp=amp, data_key=data_key)
     if not run.finished:
         print(f"reproduce lfw: stopped; run again with the same arguments to resume from {out_dir / 'trunk'}")
         return {}
@@ -94,7 +98,7 @@ def reproduce_lfw(
     baseline_trunks = {}
     if baselines:
         baseline_trunks = train_resnet_baselines(train, split.num_classes, trunk_cfg, sizes, out_dir, device=device,
-                                                 seed=seed, progress=progress, amp=amp)
+                                                 seed=seed, progress=progress, amp=amp, data_key=data_key)
         if baseline_trunks is None:
             print(f"reproduce lfw: stopped; run again with the same arguments to resume from {out_dir}")
             return {}

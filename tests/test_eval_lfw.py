@@ -185,6 +185,15 @@ def test_a_reproduction_records_its_test_folds_and_names_the_baselines(lfw, pack
     evaluated = json.loads((tmp_path / "eval" / "report.json").read_text())["table"]
     assert evaluated == {column: {row: cell for row, cell in cells.items() if row in ("trunk", "DCR")}
                          for column, cells in table.items()}
+    # Other test folds train as many people, but other ones: the trunk trained here is not resumed.
+    from pydcr.train.checkpoint import OtherRunError
+
+    with pytest.raises(OtherRunError, match=r"holds a run with other settings \(data people:"):
+        reproduce.reproduce_lfw(lfw, out, preset="demo", epochs=1, sizes=(8,), test_folds=(0, 2, 4, 6, 8),
+                                pack_path=packs["56x48"], progress=False)
+    assert main(["reproduce", "lfw", "--root", str(lfw), "--preset", "demo", "--epochs", "1", "--sizes", "8",
+                 "--test-folds", "1", "3", "5", "7", "9", "--pack", str(packs["56x48"]), "--out", str(out),
+                 "--quiet"]) == 2
 
 
 @pytest.mark.parametrize("argv, defaults", [

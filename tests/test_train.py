@@ -98,6 +98,12 @@ def test_a_run_resumes_only_with_its_own_settings(tmp_path):
             train_trunk(data, classes, config, tmp_path, seed=seed, progress=False)
     with pytest.raises(OtherRunError, match="identities 4 vs 2"):
         train_trunk(*toy_faces(classes=2), replace(TINY, epochs=1), tmp_path, progress=False)
+    # As many identities, other images of them: by default the labels tell the data apart.
+    other = FaceArrays(data.images[::-1].copy(), np.sort(data.labels))
+    with pytest.raises(OtherRunError, match=r"\(data labels:\w+ vs labels:\w+\)"):
+        train_trunk(other, classes, replace(TINY, epochs=1), tmp_path, progress=False)
+    with pytest.raises(OtherRunError, match=r"\(data labels:\w+ vs people:x\)"):  # a caller's own key
+        train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False, data_key="people:x")
     assert train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False).finished  # the same: resumes
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -61,6 +63,7 @@ def train_trunk(
     init: TrunkRun | None = None,
     amp: bool | None = None,
     label: str = "trunk",
+    data_key: str | None = None,
 ) -> TrunkRun:
     """Train a trunk on `dataset` (items: an h x w x 3 uint8 aligned crop at the trunk's input size, an
     int label; a pydcr.data.PackedFaces, say) and return it.
@@ -73,6 +76,10 @@ def train_trunk(
     resumed run trains on the same batches (shuffling and flips come from seeded generators).
 
     label: what the progress bar calls the network.
+
+    data_key: a string that identifies the training data (which people, which images), kept in the
+    checkpoint: a checkpoint made from other data is not resumed (an OtherRunError), even when the
+    number of identities agrees. Default: a digest of the dataset's labels, when it has `labels`.
 
     amp: the forward pass in bfloat16 autocast; the loss, the optimizer and the
     weights stay float32. Default: on CUDA only. On a CPU with bfloat16 arithmetic (AMX,
@@ -90,6 +97,8 @@ def train_trunk(
         raise ValueError(f"the batch of {config.batch_size} images does not split evenly over {world.size} "
                          "processes: choose a batch size that is a multiple of the number of processes")
     local_batch = config.batch_size // world.size
+    if data_key is None:
+        data_key = labels_digest(dataset)
     out_dir = Path(out_dir)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,9 +132,10 @@ def train_trunk(
     if state is not None:
         # Only the same run resumes: other weights' shapes do not load, another schedule or batch misleads.
         saved = {**state.get("config", {}), "identities": state["head"]["weight"].shape[0]}
-        if "seed" in state:
-            saved["seed"] = state["seed"]
-        check_same_run(out_dir, saved, {**config.to_dict(), "seed": seed, "identities": num_classes})
+        for key in ("seed", "data"):
+            if key in state:
+                saved[key] = state[key]
+        check_same_run(out_dir, saved, {**config.to_dict(), "seed": seed, "identities": num_classes, "data": data_key})
         trunk.load_state_dict(state["trunk"])
         head.load_state_dict(state["head"])
         loss_fn.load_state_dict(state["loss"])
@@ -140,7 +150,8 @@ def train_trunk(
             save_checkpoint(ckpt_path, {
                 "trunk": trunk.state_dict(), "head": head.state_dict(), "loss": loss_fn.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "step": step,
-                "config": config.to_dict(), "seed": seed, "world_size": world.size, "epoch_sums": epoch_sums,
+                "config": config.to_dict(), "seed": seed, "data": data_key, "world_size": world.size,
+                "epoch_sums": epoch_sums,
             })
         world.barrier()  # no rank runs ahead of, or returns before, the checkpoint on disk
 
@@ -229,3 +240,11 @@ class _Resumable(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip * self.batch)
+
+
+def labels_digest(dataset) -> str | None:
+    """A digest of the dataset's labels (None when it has none): the default key of its data."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        return None
+    return "labels:" + hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest()[:32]
