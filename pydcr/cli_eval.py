@@ -107,16 +107,20 @@ def _numbers(folds) -> str:
     return " ".join(str(f + 1) for f in folds)
 
 
-def _check_report_folder(out: Path, *inputs: Path | None) -> None:
-    """A UsageError when the report folder `out` is a file, or a report file in it is one of the inputs."""
+def _check_report_folder(out: Path, *inputs: Path | None, files: tuple[str, ...] | None = None) -> None:
+    """A UsageError when the report folder `out` is a file, or a report file in it (`files`, by
+    default those of write_report) is a folder or one of the inputs."""
     from .cli_train import check_out
     from .eval.report import REPORT_FILES
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"cannot write the report in {out}: it is a file; give a folder for --out")
     if out.is_dir():  # a folder still to be made holds no input
-        for name in REPORT_FILES:
+        for name in files or REPORT_FILES:
             check_out(out / name, *inputs)
+
+
+SCFACE_REPORT_FILES = ("scface.json", "scface.md")
 
 
 def _add_scface(protocols) -> None:
@@ -171,6 +175,8 @@ def run_scface(args: argparse.Namespace) -> int:
                          f"`pydcr align {args.root} LIST --layout scface` and give it with --landmarks")
     if not args.landmarks.is_file():
         raise UsageError(f"no such landmark list: {args.landmarks}")
+    if args.out is not None:  # before the evaluation and its fine-tuning, not after
+        _check_report_folder(args.out, args.model, args.landmarks, files=SCFACE_REPORT_FILES)
     model = load_model(args.model)  # a pack or another file given as the model is named as such
     try:
         dataset = SCface(args.root, seed=args.seed, train_subjects=args.train_subjects, landmarks=args.landmarks,
@@ -194,11 +200,12 @@ def run_scface(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         report = {**result.to_dict(), "model": str(args.model), "root": str(args.root), "seed": args.seed}
-        (args.out / "scface.json").write_text(json.dumps(report, indent=2) + "\n")
+        json_file, md_file = (args.out / name for name in SCFACE_REPORT_FILES)
+        json_file.write_text(json.dumps(report, indent=2) + "\n")
         tuned = "not fine-tuned" if finetune is None else f"fine-tuned {finetune.epochs} epochs at lr {finetune.lr:g}"
-        (args.out / "scface.md").write_text(
+        md_file.write_text(
             f"# SCface rank-1 identification (%)\n\nModel {args.model}; {len(result.test_subjects)} test subjects, "
             f"{len(result.train_subjects)} training subjects (seed {args.seed}); branch pairs "
             f"{', '.join(f'd{d}: {k}' for d, k in resolutions.items())}, {tuned}.\n\n{table}\n")
-        print(f"\npydcr eval scface: {args.out / 'scface.json'}, {args.out / 'scface.md'}")
+        print(f"\npydcr eval scface: {json_file}, {md_file}")
     return 0

@@ -87,6 +87,10 @@ def test_verify_errors():
     assert verify_10fold(g, p, same.astype(int), folds).mean == verify_10fold(g, p, same, folds).mean
     with pytest.raises(ValueError, match="at least one score"):
         best_threshold(np.zeros(0), np.zeros(0, bool))
+    scores, labels = [0.1, 0.5, 0.9, 0.3], [0, 1, 1, 0]  # lists and tensors, as verify_10fold takes them
+    want = best_threshold(np.array(scores), np.array(labels, bool))
+    assert best_threshold(scores, labels) == want == best_threshold(torch.tensor(scores, dtype=torch.float64),
+                                                                    torch.tensor(labels))
 
 
 def test_identify_matches_brute_force():

@@ -62,6 +62,7 @@ def test_runs_are_listed_with_their_commands():
 
 @pytest.mark.parametrize("change, message", [
     (lambda r: r.update(test_folds=[1, 2]), "test_folds"),
+    (lambda r: r.update(folds=[3, 4, 5]), "folds"),  # as `pydcr eval lfw --folds` records them
     (lambda r: r.update(preset="paper"), "preset"),
     (lambda r: r.update(training_precision="bfloat16 autocast"), "training_precision"),
     (lambda r: r["table"].pop("HR"), "columns"),

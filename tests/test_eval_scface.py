@@ -253,6 +253,8 @@ def test_cli_finetunes_with_the_models_preset(cli_files, tmp_path):
          "--finetune-epochs must be 0 or more"),
         (["MODEL", "--root", "ROOT", "--landmarks", "LIST", "--train-subjects", "4", "--preset", "huge"],
          "unknown preset 'huge'"),
+        (["MODEL", "--root", "ROOT", "--landmarks", "LIST", "--train-subjects", "4", "--out", "LIST"],
+         "landmarks.txt: it is a file; give a folder for --out"),  # before the evaluation, not after it
     ],
 )
 def test_cli_argument_errors(argv, message, cli_files, capsys):

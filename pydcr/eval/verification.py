@@ -32,6 +32,7 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     Candidates are the midpoints between consecutive distinct sorted scores, plus one below the
     lowest and one above the highest; ties go to the lowest threshold.
     """
+    scores, same = _as_numpy(scores), _as_numpy(same)  # lists and tensors too
     if len(scores) == 0:
         raise ValueError("best_threshold needs at least one score")
     order = np.argsort(scores, kind="stable")
