@@ -419,7 +419,7 @@ def center_update_(centers: torch.Tensor, features: torch.Tensor, labels: torch.
     """
     for name, t in (("centers", centers), ("features", features), ("labels", labels)):
         _check_tensor("center_update_", name, t)
-    _check_in_place("center_update_", centers)
+    _check_in_place("center_update_", centers, features=features)
     torch.ops.pydcr.center_update_.default(centers, features, labels, float(alpha))
     _mark_modified(centers)
     return centers
@@ -450,18 +450,37 @@ def center_apply_(
     """
     for name, t in (("centers", centers), ("classes", classes), ("sums", sums), ("counts", counts)):
         _check_tensor("center_apply_", name, t)
-    _check_in_place("center_apply_", centers)
+    _check_in_place("center_apply_", centers, sums=sums)
     torch.ops.pydcr.center_apply_.default(centers, classes, sums, counts, float(alpha))
     _mark_modified(centers)
     return centers
 
 
-def _check_in_place(op: str, centers: torch.Tensor) -> None:
-    """Refuse, as built-in in-place ops do, to move a leaf that autograd is tracking: its gradient
-    would silently ignore the update."""
+def _check_in_place(op: str, centers: torch.Tensor, **read: torch.Tensor) -> None:
+    """Refuse, as built-in in-place ops do, to move a leaf that autograd is tracking (its gradient
+    would silently ignore the update), or centers whose memory an input read (`read`) shares: the
+    kernels would read values they have already moved."""
     if torch.is_grad_enabled() and centers.requires_grad and centers.is_leaf:
         raise RuntimeError(f"pydcr.{op}: centers is a leaf tensor that requires grad; "
                            "update it under torch.no_grad(), as pydcr.losses.CenterLoss does")
+    for name, t in read.items():
+        if _overlap(centers, t):
+            raise RuntimeError(f"pydcr.{op}: {name} shares memory with centers, which the op writes: "
+                               f"pass {name}.clone()")
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b may share elements: their byte spans in one storage intersect."""
+    if torch.compiler.is_compiling() or not a.numel() or not b.numel() or not torch._C._is_alias_of(a, b):
+        return False  # _is_alias_of: one storage (fake and meta tensors included, without reading memory)
+
+    def span(t: torch.Tensor) -> tuple[int, int]:
+        start = t.storage_offset() * t.element_size()
+        last = sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+        return start, start + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
 
 
 def _mark_modified(t: torch.Tensor) -> None:

@@ -226,6 +226,21 @@ def test_compiled_update_equals_eager():
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
 
 
+def test_inputs_that_share_the_centers_memory_are_refused():
+    """The kernels would read centers they have already moved: refused, as built-in ops refuse
+    partial overlap; disjoint views of one buffer are fine and equal the reference."""
+    buffer = torch.randn(8, 3, dtype=torch.float64)
+    labels = torch.tensor([1, 0])
+    with pytest.raises(RuntimeError, match="features shares memory with centers, which the op writes"):
+        ops.center_update_(buffer[:4], buffer[2:4], labels, 0.5)
+    sums, counts = torch.zeros(2, 3, dtype=torch.float64), torch.tensor([1, 1])
+    with pytest.raises(RuntimeError, match="sums shares memory with centers"):
+        ops.center_apply_(buffer[:2], torch.tensor([0, 1]), buffer[:2], counts, 0.5)
+    ops.center_apply_(buffer[:2], torch.tensor([0, 1]), sums, counts, 0.5)
+    want = reference.center_update_(buffer[:4].clone(), buffer[4:6].clone(), labels, 0.5)
+    torch.testing.assert_close(ops.center_update_(buffer[:4], buffer[4:6], labels, 0.5), want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("update", ["center_update_", "center_apply_"])
 def test_leaf_centers_that_require_grad_are_refused(update):
     """As built-in in-place ops refuse: outside no_grad, moving a tracked leaf is an error."""

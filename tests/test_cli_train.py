@@ -150,3 +150,27 @@ def test_the_preset_a_model_records():
     assert trained_preset(model(preset="demo")) == "demo"
     assert trained_preset(model(preset="future-preset")) == "cpu"  # a name this version does not know
     assert trained_preset(model()) == "cpu"
+
+
+def test_people_whose_names_are_not_utf8_are_recorded(tmp_path):
+    """A folder named in another encoding reads as a name with surrogates (as Python decodes file
+    names); the finished model must still be written, and the person found among those trained on."""
+    import cv2
+    import numpy as np
+
+    from pydcr.data import REFERENCE_112x96, FaceDataset, pack
+
+    names = ["Ann", b"Jos\xe9".decode("utf-8", "surrogateescape")]
+    paths, labels = [], []
+    for label, folder in enumerate(("a", "b")):
+        (tmp_path / folder).mkdir()
+        for i in range(4):
+            cv2.imwrite(str(tmp_path / folder / f"{i}.png"), np.full((112, 96, 3), 60 + 90 * label, np.uint8))
+            paths.append(f"{folder}/{i}.png")
+            labels.append(label)
+    faces = pack(FaceDataset(tmp_path, paths, labels, names, {p: REFERENCE_112x96 for p in paths}),
+                 tmp_path / "faces.pack", progress=False)
+    run = tmp_path / "run"
+    assert main(["train", "trunk", "--data", str(faces), "--out", str(run), "--width", "0.0625", "--batch-size", "4",
+                 "--epochs", "1", "--quiet"]) == 0
+    assert trained_on(load(run / "model.safetensors").provenance, [*names, "someone else"]) == sorted(names)

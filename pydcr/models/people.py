@@ -17,7 +17,8 @@ __all__ = ["people_record", "trained_on"]
 
 
 def _digest(salt: str, name: str) -> str:
-    return hashlib.sha256(f"{salt}\0{name}".encode()).hexdigest()[:24]
+    # surrogateescape: a name read from a folder whose name is not UTF-8 keeps its raw bytes
+    return hashlib.sha256(f"{salt}\0{name}".encode("utf-8", "surrogateescape")).hexdigest()[:24]
 
 
 def people_record(names: Iterable[str], earlier: dict | None = None) -> dict:
