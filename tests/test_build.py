@@ -1,5 +1,7 @@
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +21,22 @@ def test_build_info_keys():
         assert info["cuda_archs"] and all(a.isdigit() for a in info["cuda_archs"])
 
 
-def test_ops_registered():
-    for name in ("resize", "resize_backward", "degrade", "degrade_backward"):
-        assert hasattr(torch.ops.pydcr, name)
+OPS = ("resize", "resize_backward", "degrade", "degrade_backward", "prelu", "prelu_backward", "prelu_pool",
+       "prelu_pool_backward", "center_loss", "center_loss_backward", "center_stats", "center_apply_",
+       "center_update_")
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_ops_registered(name):
+    """Every op csrc/ops.cpp declares has a CPU kernel and a fake (Meta) kernel in this build."""
+    assert hasattr(torch.ops.pydcr, name)
+    for key in ("CPU", "Meta"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pydcr::{name}", key), (name, key)
+
+
+def test_every_declared_op_is_listed():
+    schemas = (Path(__file__).parents[1] / "csrc" / "ops.cpp").read_text()
+    assert re.findall(r'm\.def\("(\w+)\(', schemas) == list(OPS)
 
 
 @pytest.mark.parametrize("argv", [["-m", "pydcr", "info"], ["-m", "pydcr", "info", "--json"]])
