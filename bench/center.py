@@ -1,11 +1,11 @@
 """pydcr.ops.center_update_ against three pure-torch formulations of Wen et al.'s center update.
 
-    python -m bench.center [--device cuda] [--quick]
+    python -m bench.center [--device cuda] [--quick] [--batch B ...]
 
 C = 10575 classes (CASIA-WebFace), D = 512, batches of B in {256, 768} labels drawn uniformly.
 Every contender moves the centers of the classes in the batch by
 c_j <- c_j - alpha * sum_{i: y_i = j} (c_j - x_i) / (1 + n_j); their results are checked against
-ours before timing.
+ours before timing, then timed in alternating rounds (bench.harness.time_interleaved).
   ours      torch.ops.pydcr.center_update_: labels grouped in one pass, O(B * D)
   all       (a) pydcr.reference.center_update_: index_add_ + bincount over all C classes, O(C * D)
   present   (b) the same restricted to the classes in the batch (torch.unique), O(B * D)
@@ -16,9 +16,11 @@ ours before timing.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
-from bench.harness import Report, common_args, peak_memory_mib, time_ms
+from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
 from pydcr import ops, reference
 
 NUM_CLASSES = 10575
@@ -62,9 +64,11 @@ def check_agreement(centers, features, labels, dtype) -> None:
 
 
 def main(argv=None) -> None:
-    args = common_args(__doc__.splitlines()[0]).parse_args(argv)
+    p = common_args(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes B (default 256 768, quick 256)")
+    args = p.parse_args(argv)
     device = torch.device(args.device)
-    batches = [256] if args.quick else [256, 768]
+    batches = args.batch or ([256] if args.quick else [256, 768])
     dtypes = [torch.float32] + ([torch.float16] if device.type == "cuda" else [])
     cols = ["B", "C", "D", "dtype", "ours_ms", "all_ms", "present_ms", "distmat_ms", "vs_all", "vs_present",
             "vs_distmat", "ours_MiB", "present_MiB", "distmat_MiB"]
@@ -78,11 +82,13 @@ def main(argv=None) -> None:
             labels = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
             check_agreement(centers, features, labels, dtype)
             row = dict(B=batch, C=NUM_CLASSES, D=DIM, dtype=str(dtype).removeprefix("torch."))
-            for name, fn in CONTENDERS.items():
-                work = centers.clone()  # each contender keeps moving its own copy
-                row[f"{name}_ms"] = time_ms(lambda: fn(work, features, labels, ALPHA), device, min_time=min_time)
-                if name in ("ours", "present", "distmat"):
-                    row[f"{name}_MiB"] = peak_memory_mib(lambda: fn(work, features, labels, ALPHA), device)
+            # Each contender keeps moving its own copy of the centers; all are timed in alternating rounds.
+            calls = {name: partial(fn, centers.clone(), features, labels, ALPHA) for name, fn in CONTENDERS.items()}
+            ms = time_interleaved(calls, device, min_time=min_time)
+            for name in CONTENDERS:
+                row[f"{name}_ms"] = ms[name]
+            for name in ("ours", "present", "distmat"):
+                row[f"{name}_MiB"] = peak_memory_mib(calls[name], device)
             for name in ("all", "present", "distmat"):
                 row[f"vs_{name}"] = row[f"{name}_ms"] / row["ours_ms"]
             report.add(**row)

@@ -70,10 +70,11 @@ def read_pack(faces: PackedFaces, workers: int) -> None:
 def main(argv=None) -> None:
     parser = common_args(__doc__.splitlines()[0])
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW, help="LFW root (with lfw/ and lfw_landmark.txt)")
-    parser.add_argument("--images", type=int, default=2000, help="LFW images for the decode, pack and read rows")
+    parser.add_argument("--images", type=int, default=None,
+                        help="LFW images for the decode, pack and read rows (default 2000, with --quick 400)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    n = 400 if args.quick else args.images
+    n = args.images if args.images is not None else 400 if args.quick else 2000  # --images wins over --quick
     data = LFW(args.lfw, pairs=None)
     indices = [i for i in range(0, len(data), max(1, len(data) // n)) if data.landmarks_of(i) is not None][:n]
     cores = os.cpu_count() or 1

@@ -1,6 +1,6 @@
 """pydcr.ops.degrade against the two-call torch reference, low-rank matmuls and an OpenCV loop.
 
-    python -m bench.degrade [--device cuda] [--quick]
+    python -m bench.degrade [--device cuda] [--quick] [--batch N]
 
 Contenders, all producing the same N x C x 112 x 96 float result:
   ours       torch.ops.pydcr.degrade, one pass
@@ -8,7 +8,11 @@ Contenders, all producing the same N x C x 112 x 96 float result:
   lowrank    the strongest pure-torch form: U_h (D_h X D_w^T) U_w^T with the per-axis down (k x n)
              and up (n x k) matrices, built once per shape from F.interpolate on identity matrices
   opencv     a per-image cv2.resize(INTER_CUBIC) loop down and up (antialias=False semantics;
-             OpenCV has no antialiased bicubic), CPU only
+             OpenCV has no antialiased bicubic), CPU only, uint8 and float32 rows only: OpenCV has
+             no bfloat16, and timing it on a float32 copy would compare a different dtype's work
+             (those rows give "-", and their JSON leaves opencv_ms and vs_opencv out, as the
+             antialiased rows do)
+Every row times its contenders in alternating rounds (bench.harness.time_interleaved).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.harness import Report, common_args, copy_bandwidth_gbs, time_ms
+from bench.harness import Report, common_args, copy_bandwidth_gbs, time_interleaved
 from pydcr import ops, reference
 
 
@@ -39,6 +43,10 @@ class LowRank:
         return self.uh @ ((self.dh @ x @ self.dw.t()) @ self.uw.t())
 
 
+# What cv2.resize takes of the benchmark's dtypes (it has no bfloat16; float16 it does not resize).
+OPENCV_DTYPES = (torch.uint8, torch.float32)
+
+
 def opencv_loop(images: np.ndarray, k: int) -> np.ndarray:
     out = np.empty(images.shape, dtype=np.float32)
     for i, img in enumerate(images):  # images: N x H x W x C
@@ -48,9 +56,11 @@ def opencv_loop(images: np.ndarray, k: int) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    args = common_args(__doc__.splitlines()[0]).parse_args(argv)
+    p = common_args(__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256, help="N, images per call (default 256)")
+    args = p.parse_args(argv)
     device = torch.device(args.device)
-    n = 256
+    n = args.batch
     ks = [12] if args.quick else [6, 8, 12, 16, 20, 40]
     dtypes = [torch.uint8, torch.float32, torch.float16 if device.type == "cuda" else torch.bfloat16]
     cols = ["N", "k", "dtype", "antialias", "ours_ms", "two_call_ms", "lowrank_ms", "opencv_ms",
@@ -70,15 +80,21 @@ def main(argv=None) -> None:
                 u8 = torch.randint(0, 256, (n, 3, 112, 96), dtype=torch.uint8, device=device)
                 x = u8 if dtype == torch.uint8 else (u8 / 255).to(dtype)
                 lowrank = LowRank(x.shape, k, antialias, torch.float32 if dtype == torch.uint8 else dtype, device)
-                ours = time_ms(lambda: ops.degrade(x, k, antialias=antialias), device, min_time=min_time)
-                two = time_ms(lambda: reference.degrade(x, k, antialias=antialias), device, min_time=min_time)
-                low = time_ms(lambda: lowrank(x), device, min_time=min_time)
-                row = dict(N=n, k=k, dtype=str(dtype).removeprefix("torch."), antialias=antialias, ours_ms=ours,
-                           two_call_ms=two, lowrank_ms=low, vs_two_call=two / ours, vs_lowrank=low / ours)
-                if device.type == "cpu" and not antialias:
+                fns = {
+                    "ours": lambda: ops.degrade(x, k, antialias=antialias),
+                    "two_call": lambda: reference.degrade(x, k, antialias=antialias),
+                    "lowrank": lambda: lowrank(x),
+                }
+                if device.type == "cpu" and not antialias and dtype in OPENCV_DTYPES:
                     hwc = x.permute(0, 2, 3, 1).contiguous().numpy()
-                    cv = time_ms(lambda: opencv_loop(hwc, k), device, min_time=min_time)
-                    row.update(opencv_ms=cv, vs_opencv=cv / ours)
+                    fns["opencv"] = lambda: opencv_loop(hwc, k)
+                ms = time_interleaved(fns, device, min_time=min_time)
+                ours = ms["ours"]
+                row = dict(N=n, k=k, dtype=str(dtype).removeprefix("torch."), antialias=antialias, ours_ms=ours,
+                           two_call_ms=ms["two_call"], lowrank_ms=ms["lowrank"],
+                           vs_two_call=ms["two_call"] / ours, vs_lowrank=ms["lowrank"] / ours)
+                if "opencv" in ms:
+                    row.update(opencv_ms=ms["opencv"], vs_opencv=ms["opencv"] / ours)
                 if peak is not None:
                     out_bytes = x.numel() * (4 if dtype == torch.uint8 else x.element_size())
                     gbs = (x.numel() * x.element_size() + out_bytes) / (ours * 1e-3) / 1e9

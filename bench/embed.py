@@ -6,7 +6,8 @@ Images/s of gallery features (trunk + HR branch) for
   - model: the model alone on preloaded uint8 tensors (the upper bound),
   - pack: the Embedder reading a pack file (JPEG crops decoded in background threads),
   - files: the Embedder reading JPEG files (LFW photos aligned with their landmarks when
-    ../shared/data/lfw is present, else the demo pack's crops written out as JPEGs),
+    $PYDCR_SHARED/data/lfw, by default ../shared/data/lfw, is present, else the demo pack's crops
+    written out as JPEGs),
   - naive: read one file, align it, forward it alone, for each image,
 with the ratios end-to-end / model and end-to-end / naive. Each case runs --repeats times,
 interleaved with the others; its rate is the median batch's (naive: the median image's, timed in the same
@@ -27,6 +28,7 @@ import cv2
 import torch
 
 import pydcr
+from bench.data import DEFAULT_LFW
 from bench.harness import Report, common_args, sync
 from pydcr.data import PackedFaces, align, read_image, read_landmarks
 from pydcr.demo import DEMO_PACK
@@ -35,7 +37,7 @@ from pydcr.embed.items import ItemSource
 from pydcr.embed.stream import batch_ranges
 from pydcr.models import DCR, BranchPair, Trunk
 
-LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw"
+LFW = DEFAULT_LFW  # $PYDCR_SHARED/data/lfw, else ../shared/data/lfw beside the checkout, as bench.data and the tests
 RESOLUTION = 12
 
 

@@ -1,7 +1,7 @@
 """pydcr.ops.prelu and prelu_pool against eager and compiled PReLU + add / + max-pool, and
 ResidualUnit stacks against their eager twin.
 
-    python -m bench.prelu [--device cuda] [--quick] [--no-compile] [--half] [--stack-batch N]
+    python -m bench.prelu [--device cuda] [--quick] [--no-compile] [--half] [--op-batch N] [--stack-batch N]
 
 Op rows, forward and forward + backward (the gradients of every input via torch.autograd.grad,
 so nothing accumulates):
@@ -73,8 +73,9 @@ def compiled_columns(ms: dict, attempted: bool) -> dict:
     return {"compiled_ms": ms["compiled"], "vs_compiled": ms["compiled"] / ms["ours"]}
 
 
-def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_time, quick):
+def bench_ops(report, device, dtypes, layouts, passes, compile_baseline, min_time, quick, op_batch=None):
     for op_name, (op, twin, shapes, batch, with_residual) in OPS.items():
+        batch = op_batch or batch
         for c, h, w in shapes[:1] if quick else shapes:
             for dtype in dtypes:
                 for layout in layouts:
@@ -156,6 +157,8 @@ def main(argv=None) -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--half", action="store_true", help="also time bfloat16 and float16 (autocast's types)")
+    p.add_argument("--op-batch", type=int, default=None,
+                   help="batch of the op rows (default: the trunk's, 64 for prelu and 32 for prelu_pool)")
     p.add_argument("--stack-batch", type=int, default=None,
                    help="batch of the ResidualUnit stacks (default: 64 on CUDA, 8 on CPU)")
     args = p.parse_args(argv)
@@ -167,7 +170,8 @@ def main(argv=None) -> None:
     min_time = 0.1 if args.quick else 0.5
     dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if args.half else [])
     layouts = ["contiguous", "channels_last"]
-    bench_ops(report, device, dtypes, layouts, ["fwd", "fwd+bwd"], not args.no_compile, min_time, args.quick)
+    bench_ops(report, device, dtypes, layouts, ["fwd", "fwd+bwd"], not args.no_compile, min_time, args.quick,
+              args.op_batch)
     bench_calls(report, device, min_time)
     batch = args.stack_batch or (64 if cuda else 8)
     stack_layouts = layouts if cuda else ["contiguous"]
