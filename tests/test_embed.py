@@ -457,13 +457,13 @@ class Interrupt(Exception):
     pass
 
 
+def stop_after_two(chunk):
+    if chunk == 1:
+        raise Interrupt
+
+
 def test_resume_after_interruption_is_identical(model, tiny_pack, tmp_path):
     whole = _gallery(model, tiny_pack, tmp_path / "whole.safetensors")
-
-    def stop_after_two(chunk):
-        if chunk == 1:
-            raise Interrupt
-
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(Interrupt):
         _gallery(model, tiny_pack, out, on_chunk=stop_after_two)
@@ -489,11 +489,6 @@ def test_resume_after_interruption_is_identical(model, tiny_pack, tmp_path):
 
 def test_a_damaged_chunk_is_embedded_again(model, tiny_pack, tmp_path):
     whole = _gallery(model, tiny_pack, tmp_path / "whole.safetensors")
-
-    def stop_after_two(chunk):
-        if chunk == 1:
-            raise Interrupt
-
     out = tmp_path / "resumed.safetensors"
     with pytest.raises(Interrupt):
         _gallery(model, tiny_pack, out, on_chunk=stop_after_two)
