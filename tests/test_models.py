@@ -99,6 +99,9 @@ def test_bad_inputs(model):
         model.embed_trunk(torch.zeros(1, 3, 120, 96))
     with pytest.raises(RuntimeError, match="no branch pairs"):
         DCR(Trunk(width=0.125, feature_dim=32)).nearest_resolution(12)
+    for resolution in (None, 8):
+        with pytest.raises(RuntimeError, match="no branch pairs: use embed_trunk"):
+            DCR(Trunk(width=0.125, feature_dim=32)).embed_hr(torch.zeros(1, 3, 112, 96), resolution)
     with pytest.raises(ValueError, match="uint8 or floating point"):
         model.trunk(torch.zeros(1, 3, 112, 96, dtype=torch.int32))
     with pytest.raises(ValueError, match="size must be a positive int"):
@@ -251,6 +254,18 @@ def test_load_errors(model, tmp_path):
         models.load(tmp_path / "nan.safetensors")
 
 
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    """A pair of another dtype than the rest: refused by save, as load refuses such a file."""
+    model = DCR(Trunk(width=0.0625, feature_dim=8, input_size=(36, 36)), {8: BranchPair(3, in_dim=8, dim=8)})
+    model.branch(8).double()
+    with pytest.raises(ValueError, match=r"cannot save .*mixed.safetensors: weight branches.8.\S+ is torch.float64; "
+                                         r"a model's weights are all of one floating point type"):
+        models.save(model, tmp_path / "mixed.safetensors")
+    assert not (tmp_path / "mixed.safetensors").exists()
+    model.double()
+    assert models.load(models.save(model, tmp_path / "double.safetensors")).trunk.fc.weight.dtype == torch.float64
+
+
 def rewrite(path, tensors=None, **config):
     """Write the model file at `path` again with other tensors or config fields; return its path."""
     from safetensors import safe_open
@@ -310,21 +325,46 @@ def test_compile(model):
     torch.testing.assert_close(compiled(x), model.trunk(x))
 
 
+def test_estimate_resolution_finds_the_upsampling_grid(model):
+    from pydcr.models import estimate_resolution, native_resolution
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 112, 96), dtype=torch.uint8)
+    for antialias in (True, False):
+        for low in ((8, 8), (12, 12), (20, 20), (14, 11), (9, 16)):
+            y = ops.degrade(x, low, antialias=antialias)
+            # exact, rounded to uint8 (low-contrast here: the rounding noise must not hide the grid)
+            for probes in (y, y.round().clamp(0, 255).to(torch.uint8)):
+                assert estimate_resolution(probes, antialias=antialias).tolist() == [native_resolution(*low)] * 4
+    assert estimate_resolution(x).tolist() == [native_resolution(112, 96)] * 4  # all the detail there is
+    assert estimate_resolution(torch.full((1, 3, 112, 96), 9.0)).tolist() == [4]  # no detail at all
+    probes = ops.degrade(x, 12)  # full-size probes are routed by the estimate
+    torch.testing.assert_close(model.embed_lr(probes), model.branch(12).lr(model.trunk(probes)))
+
+
 @pytest.mark.data
-def test_estimate_resolution_on_degraded_faces(lfw_root):
+def test_estimate_resolution_routes_degraded_faces(lfw_root, model):
+    import numpy as np
+
     from pydcr.data import align, read_image, read_landmarks
-    from pydcr.models import estimate_resolution
+    from pydcr.models import estimate_resolution, native_resolution
 
     landmarks = read_landmarks(lfw_root / "lfw_landmark.txt")
-    names = sorted(landmarks)[::400][:24]
+    names = sorted(landmarks)[::250][:48]
     faces = torch.from_numpy(
-        __import__("numpy").stack([align(read_image(lfw_root / "lfw" / n), landmarks[n]) for n in names])
+        np.stack([align(read_image(lfw_root / "lfw" / n), landmarks[n]) for n in names])
     ).permute(0, 3, 1, 2)
-    for k in (8, 12, 16, 20):
-        est = estimate_resolution(ops.degrade(faces, k))
-        # Routing to the trained resolutions 8/12/16/20 needs the estimate within half a step (2 px).
-        assert (est - k).abs().float().median() <= 2, (k, est.tolist())
-    assert (estimate_resolution(faces.float()) >= 40).float().mean() >= 0.9
+    for antialias in (True, False):
+        for k in model.resolutions:  # 8, 12, 16, 20
+            low = ops.degrade(faces, k, antialias=antialias)
+            for probes in (low, low.round().clamp(0, 255).to(torch.uint8)):
+                est = estimate_resolution(probes, antialias=antialias)
+                routed = torch.tensor([model.nearest_resolution(int(e)) for e in est])
+                assert (routed == k).float().mean() >= 0.95, (antialias, k, probes.dtype, est.tolist())
+        # an upscaled non-square crop is estimated at the size its native crop is routed by
+        est = estimate_resolution(ops.degrade(faces, (14, 11), antialias=antialias), antialias=antialias)
+        assert (est == native_resolution(14, 11)).float().mean() >= 0.9, est.tolist()
+        assert (estimate_resolution(faces, antialias=antialias) >= 40).float().mean() >= 0.9
 
 
 def test_trunk_equals_its_eager_twin():
@@ -341,6 +381,16 @@ def test_trunk_equals_its_eager_twin():
     twin(x).square().sum().backward()
     for (name, a), (_, b) in zip(trunk.named_parameters(), twin.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-3, msg=name)
+
+
+def test_the_eager_twin_keeps_the_dtype():
+    """A float64 trunk's twin is float64 too: equal to rounding, not to float32's."""
+    torch.manual_seed(2)
+    trunk = Trunk(width=0.0625, feature_dim=8, input_size=(36, 36)).double()
+    twin = trunk.eager_twin()
+    assert twin.fc.weight.dtype == torch.float64
+    x = torch.rand(2, 3, 36, 36, dtype=torch.float64) * 255
+    torch.testing.assert_close(trunk(x), twin(x), rtol=1e-12, atol=1e-12)
 
 
 def test_channels_last_trunk():

@@ -94,6 +94,8 @@ class DCR(nn.Module):
         Each pair has its own HR branch: match gallery and probes through the same pair.
         resolution may be left out when the model has a single pair.
         """
+        if not self.branches:
+            raise RuntimeError("this model has no branch pairs: use embed_trunk, or add a pair first")
         if resolution is None:
             if len(self.branches) != 1:
                 raise ValueError(f"this model has pairs for {self.resolutions}: name the resolution to embed for")

@@ -59,7 +59,7 @@ def save(model: DCR | Trunk, path: str | os.PathLike, provenance: dict | None = 
         raise TypeError(f"provenance must hold JSON values (str, number, bool, list, dict): {err}") from None
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
-    check_finite(tensors, f"cannot save {path}")  # load() would refuse the file
+    check_weights(tensors, f"cannot save {path}")  # load() would refuse the file
     if path.is_dir():
         raise IsADirectoryError(f"cannot save a model to {path}: it is a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,11 +133,19 @@ def _check_fields(path: Path, config: dict) -> None:
                 f"the config's feature_dim ({dim})")
 
 
-def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
-    """ValueError naming the first weight with NaN or infinite values (a diverged run's)."""
+def check_weights(tensors: dict[str, torch.Tensor], where: str) -> torch.dtype | None:
+    """The one floating point type of a model's weights; a ValueError naming the first weight of
+    another type, or with NaN or infinite values (a diverged run's)."""
+    dtypes = Counter(value.dtype for value in tensors.values())
+    dtype = dtypes.most_common(1)[0][0] if dtypes else None
     for key, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
+        if not value.is_floating_point() or value.dtype != dtype:
+            raise ValueError(f"{where}: weight {key} is {value.dtype}; a model's weights are all of one "
+                             f"floating point type (most of them are {dtype})")
+    for key, value in tensors.items():
+        if not torch.isfinite(value).all():
             raise ValueError(f"{where}: weight {key} holds NaN or infinite values")
+    return dtype
 
 
 def build(config: dict) -> DCR:
@@ -170,16 +178,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not match the config (missing: {missing}, unexpected: {unexpected})")
     # load_state_dict would raise without the path on a wrong shape, and cast a wrong dtype silently.
-    dtypes = Counter(value.dtype for value in tensors.values())
-    dtype = dtypes.most_common(1)[0][0] if dtypes else None
     for key, value in tensors.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ValueError(f"{path}: weight {key} is {tuple(value.shape)}, its config makes it "
                              f"{tuple(expected[key].shape)}: was the file or its config edited?")
-        if not value.is_floating_point() or value.dtype != dtype:
-            raise ValueError(f"{path}: weight {key} is {value.dtype}; a model's weights are all of one "
-                             f"floating point type (most of this file's are {dtype})")
-    check_finite(tensors, str(path))
+    dtype = check_weights(tensors, str(path))
     if dtype is not None:
         model.to(dtype)  # the dtype it was saved in, float64 or float16 included
     model.load_state_dict(tensors)

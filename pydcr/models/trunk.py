@@ -112,7 +112,7 @@ class Trunk(nn.Module):
 
         twin = Trunk(self.width, self.feature_dim, self.input_size, layers=reference)
         twin.load_state_dict(self.state_dict())
-        return twin.to(self.fc.weight.device).train(self.training)
+        return twin.to(device=self.fc.weight.device, dtype=self.fc.weight.dtype).train(self.training)
 
     def check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
