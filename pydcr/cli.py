@@ -145,6 +145,7 @@ def _open_source(args: argparse.Namespace, landmarks: Path | None = None, size=(
 
 def _pack(args: argparse.Namespace) -> int:
     from pydcr.data import MTCNN, PackedFaces, pack
+    from pydcr.data.packed import NothingPacked
 
     if min(args.size) <= 0:
         raise UsageError(f"--size must be positive, got {' '.join(map(str, args.size))}")
@@ -152,28 +153,32 @@ def _pack(args: argparse.Namespace) -> int:
         raise UsageError(f"--quality must be in 1-100, got {args.quality}")
     dataset = _open_source(args, args.landmarks, args.size)
     detector = MTCNN(device_or_default(args.device)) if args.detect else None
-    out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
-               detector=detector, resume=not args.fresh, progress=not args.quiet)
-    with PackedFaces(out) as faces:
-        packed = len(faces)
-        if packed:
+    existed = args.out.exists()
+    try:  # as embed and identify: a pack of no face is a failure, and an earlier pack is kept
+        out = pack(dataset, args.out, format=args.format, quality=args.quality, workers=args.workers,
+                   detector=detector, resume=not args.fresh, progress=not args.quiet, allow_empty=False)
+    except NothingPacked as nothing:
+        skipped, out = nothing.skipped, None
+    else:
+        with PackedFaces(out) as faces:
             # a flat folder's images have no identity (identities are subfolders, or LFW's names)
             identities = len(set(faces.labels.tolist()) - {-1})
             whose = f"of {identities} identities" if faces.classes else "without identities (a flat folder)"
-            print(f"{out}: {packed} faces {whose}, {out.stat().st_size / 2**20:.1f} MiB, "
+            print(f"{out}: {len(faces)} faces {whose}, {out.stat().st_size / 2**20:.1f} MiB, "
                   f"{faces.format} {faces.size[0]}x{faces.size[1]}")
-        for path, reason in faces.skipped:
-            print(f"skipped {path}: {reason}", file=sys.stderr)
-        unmarked = sum(reason == "no landmarks" for _, reason in faces.skipped)
+            skipped = faces.skipped
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    unmarked = sum(reason == "no landmarks" for _, reason in skipped)
     if unmarked:
         how = ("are not in the landmark list: add them (pydcr align writes a list), or give --detect"
                if dataset.landmarks is not None else
                "have no landmarks: give --landmarks LIST (pydcr align writes one) or --detect")
         print(f"pydcr pack: {unmarked} of {len(dataset)} images {how}", file=sys.stderr)
-    if not packed:  # as embed and identify: a pack of no face is a failure, and is not left behind
-        out.unlink()
-        print(f"pydcr pack: no face could be packed from {args.src} (every image skipped, listed above); "
-              f"{out} not written", file=sys.stderr)
+    if out is None:
+        kept = f"{args.out} not written" + (" (the file already there is left as it was)" if existed else "")
+        print(f"pydcr pack: no face could be packed from {args.src} (every image skipped, listed above); {kept}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -359,7 +359,8 @@ def run_identify(args: argparse.Namespace) -> int:
     failures, matched = [], 0
     tmp = args.out.with_name(args.out.name + ".tmp")
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        # surrogateescape: a file name that is not UTF-8 is written as the bytes it has on disk
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery", "gallery_identity", "score"])
             head = TRUNK if trunk_only else LR

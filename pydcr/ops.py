@@ -463,6 +463,11 @@ def _check_in_place(op: str, centers: torch.Tensor, **read: torch.Tensor) -> Non
     if torch.is_grad_enabled() and centers.requires_grad and centers.is_leaf:
         raise RuntimeError(f"pydcr.{op}: centers is a leaf tensor that requires grad; "
                            "update it under torch.no_grad(), as pydcr.losses.CenterLoss does")
+    if not torch.compiler.is_compiling():  # a graph checks in the fake kernel, on its fake tensors
+        _check_no_overlap(op, centers, **read)
+
+
+def _check_no_overlap(op: str, centers: torch.Tensor, **read: torch.Tensor) -> None:
     for name, t in read.items():
         if _overlap(centers, t):
             raise RuntimeError(f"pydcr.{op}: {name} shares memory with centers, which the op writes: "
@@ -471,7 +476,7 @@ def _check_in_place(op: str, centers: torch.Tensor, **read: torch.Tensor) -> Non
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether a and b may share elements: their byte spans in one storage intersect."""
-    if torch.compiler.is_compiling() or not a.numel() or not b.numel() or not torch._C._is_alias_of(a, b):
+    if not a.numel() or not b.numel() or not torch._C._is_alias_of(a, b):
         return False  # _is_alias_of: one storage (fake and meta tensors included, without reading memory)
 
     def span(t: torch.Tensor) -> tuple[int, int]:
@@ -522,11 +527,13 @@ def _center_stats_fake(features, labels, centers):
 
 @torch.library.register_fake("pydcr::center_apply_")
 def _center_apply_fake(centers, classes, sums, counts, alpha):
+    _check_no_overlap("center_apply_", centers, sums=sums)
     return None
 
 
 @torch.library.register_fake("pydcr::center_update_")
 def _center_update_fake(centers, features, labels, alpha):
+    _check_no_overlap("center_update_", centers, features=features)
     return None
 
 

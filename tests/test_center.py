@@ -239,6 +239,11 @@ def test_inputs_that_share_the_centers_memory_are_refused():
     ops.center_apply_(buffer[:2], torch.tensor([0, 1]), sums, counts, 0.5)
     want = reference.center_update_(buffer[:4].clone(), buffer[4:6].clone(), labels, 0.5)
     torch.testing.assert_close(ops.center_update_(buffer[:4], buffer[4:6], labels, 0.5), want, rtol=0, atol=0)
+    # A graph refuses it too, in the fake kernel (its fake tensors keep the aliasing).
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda c: ops.center_update_(c, c[:2], labels, 0.5), fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match="features shares memory with centers"):
+        compiled(torch.randn(4, 3))
 
 
 @pytest.mark.parametrize("update", ["center_update_", "center_apply_"])

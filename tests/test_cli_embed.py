@@ -460,3 +460,20 @@ def test_killed_run_resumes_to_the_same_file(models, tmp_path):
     subprocess.run([*argv, "--out", str(out)], check=True, env=env, cwd=tmp_path, timeout=300)
     subprocess.run([*argv, "--out", str(whole)], check=True, env=env, cwd=tmp_path, timeout=300)
     assert out.read_bytes() == whole.read_bytes() and not parts.exists()
+
+
+def test_names_that_are_not_utf8(models, folder, tmp_path):
+    """A person folder named in another encoding embeds and is searched; the CSV holds the name's
+    bytes as they are on disk."""
+    root = tmp_path / "gallery"
+    shutil.copytree(folder, root)
+    try:
+        os.rename(root / "person1", os.fsencode(root) + b"/Jos\xe9")
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    gallery, results = tmp_path / "g.safetensors", tmp_path / "r.csv"
+    assert main(["embed", str(models[0]), str(root), "--out", str(gallery), "--quiet"]) == 0
+    assert "Jos\udce9" in Gallery(gallery).meta["classes"]
+    assert main(["identify", str(models[0]), "--gallery", str(gallery), "--probes", str(root), "--size", "16",
+                 "--top-k", "1", "--out", str(results), "--quiet"]) == 0
+    assert b"Jos\xe9/" in results.read_bytes()

@@ -147,6 +147,25 @@ def test_pack_without_landmarks_says_how_to_get_them(work, capsys):
         "pydcr pack: no face could be packed from photos (every image skipped, listed above); p.pack not written"]
 
 
+def test_a_rerun_that_packs_nothing_keeps_the_earlier_pack(work, capsys):
+    """A rerun without its --landmarks packs no face: the pack made before is left as it was."""
+    (work / "photos").mkdir()
+    for name in ("a.png", "b.png"):
+        (work / "photos" / name).write_bytes((work / "faces" / "p0" / "0.png").read_bytes())
+    points = "".join(f"\t{v:.2f}" for v in REFERENCE_112x96.reshape(-1))
+    (work / "marks.txt").write_text("".join(f"{name}{points}\n" for name in ("a.png", "b.png")))
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(["pack", "photos", "p.pack", "--landmarks", "marks.txt", "--quiet"]) == 0
+        made = (work / "p.pack").read_bytes()
+        capsys.readouterr()
+        assert main(["pack", "photos", "p.pack", "--quiet"]) == 1
+    assert (work / "p.pack").read_bytes() == made and not (work / "p.pack.partial").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "pydcr pack: no face could be packed from photos (every image skipped, listed above); p.pack not written "
+        "(the file already there is left as it was)")
+
+
 def test_align_names_unreadable_files_apart_from_faceless_ones(work, capsys):
     (work / "bad").mkdir()
     (work / "bad" / "text.jpg").write_text("not an image")

@@ -203,7 +203,7 @@ def test_detect_landmarks_writes_and_resumes(tmp_path):
     import cv2
 
     from pydcr.data import IdentityFolder
-    from pydcr.data.mtcnn import detect_landmarks
+    from pydcr.data.mtcnn import _align_plan, detect_landmarks
 
     for k in range(7):
         (tmp_path / "src" / f"p{k % 2}").mkdir(parents=True, exist_ok=True)
@@ -211,11 +211,10 @@ def test_detect_landmarks_writes_and_resumes(tmp_path):
     (tmp_path / "src" / "p1" / "bad.jpg").write_bytes(b"broken")
     data = IdentityFolder(tmp_path / "src")
     out = tmp_path / "marks.txt"
-    # An interrupted earlier run: two whole lines and a torn one.
-    (tmp_path / "marks.txt.partial").write_text(
-        "p0/2.png" + "\t20" * 10 + "\n" + "p0/4.png" + "\t40" * 10 + "\np0/6.png\t6"
-    )
     fake = FakeDetector()
+    # An interrupted earlier run of these images: its plan, two whole lines and a torn one.
+    lines = "p0/2.png" + "\t20" * 10 + "\n" + "p0/4.png" + "\t40" * 10 + "\np0/6.png\t6"
+    (tmp_path / "marks.txt.partial").write_text(_align_plan(data, fake) + "\n" + lines)
     missing = detect_landmarks(data, out, detector=fake, batch_size=3, workers=2, progress=False)
     assert fake.seen == 5  # the seven images less the two done; the broken file is never decoded
     assert sorted(missing) == ["p0/0.png", "p1/bad.jpg"]
@@ -224,6 +223,14 @@ def test_detect_landmarks_writes_and_resumes(tmp_path):
     for path, points in marks.items():
         np.testing.assert_array_equal(points, np.full((5, 2), int(path.split("/")[1][0]) * 10))
     assert not (tmp_path / "marks.txt.partial").exists()
+    # Another run's partial list (another plan, or none: written before runs recorded theirs) is
+    # started over, not taken for this run's.
+    stale = "p0/2.png" + "\t99" * 10 + "\n"
+    for head in ("# pydcr align plan 0123\n", ""):
+        (tmp_path / "marks.txt.partial").write_text(head + stale)
+        fake = FakeDetector()
+        detect_landmarks(data, out, detector=fake, batch_size=3, progress=False)
+        assert fake.seen == 7 and read_landmarks(out)["p0/2.png"][0, 0] == 20
 
 
 def test_detect_landmarks_names_a_file_name_a_list_cannot_hold(tmp_path):
@@ -246,3 +253,20 @@ def test_detect_landmarks_names_a_file_name_a_list_cannot_hold(tmp_path):
                                unreadable=unreadable)
     assert missing == ["caf\udce9.png"] and "not UTF-8" in unreadable["caf\udce9.png"]
     assert list(read_landmarks(tmp_path / "marks.txt")) == ["plain.png"]  # the run finished, the list is whole
+
+
+def test_detect_landmarks_names_a_file_name_with_a_tab(tmp_path):
+    import cv2
+
+    from pydcr.data import FlatFolder
+    from pydcr.data.mtcnn import detect_landmarks
+
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ("a\tb.png", "plain.png"):
+        cv2.imwrite(str(root / name), np.full((10, 10, 3), 10, np.uint8))
+    unreadable = {}
+    missing = detect_landmarks(FlatFolder(root), tmp_path / "marks.txt", detector=FakeDetector(), progress=False,
+                               unreadable=unreadable)
+    assert missing == ["a\tb.png"] and "holds a tab or line break" in unreadable["a\tb.png"]
+    assert list(read_landmarks(tmp_path / "marks.txt")) == ["plain.png"]

@@ -261,6 +261,7 @@ def test_pack_command_on_a_flat_folder_and_its_errors(tmp_path):
     assert done.stdout.startswith("p.pack: 2 faces without identities (a flat folder), ")
     faces = PackedFaces(tmp_path / "p.pack")
     assert faces.paths == ["a.jpg", "b.png"] and faces.labels.tolist() == [-1, -1] and faces.classes == []
+    assert faces.identities == [None, None] == FlatFolder(tmp_path / "photos").identities
 
     (tmp_path / "empty").mkdir()
     for args, message in [

@@ -537,3 +537,33 @@ def test_shards_merge_into_the_single_run(model, tiny_pack, tmp_path):
         merge_shards(shards[:2], tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not a shard"):
         merge_shards([whole], tmp_path / "x.safetensors")
+
+
+def test_runs_of_the_earlier_format_still_go_together(model, tiny_pack, tmp_path):
+    """Earlier versions kept the input's path and kind in `input`, and no `about`: an interrupted
+    run of theirs still resumes, and a finished gallery of theirs is still found complete."""
+    import json
+
+    from pydcr.embed import complete_gallery
+    from pydcr.embed.gallery import META_KEY, PLAN_FILE
+    from safetensors import safe_open
+
+    old_input = {"source": str(tiny_pack), "kind": "pack", "model_file": "m.safetensors"}
+    out = tmp_path / "g.safetensors"
+    with pytest.raises(Interrupt):
+        _gallery(model, tiny_pack, out, on_chunk=stop_after_two)
+    plan_file = tmp_path / "g.safetensors.parts" / PLAN_FILE
+    plan = json.loads(plan_file.read_text())
+    plan["input"] = {**old_input, **plan["input"]}
+    plan_file.write_text(json.dumps(plan, sort_keys=True))
+    written = []
+    _gallery(model, tiny_pack, out, on_chunk=written.append)
+    assert written == [2, 3, 4]
+
+    with safe_open(str(out), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()[META_KEY])
+    meta.pop("about")
+    meta["input"] = {**old_input, **meta["input"]}
+    write_safetensors(tensors, out, {META_KEY: json.dumps(meta)})
+    e = pydcr.Embedder(model, batch_size=3)
+    assert complete_gallery(e, ItemSource(PackedFaces(tiny_pack), e.crop_size), out, chunk_size=5) is not None

@@ -1,4 +1,4 @@
-"""Model and gallery files get the permissions of any new file, under the process's umask."""
+"""Model, gallery and landmark files get the permissions of any new file, under the process's umask."""
 
 import os
 import stat
@@ -35,3 +35,16 @@ def test_safetensors_files_follow_the_umask(tmp_path, umask_027):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors", "c.safetensors",
                                                           "m.safetensors"]  # no temporary left behind
     assert os.umask(0o027) == 0o027  # the umask read back is the one set
+
+
+def test_landmark_lists_follow_the_umask(tmp_path, umask_027):
+    import numpy as np
+
+    from pydcr.data import read_landmarks, write_landmarks
+
+    points = np.arange(10, dtype=np.float32).reshape(5, 2)
+    write_landmarks(tmp_path / "list.txt", {"a.jpg": points})
+    os.chmod(tmp_path / "list.txt", 0o600)
+    write_landmarks(tmp_path / "list.txt", {"b.jpg": points})  # replaced with a new file's permissions
+    assert mode(tmp_path / "list.txt") == umask_027
+    assert list(read_landmarks(tmp_path / "list.txt")) == ["b.jpg"] and os.listdir(tmp_path) == ["list.txt"]

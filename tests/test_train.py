@@ -104,6 +104,13 @@ def test_a_run_resumes_only_with_its_own_settings(tmp_path):
         train_trunk(other, classes, replace(TINY, epochs=1), tmp_path, progress=False)
     with pytest.raises(OtherRunError, match=r"\(data labels:\w+ vs people:x\)"):  # a caller's own key
         train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False, data_key="people:x")
+    # A checkpoint that records no data (an earlier version's): resumed by default, refused to a caller's key.
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del state["data"]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(OtherRunError, match="does not record which data it trained on"):
+        train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False, data_key="people:x")
+    assert train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False).finished
     assert train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False).finished  # the same: resumes
 
 

@@ -75,9 +75,14 @@ class FaceDataset(torch.utils.data.Dataset):
         return None if self.landmarks is None else self.landmarks.get(self.paths[index])
 
     @property
-    def identities(self) -> list[str]:
-        """The identity name of each image."""
-        return [self.classes[label] for label in self.labels]
+    def identities(self) -> list[str | None]:
+        """The identity name of each image (None for the unlabelled images of a flat folder)."""
+        return identity_names(self.classes, self.labels)
+
+
+def identity_names(classes: list[str], labels) -> list[str | None]:
+    """classes[label] for each label; None for -1, an image without identity."""
+    return [classes[label] if label >= 0 else None for label in labels]
 
 
 class FaceArrays(torch.utils.data.Dataset):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import publish
+
 
 def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Map each listed image path to its 5 x 2 float32 array of (x, y) points.
@@ -16,23 +18,28 @@ def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Point order: left eye, right eye, nose tip, left mouth corner, right mouth corner ("left" as
     seen in the image). A malformed line raises ValueError naming the file and line number.
     """
-    out: dict[str, np.ndarray] = {}
     with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first path
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) != 11:
-                raise ValueError(f"{path}:{number}: expected a path and 10 coordinates, got {len(fields) - 1} fields")
-            try:
-                points = np.asarray(fields[1:], dtype=np.float32).reshape(5, 2)
-            except ValueError as err:
-                raise ValueError(f"{path}:{number}: bad coordinate ({err})") from None
-            if not np.isfinite(points).all():
-                raise ValueError(f"{path}:{number}: coordinates must be finite, got {fields[1:]}")
-            if fields[0] in out:
-                raise ValueError(f"{path}:{number}: {fields[0]} is listed twice")
-            out[fields[0]] = points
+        return parse_landmarks(f, path)
+
+
+def parse_landmarks(lines: Iterable[str], path: str | os.PathLike, first: int = 1) -> dict[str, np.ndarray]:
+    """:func:`read_landmarks` of the lines of a list (numbered from `first` in its errors)."""
+    out: dict[str, np.ndarray] = {}
+    for number, line in enumerate(lines, first):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != 11:
+            raise ValueError(f"{path}:{number}: expected a path and 10 coordinates, got {len(fields) - 1} fields")
+        try:
+            points = np.asarray(fields[1:], dtype=np.float32).reshape(5, 2)
+        except ValueError as err:
+            raise ValueError(f"{path}:{number}: bad coordinate ({err})") from None
+        if not np.isfinite(points).all():
+            raise ValueError(f"{path}:{number}: coordinates must be finite, got {fields[1:]}")
+        if fields[0] in out:
+            raise ValueError(f"{path}:{number}: {fields[0]} is listed twice")
+        out[fields[0]] = points
     return out
 
 
@@ -64,7 +71,7 @@ def write_landmarks(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(lines)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -15,6 +15,7 @@ has its centre at x = j, y = i -- the frame of LFW's lfw_landmark.txt.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -339,13 +340,16 @@ def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
     return net.to(device, memory_format=torch.channels_last).eval()
 
 
-def _utf8(name: str) -> bool:
-    """Whether a path decoded from the file system is UTF-8 (else it holds surrogate escapes)."""
+def _unlistable(name: str) -> str | None:
+    """Why a path cannot go in a landmark list (UTF-8 text, one path and its points per line,
+    tab-separated), else None."""
     try:
-        name.encode("utf-8")
+        name.encode("utf-8")  # a name decoded from the file system holds surrogate escapes if not
     except UnicodeEncodeError:
-        return False
-    return True
+        return "its name is not UTF-8 text, which a landmark list is: rename it"
+    if any(c in name for c in "\t\n\r"):
+        return "its name holds a tab or line break, which a landmark list cannot: rename it"
+    return None
 
 
 def detect_landmarks(
@@ -364,26 +368,29 @@ def detect_landmarks(
     dataset: a :class:`pydcr.data.FaceDataset` (its paths, relative to its image root, are the
     list's keys). Images are decoded by `workers` threads ahead of the detector, which takes
     `batch_size` at a time. Found points go to ``OUT.partial`` as they come, so an interrupted run
-    resumes where it stopped; OUT is written (atomically, in dataset order) at the end.
+    resumes where it stopped (only a run of the same images, folder and detector settings: another
+    run's partial list is started over); OUT is written (atomically, in dataset order) at the end.
     Returns the paths where no face was found or the image could not be read; the latter also go
     to `unreadable` when given (path -> why it could not be read).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from ._progress import progress_bar
-    from .landmarks import format_landmark_line, read_landmarks, write_landmarks
+    from .landmarks import format_landmark_line, write_landmarks
 
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    found = _read_partial(partial, read_landmarks) if resume else {}
-    todo = [i for i, p in enumerate(dataset.paths) if p not in found]
     detector = detector if detector is not None else MTCNN()
+    plan = _align_plan(dataset, detector)
+    found = _read_partial(partial, plan) if resume else None
+    todo = [i for i, p in enumerate(dataset.paths) if p not in (found or {})]
     missing: list[str] = []
 
     def read(i: int):
-        if not _utf8(dataset.paths[i]):  # a list is UTF-8 text: this name cannot go in one
+        why = _unlistable(dataset.paths[i])
+        if why is not None:
             if unreadable is not None:
-                unreadable[dataset.paths[i]] = "its name is not UTF-8 text, which a landmark list is: rename it"
+                unreadable[dataset.paths[i]] = why
             return None
         try:
             return dataset.image(i)
@@ -396,8 +403,11 @@ def detect_landmarks(
     bar = progress_bar(len(dataset), len(dataset) - len(todo), "align", progress)
     with (
         ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool,
-        open(partial, "a" if resume else "w", encoding="utf-8") as f,
+        open(partial, "a" if found is not None else "w", encoding="utf-8") as f,
     ):
+        if found is None:  # a new run: its plan first, so that only the same run resumes it
+            f.write(plan + "\n")
+            found = {}
         pending = [pool.submit(read, i) for i in chunks[0]] if chunks else []
         for n, chunk in enumerate(chunks):
             images = [p.result() for p in pending]
@@ -419,10 +429,29 @@ def detect_landmarks(
     return missing
 
 
-def _read_partial(partial: Path, read_landmarks) -> dict[str, np.ndarray]:
-    """The whole lines of an interrupted run (a torn last line is cut off)."""
+def _align_plan(dataset, detector) -> str:
+    """The first line of a run's partial list: a digest of what decides its points (the images,
+    where they are, the detector's settings)."""
+    h = hashlib.sha256()
+    h.update(str(Path(dataset.image_root).resolve()).encode("utf-8", "surrogateescape") + b"\0")
+    for path in dataset.paths:
+        h.update(path.encode("utf-8", "surrogateescape") + b"\0")
+    settings = [getattr(detector, name, None) for name in ("min_face_size", "factor", "thresholds")]
+    h.update(repr((type(detector).__name__, *settings)).encode())
+    return f"# pydcr align plan {h.hexdigest()}"
+
+
+def _read_partial(partial: Path, plan: str) -> dict[str, np.ndarray] | None:
+    """The whole lines of an interrupted run of `plan` (a torn last line is cut off); None when
+    there is none (no file, or another run's)."""
+    from .landmarks import parse_landmarks
+
     if not partial.is_file():
-        return {}
+        return None
     text = partial.read_bytes()
-    partial.write_bytes(text[: text.rfind(b"\n") + 1])
-    return read_landmarks(partial)
+    text = text[: text.rfind(b"\n") + 1]
+    head, _, rest = text.partition(b"\n")
+    if head.decode("utf-8", "replace") != plan:
+        return None
+    partial.write_bytes(text)
+    return parse_landmarks(rest.decode("utf-8").splitlines(keepends=True), partial, first=2)

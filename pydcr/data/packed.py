@@ -37,7 +37,7 @@ import numpy as np
 
 from ._progress import progress_bar
 from .align import ALIGNMENT_VERSION, align
-from .datasets import FaceDataset
+from .datasets import FaceDataset, identity_names
 
 MAGIC, RECORD_MAGIC, FOOTER_MAGIC = b"PYDCRPK1", b"REC1", b"PYDCRIX1"
 RECORD = struct.Struct("<4sIQQI10fI")
@@ -77,6 +77,7 @@ def pack(
     detector=None,
     resume: bool = True,
     progress: bool = True,
+    allow_empty: bool = True,
 ) -> Path:
     """Align every image of `dataset` and write the crops to one pack file at `out`.
 
@@ -85,6 +86,8 @@ def pack(
     centre) when given, else skipped; unreadable images and images without a face are skipped too,
     and listed in the pack with the reason. `workers` threads decode, align and encode (default: one
     per CPU core). With `resume`, an earlier interrupted run on the same plan is continued.
+    Without `allow_empty`, a run that packs no face raises :class:`NothingPacked` (holding the
+    skipped images and why) and leaves a file already at `out` as it was.
     """
     settings = PackSettings(format, int(quality), dataset.size)
     out = Path(out)
@@ -102,11 +105,26 @@ def pack(
             done.append(_write_record(f, *result))
             bar.update(1)
         bar.close()
-        _write_index(f, dataset, settings, done)
-        f.flush()
-        os.fsync(f.fileno())
+        if not allow_empty and all(r.status != PACKED for r in done):
+            nothing = NothingPacked(out, [(dataset.paths[r.item], _reason(f, r)) for r in done])
+        else:
+            nothing = None
+            _write_index(f, dataset, settings, done)
+            f.flush()
+            os.fsync(f.fileno())
+    if nothing is not None:
+        partial.unlink()
+        raise nothing
     os.replace(partial, out)
     return out
+
+
+class NothingPacked(ValueError):
+    """A pack run in which every image was skipped; `skipped` holds (path, reason) for each."""
+
+    def __init__(self, out: Path, skipped: list[tuple[str, str]]) -> None:
+        super().__init__(f"no face could be packed: every one of {len(skipped)} images was skipped; {out} not written")
+        self.skipped = skipped
 
 
 def plan_fingerprint(dataset: FaceDataset, settings: PackSettings, detect: bool = False) -> str:
@@ -355,8 +373,9 @@ class PackedFaces:
         return self.image(index), int(self.labels[index])
 
     @property
-    def identities(self) -> list[str]:
-        return [self.classes[label] for label in self.labels]
+    def identities(self) -> list[str | None]:
+        """The identity name of each face (None for the unlabelled faces of a flat folder)."""
+        return identity_names(self.classes, self.labels)
 
     def record(self, index: int) -> memoryview:
         """The checked payload bytes of one crop."""

@@ -195,12 +195,14 @@ def complete_gallery(
     chunk_size: int = 4096,
     shard: Shard | None = None,
     flip: bool = False,
+    description: dict | None = None,
 ) -> Gallery | None:
     """The gallery file that :func:`embed_gallery` with these arguments would write (for a shard,
     ``shard.path(out)``), when it exists and is finished: made by the same model, with the same
     heads and settings (dtype, flip, chunk and batch size, amp), from the same input (items,
     labels, landmarks, detector) whose files have not changed since (sizes and modification
-    times). Else None, also for inputs that are not files (arrays, tensors), which have no stamp."""
+    times). Else None, also for inputs that are not files (arrays, tensors), which have no stamp.
+    description is taken as embed_gallery takes it, and not compared."""
     target, heads, meta, chunks = _plan(embedder, source, out, heads, dtype, chunk_size, shard, flip)
     if not target.is_file():
         return None
@@ -212,8 +214,7 @@ def complete_gallery(
     if stamp is None:
         return None
     want = json.loads(json.dumps(_finished_meta(meta, shard, chunks, stamp)))
-    have = {k: v for k, v in gallery.meta.items() if k not in ("paths", "failures", "about")}
-    return gallery if have == want else None
+    return gallery if _compared(gallery.meta) == _compared(want) else None
 
 
 def _plan(embedder: Embedder, source: ItemSource, out, heads, dtype, chunk_size, shard, flip):
@@ -255,7 +256,7 @@ def _files_stamp(source: ItemSource) -> str | None:
 def _gallery_meta(embedder: Embedder, source: ItemSource, heads, dtype, flip, chunk_size) -> dict:
     h = hashlib.sha256()
     for name in source.names:
-        h.update(name.encode() + b"\0")
+        h.update(name.encode("utf-8", "surrogateescape") + b"\0")  # a file name need not be UTF-8
     if source.labels is not None:
         h.update(np.ascontiguousarray(source.labels, np.int64).tobytes())
     for i in range(len(source)):  # how each item is aligned decides its features too
@@ -295,7 +296,7 @@ def _work_folder(target: Path, plan: dict, resume: bool) -> Path:
     plan_file = work / PLAN_FILE
     text = json.dumps(plan, sort_keys=True)
     if work.is_dir():
-        same = plan_file.is_file() and plan_file.read_text() == text
+        same = plan_file.is_file() and _compared(_read_json(plan_file)) == _compared(json.loads(text))
         if resume and same:
             return work
         if resume and plan_file.is_file():
@@ -381,7 +382,26 @@ def merge_shards(shards: Sequence[str | os.PathLike], out: str | os.PathLike) ->
 def _without_rows(meta: dict) -> dict:
     """What the shards of one run share: all but their rows, their place, their input files' stamp
     and the facts about where they read it."""
-    shared = {k: v for k, v in meta.items() if k not in ("paths", "failures", "shard", "about")}
+    shared = {k: v for k, v in _compared(meta).items() if k != "shard"}
     if "input" in shared:
         shared["input"] = {k: v for k, v in shared["input"].items() if k != "files"}
     return shared
+
+
+def _compared(meta: dict | None) -> dict | None:
+    """What decides whether two runs' files go together: the metadata less its rows and the facts
+    for the reader (`about`; files of earlier versions kept them in `input`, which now holds only
+    the count, the fingerprint and the files' stamp)."""
+    if not isinstance(meta, dict):
+        return None
+    kept = {k: v for k, v in meta.items() if k not in ("paths", "failures", "about")}
+    if isinstance(kept.get("input"), dict):
+        kept["input"] = {k: v for k, v in kept["input"].items() if k in ("count", "fingerprint", "files")}
+    return kept
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -21,7 +21,7 @@ from ..denormals import denormals_flushed
 from ..data import MultiResolution, face_loader
 from ..losses import TrunkLoss
 from ..models import Trunk
-from .checkpoint import StopFlag, check_same_run, load_checkpoint, save_checkpoint
+from .checkpoint import OtherRunError, StopFlag, check_same_run, load_checkpoint, save_checkpoint
 from .distributed import current_world
 from .metrics_log import MetricsLog
 from .presets import make_optimizer, TrunkConfig
@@ -79,7 +79,9 @@ def train_trunk(
 
     data_key: a string that identifies the training data (which people, which images), kept in the
     checkpoint: a checkpoint made from other data is not resumed (an OtherRunError), even when the
-    number of identities agrees. Default: a digest of the dataset's labels, when it has `labels`.
+    number of identities agrees; given, a checkpoint that records no data (an earlier version's) is
+    not resumed either. Default: a digest of the dataset's labels, when it has `labels` (and a
+    checkpoint without a record is resumed).
 
     amp: the forward pass in bfloat16 autocast; the loss, the optimizer and the
     weights stay float32. Default: on CUDA only. On a CPU with bfloat16 arithmetic (AMX,
@@ -97,6 +99,7 @@ def train_trunk(
         raise ValueError(f"the batch of {config.batch_size} images does not split evenly over {world.size} "
                          "processes: choose a batch size that is a multiple of the number of processes")
     local_batch = config.batch_size // world.size
+    key_given = data_key is not None
     if data_key is None:
         data_key = labels_digest(dataset)
     out_dir = Path(out_dir)
@@ -131,6 +134,10 @@ def train_trunk(
     state = load_checkpoint(ckpt_path)
     if state is not None:
         # Only the same run resumes: other weights' shapes do not load, another schedule or batch misleads.
+        if key_given and "data" not in state:  # made before checkpoints recorded their data
+            raise OtherRunError(f"{out_dir} holds a run that does not record which data it trained on (an earlier "
+                                "version's), so it cannot be told from a run on other data; use another --out or "
+                                "delete it")
         saved = {**state.get("config", {}), "identities": state["head"]["weight"].shape[0]}
         for key in ("seed", "data"):
             if key in state:
