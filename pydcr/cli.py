@@ -87,11 +87,11 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     check_positive(args, "epochs")
     try:
-        run_demo(args.out, preset=args.preset, epochs=args.epochs, device=device_or_default(args.device),
-                 progress=not args.quiet)
+        result = run_demo(args.out, preset=args.preset, epochs=args.epochs, device=device_or_default(args.device),
+                          progress=not args.quiet)
     except OtherRunError as err:  # refused before any step: the --out is the mistake
         raise UsageError(str(err)) from None
-    return 0
+    return 0 if result else 130  # stopped by a signal: the same command resumes
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
@@ -222,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     retain_freed_memory()
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # where a command has no stop of its own (e.g. step 2): nothing is half-written
+        print(f"pydcr {args.command}: interrupted (outputs are written whole, so none is left half-written)",
+              file=sys.stderr)
+        return 130
     except UsageError as err:
         print(f"pydcr {args.command}: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -100,11 +101,19 @@ def device_or_default(name: str | None) -> str:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise UsageError(f"--device {name!r} is not a device: give cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # torch knows more device types; pydcr's kernels run on these
+        raise UsageError(f"--device {name}: pydcr runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices")
     return name
+
+
+def check_seed(args: argparse.Namespace) -> None:
+    """A UsageError for a --seed outside what the shuffling and flip generators take."""
+    if not -(2**31) < args.seed < 2**31:
+        raise UsageError(f"--seed must be within +-2**31, got {args.seed}")
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -168,8 +177,9 @@ def load_model(path: Path):
         raise UsageError(str(err)) from None
 
 
-def _faces(path: Path, size: tuple[int, int]):
-    """The training faces: a pack, or a dataset folder aligned on the fly; crops must be `size`."""
+def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on"):
+    """The training faces: a pack, or a dataset folder aligned on the fly; crops must be `size`
+    (what `takes` them is named in the refusal)."""
     from .data import CorruptPackError, PackedFaces, open_dataset
 
     if path.is_file():
@@ -187,8 +197,8 @@ def _faces(path: Path, size: tuple[int, int]):
     else:
         raise UsageError(f"no such pack file or dataset folder: {path}")
     if tuple(faces.size) != tuple(size):
-        raise UsageError(f"{path} holds {faces.size[0]}x{faces.size[1]} crops; the preset trains on "
-                         f"{size[0]}x{size[1]}: pack the faces at that size or choose another preset")
+        advice = "pack the faces at that size" + (" or choose another preset" if "preset" in takes else "")
+        raise UsageError(f"{path} holds {faces.size[0]}x{faces.size[1]} crops; {takes} {size[0]}x{size[1]}: {advice}")
     if len(faces) == 0:
         raise UsageError(f"{path} holds no faces")
     if not faces.classes:
@@ -219,12 +229,17 @@ def run_trunk(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width), ("batch_size", args.batch_size))
                  if v is not None}
     for key, value in overrides.items():
-        if value <= 0:
-            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {value}")
+        if not (0 < value < math.inf):
+            raise UsageError(f"--{key.replace('_', '-')} must be positive and finite, got {value}")
     _check_workers(args)
+    check_seed(args)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file: give the run folder (step 1 writes its checkpoint and "
                          "model.safetensors there)")
+    if (args.out / "model.safetensors").exists() and not (args.out / "checkpoint.pt").exists():
+        # no run here to resume or keep: the new trunk would replace a model (and its pairs) it did not make
+        raise UsageError(f"{args.out / 'model.safetensors'} exists, but no run to resume ({args.out / 'checkpoint.pt'} "
+                         "is gone): use another --out, or move the model away")
     device = device_or_default(args.device)
     config = replace(preset.trunk, **overrides)
     if args.tensorboard:
@@ -294,6 +309,9 @@ def _holds_trunk(path: Path, trunk) -> bool:
 
 
 def run_branch(args: argparse.Namespace) -> int:
+    import torch
+
+    from ._machine import use_amp
     from .models import save
     from .models.people import people_record
     from .train import train_branches
@@ -306,11 +324,16 @@ def run_branch(args: argparse.Namespace) -> int:
         preset_named(args.preset)  # an unknown name is refused before the model is read
     if any(k <= 0 for k in args.size):
         raise UsageError(f"--size must be positive resolutions, got {args.size}")
+    sizes = list(dict.fromkeys(args.size))  # one pair per resolution, however often it is named
     check_positive(args, "epochs")
     _check_workers(args)
+    check_seed(args)
     device = device_or_default(args.device)
     path = args.trunk / "model.safetensors" if args.trunk.is_dir() else args.trunk
     if not path.is_file():
+        if args.trunk.is_dir() and (args.trunk / "checkpoint.pt").is_file():
+            raise UsageError(f"the trunk run in {args.trunk} has not finished: run its `pydcr train trunk` command "
+                             "again to resume it, then train the pairs")
         raise UsageError(f"no trained model at {path}: run `pydcr train trunk` first")
     model = load_model(path)
     # Pairs sized for the trunk they sit on: a paper trunk gets the paper's 512-d pairs, not cpu's 256-d.
@@ -320,18 +343,19 @@ def run_branch(args: argparse.Namespace) -> int:
     h, w = model.trunk.input_size
     # a "low" resolution above the input's would be an upscaled face; the input's longer side itself is
     # SCface's full-size pair (112 for 112x96, docs/training.md)
-    if max(args.size) > max(h, w):
-        raise UsageError(f"--size {max(args.size)} is larger than {path}'s {h}x{w} input: give resolutions up "
+    if max(sizes) > max(h, w):
+        raise UsageError(f"--size {max(sizes)} is larger than {path}'s {h}x{w} input: give resolutions up "
                          f"to {max(h, w)}")
-    _check_pair_dim(model, args.size, config.dim, args.preset, path)
-    faces, classes = _faces(args.data, model.trunk.input_size)
-    train_branches(model.to(device), faces, classes, args.size, config, seed=args.seed, device=device,
-                   progress=not args.quiet, amp=args.amp)
-    model.provenance.setdefault("branches", {}).update(
-        {str(k): {"data": str(args.data), "preset": args.preset, "branch": config.to_dict()} for k in args.size})
+    _check_pair_dim(model, sizes, config.dim, args.preset, path)
+    faces, classes = _faces(args.data, model.trunk.input_size, takes=f"the trunk in {path} takes")
+    train_branches(model.to(device), faces, classes, sizes, config, seed=args.seed, device=device,
+                   progress=not args.quiet, amp=args.amp, num_workers=args.workers)
+    record = {"data": str(args.data), "preset": args.preset, "branch": config.to_dict(), "seed": args.seed,
+              "amp": use_amp(args.amp, torch.device(device))}
+    model.provenance.setdefault("branches", {}).update({str(k): record for k in sizes})
     model.provenance["people"] = people_record(faces.classes, model.provenance.get("people"))
     save(model.cpu(), path)
-    print(f"pydcr train branch: pairs for {', '.join(map(str, args.size))} added to {path}")
+    print(f"pydcr train branch: pairs for {', '.join(map(str, sizes))} added to {path}")
     return 0
 
 

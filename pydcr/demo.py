@@ -9,6 +9,7 @@ for the trunk alone and for DCR at each k, and for the trunk on HR pairs.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,7 +91,7 @@ def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs
           f"{len(np.unique(s.folds))} identity-disjoint folds; crops {trunk_cfg.input_size[0]}x{trunk_cfg.input_size[1]}")
     run = train_trunk(s.train, s.num_classes, trunk_cfg, out_dir / "trunk", device=device, seed=seed, progress=progress)
     if not run.finished:
-        print(f"demo: stopped; run again with the same arguments to resume from {out_dir / 'trunk'}")
+        print(f"demo: stopped; run again with the same arguments to resume from {out_dir / 'trunk'}", file=sys.stderr)
         return {}
     model = DCR(run.trunk, antialias=trunk_cfg.antialias)
     train_branches(model, s.train, s.num_classes, SIZES, p.branch, seed=seed, device=device, progress=progress)
@@ -102,7 +103,8 @@ def run_demo(out_dir: str | Path = "pydcr-demo", *, preset: str = "demo", epochs
         "preset": preset, "trunk": trunk_cfg.to_dict(), "branch": p.branch.to_dict(), "seed": seed,
         "people": people_record(names[p] for p in s.train_people),  # LFW people: `pydcr eval lfw` warns of them
     })
-    meta = {"minutes": round(minutes, 1), "preset": preset, "device": device, "train_images": len(s.train),
+    meta = {"minutes": round(minutes, 1), "preset": preset, "trunk_epochs": trunk_cfg.epochs, "device": device,
+            "train_images": len(s.train),
             "train_people": s.num_classes, "test_pairs": len(s.pairs), "folds": len(np.unique(s.folds))}
     write_report(out_dir, "pydcr demo", table, meta)
     print("\n10-fold verification accuracy (%), probe degraded to k x k:\n" + table.markdown())

@@ -99,12 +99,73 @@ def test_a_truncated_checkpoint_is_an_input_error(tiny_pack, tmp_path, capsys):
         (["train", "trunk", "--data", "PACK", "--out", "OUT", "--epochs", "0"], "--epochs must be positive"),
         (["train", "branch", "--trunk", "OUT", "--data", "PACK", "--size", "0"], "--size must be positive"),
         (["train", "branch", "--trunk", "OUT", "--data", "PACK", "--size", "8"], "no trained model"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--width", "nan"], "--width must be positive and finite"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--width", "inf"], "--width must be positive and finite"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--seed", "100000000000000"], "--seed must be within"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--device", "mps"], "pydcr runs on cpu or cuda"),
+        (["train", "trunk", "--data", "PACK", "--out", "OUT", "--device", "meta"], "pydcr runs on cpu or cuda"),
     ],
 )
 def test_argument_errors(argv, message, tiny_pack, tmp_path, capsys):
     argv = [str(tiny_pack) if a == "PACK" else str(tmp_path / "out") if a == "OUT" else a for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_model_without_its_run_is_not_replaced(tiny_pack, tmp_path, capsys):
+    """Step 1 into a folder whose model.safetensors it did not make (its checkpoint gone): refused,
+    as the new trunk would replace that model and its pairs."""
+    run = tmp_path / "run"
+    common = ["--data", str(tiny_pack), "--epochs", "1", "--quiet"]
+    trunk = ["train", "trunk", "--out", str(run), "--width", "0.0625", "--batch-size", "8", *common]
+    assert main(trunk) == 0
+    assert main(["train", "branch", "--trunk", str(run), "--size", "8", "8", "--seed", "3", *common]) == 0
+    model = load(run / "model.safetensors")
+    assert model.resolutions == [8]  # one pair however often the size is named
+    assert model.provenance["branches"]["8"]["seed"] == 3 and model.provenance["branches"]["8"]["amp"] is False
+    made = (run / "model.safetensors").read_bytes()
+    (run / "checkpoint.pt").unlink()
+    capsys.readouterr()
+    assert main([*trunk, "--seed", "1"]) == 2
+    assert "exists, but no run to resume" in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == made
+
+
+def test_step_2_on_a_trunk_run_that_has_not_finished(tiny_pack, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")  # as a stopped run leaves it: a checkpoint, no model
+    assert main(["train", "branch", "--trunk", str(run), "--data", str(tiny_pack), "--size", "8", "--quiet"]) == 2
+    assert "has not finished: run its `pydcr train trunk` command again" in capsys.readouterr().err
+
+
+def test_step_2_names_the_trunk_when_the_crops_do_not_fit(synthetic_pack, tmp_path, capsys):
+    run = tmp_path / "run"
+    small = synthetic_pack((56, 48))
+    assert main(["train", "trunk", "--data", str(synthetic_pack((112, 96))), "--out", str(run), "--width", "0.0625",
+                 "--batch-size", "8", "--epochs", "1", "--quiet"]) == 0
+    assert main(["train", "branch", "--trunk", str(run), "--data", str(small), "--size", "8", "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"holds 56x48 crops; the trunk in {run / 'model.safetensors'} takes 112x96: pack the faces at that size")
+
+
+def test_an_interrupt_exits_130_without_a_traceback(monkeypatch, capsys):
+    import pydcr.cli_train
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pydcr.cli_train, "run_branch", interrupted)
+    assert main(["train", "branch", "--trunk", "T", "--data", "D", "--size", "8"]) == 130
+    assert capsys.readouterr().err == "pydcr train: interrupted (outputs are written whole, so none is left half-written)\n"
+
+
+def test_a_stopped_demo_exits_130(monkeypatch, tmp_path):
+    import pydcr.demo
+
+    monkeypatch.setattr(pydcr.demo, "run_demo", lambda *args, **kwargs: {})  # what a stopped run returns
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet"]) == 130
 
 
 def test_tensorboard_without_the_package_is_a_usage_error(tiny_pack, tmp_path, capsys, monkeypatch):

@@ -27,6 +27,7 @@ def trunk_features(
     device: str | torch.device = "cpu",
     progress: bool = True,
     amp: bool | None = None,
+    num_workers: int = 0,
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
     """Trunk features of every image at 112 x 96 and degraded to each low size, computed once.
 
@@ -40,7 +41,7 @@ def trunk_features(
     trunk = trunk.eval().to(device, memory_format=torch.channels_last)  # as in training
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
     hr, low, labels = [], {k: [] for k in low_sizes}, []
-    loader = face_loader(dataset, batch_size, shuffle=False, workers=0, pin_memory=device.type == "cuda")
+    loader = face_loader(dataset, batch_size, shuffle=False, workers=num_workers, pin_memory=device.type == "cuda")
     with Progress(len(loader), "trunk features", enabled=progress) as bar:
         for images, y in loader:
             images = images.to(device).contiguous(memory_format=torch.channels_last)
@@ -113,11 +114,13 @@ def train_branches(
     device: str | torch.device = "cpu",
     progress: bool = True,
     amp: bool | None = None,
+    num_workers: int = 0,
 ) -> DCR:
     """Add a trained branch pair (classifiers dropped) to `model` for each size; the trunk is not
-    touched. amp: the trunk's features in bfloat16 autocast (see :func:`trunk_features`)."""
+    touched. amp: the trunk's features in bfloat16 autocast (see :func:`trunk_features`);
+    num_workers: data loader processes reading the faces for them."""
     hr, low, labels = trunk_features(model.trunk, dataset, sizes, antialias=model.antialias, device=device,
-                                     progress=progress, amp=amp)
+                                     progress=progress, amp=amp, num_workers=num_workers)
     for k in sizes:
         pair = train_branch_pair(hr, low[k], labels, num_classes, config, seed=seed, device=device,
                                  progress=progress, desc=f"branch {k}x{k}")
