@@ -13,7 +13,7 @@ from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
 from .cli_train import (UsageError, add_train_parser, check_out, check_out_of_images, check_positive,
-                        device_or_default, reading)
+                        device_or_default, reading, usage_errors)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -126,17 +126,20 @@ def _add_pack(sub) -> None:
 def _open_source(args: argparse.Namespace, landmarks: Path | None = None, size=(112, 96)):
     """The dataset under args.src; a missing folder or landmark list, or no image, is a usage error."""
     from pydcr.data import open_dataset
+    from pydcr.data.datasets import MixedLayoutError
 
     if not args.src.is_dir():
         raise UsageError(f"no such dataset folder: {args.src}")
     if landmarks is not None and not (landmarks.is_file() or (args.src / landmarks).is_file()):
         raise UsageError(f"no such landmark list: {landmarks}")
+    # a path on the command line is read from here first (and named in messages as it was given)
+    found = landmarks.absolute() if landmarks is not None and landmarks.is_file() else landmarks
     check_positive(args, "workers")
     # where the dataset may look for its landmark list (LFW's own by default)
     listed = landmarks or Path("lfw_landmark.txt")
     check_out(args.out, listed, args.src / listed, args.src / "lfw" / listed)
-    with reading(landmarks or "the landmark list"):
-        dataset = open_dataset(args.src, args.layout, landmarks, size)
+    with reading(landmarks or "the landmark list"), usage_errors(MixedLayoutError):
+        dataset = open_dataset(args.src, args.layout, found, size)
     if len(dataset) == 0:
         raise UsageError(f"no images under {args.src} in the {args.layout} layout (see --layout)")
     check_out_of_images(args.out, dataset)  # not over a source image

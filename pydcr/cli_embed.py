@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
-                        device_or_default, load_model, reading)
+                        device_or_default, load_model, reading, usage_errors)
 
 PACK_MAGIC = b"PYDCRPK1"
 #: The reason given for an image that is not an aligned crop, in the command's words (see ItemSource).
@@ -121,12 +121,12 @@ def _detector(args: argparse.Namespace, embedder):
 def open_input(path: Path, crop_size, landmarks: Path | None):
     """A folder, list file or pack as a dataset (or PackedFaces), and a description for the metadata."""
     from .data import CorruptPackError, FlatFolder, PackedFaces, open_dataset
-    from .data.datasets import IMAGE_EXTENSIONS
+    from .data.datasets import IMAGE_EXTENSIONS, MixedLayoutError
 
     if landmarks is not None and not landmarks.is_file():
         raise UsageError(f"no such landmark list: {landmarks}")
     if path.is_dir():
-        with reading(landmarks or "the landmark list"):
+        with reading(landmarks or "the landmark list"), usage_errors(MixedLayoutError):
             dataset = open_dataset(path, "auto", landmarks, crop_size)
         return dataset, {"source": str(path), "kind": "flat folder" if isinstance(dataset, FlatFolder) else "folder"}
     if not path.is_file():

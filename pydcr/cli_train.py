@@ -153,6 +153,15 @@ def check_out_of_images(out: Path, dataset) -> None:
 
 
 @contextmanager
+def usage_errors(*kinds: type[Exception]):
+    """Errors of these kinds, raised inside, as usage errors (exit 2): the arguments can mend them."""
+    try:
+        yield
+    except kinds as err:
+        raise UsageError(str(err)) from None
+
+
+@contextmanager
 def reading(path: Path | str):
     """Names `path` in a decoding error raised while reading it: the codec's message names no file."""
     try:
@@ -181,6 +190,7 @@ def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on
     """The training faces: a pack, or a dataset folder aligned on the fly; crops must be `size`
     (what `takes` them is named in the refusal)."""
     from .data import CorruptPackError, PackedFaces, open_dataset
+    from .data.datasets import MixedLayoutError
 
     if path.is_file():
         try:
@@ -188,7 +198,8 @@ def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on
         except CorruptPackError as err:
             raise UsageError(str(err)) from None
     elif path.is_dir():
-        faces = open_dataset(path, size=size)
+        with usage_errors(MixedLayoutError):
+            faces = open_dataset(path, size=size)
         unaligned = [p for i, p in enumerate(faces.paths) if faces.landmarks_of(i) is None]
         if unaligned:  # found now, not at the first such crop of a run already started
             raise UsageError(f"{len(unaligned)} of {len(faces)} images under {path} have no landmarks "

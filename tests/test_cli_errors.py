@@ -96,7 +96,7 @@ def refused(argv, work, capsys, code=2):
     (["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "faces", "--out", "m.safetensors"],
      "m.safetensors"),
     (["pack", "faces", "marks.txt", "--landmarks", "marks.txt", "--quiet"], "marks.txt"),
-    (["pack", "faces", "faces/marks.txt", "--landmarks", "marks.txt", "--quiet"], "faces/marks.txt"),
+    (["pack", "faces", "faces/root-marks.txt", "--landmarks", "root-marks.txt", "--quiet"], "faces/root-marks.txt"),
     (["pack", "faces", "faces/p0/0.png", "--landmarks", "marks.txt", "--quiet"], "faces/p0/0.png"),  # a source image
     # an image read from a folder or named by a list file
     (["embed", "m.safetensors", "faces", "--out", "faces/p0/0.png"], "faces/p0/0.png"),
@@ -108,7 +108,8 @@ def refused(argv, work, capsys, code=2):
     (["align", "faces", "faces/p1/3.png", "--quiet"], "faces/p1/3.png"),
 ])
 def test_an_output_that_is_an_input_is_refused(argv, out, work, capsys):
-    (work / "faces" / "marks.txt").write_text((work / "marks.txt").read_text())  # found under the root first
+    # found under the root, where there is none of its name in the current folder
+    (work / "faces" / "root-marks.txt").write_text((work / "marks.txt").read_text())
     line = refused(argv, work, capsys)
     assert line.startswith(f"pydcr {argv[0]}: cannot write {out}: it is the input "), line
 
@@ -447,3 +448,27 @@ def test_eval_input_error_met_mid_run_is_exit_1(inputs, tiny_lfw, capsys, monkey
     monkeypatch.setattr(pydcr.eval.lfw, "evaluate_lfw", damaged)
     assert main(["eval", "lfw", str(inputs / "m.safetensors"), "--root", str(tiny_lfw), "--quiet"]) == 1
     assert one_line(capsys.readouterr().err) == "pydcr eval: f.pack: record 2 is damaged (checksum mismatch)"
+
+
+@pytest.mark.parametrize("argv", [["align", "faces", "out.txt"], ["pack", "faces", "out.pack"],
+                                  ["embed", "m.safetensors", "faces", "--out", "g2.safetensors"],
+                                  ["train", "trunk", "--data", "faces", "--out", "run"]])
+def test_loose_images_beside_identity_folders_are_not_left_out_unsaid(argv, work, capsys):
+    (work / "faces" / "loose.png").write_bytes((work / "faces" / "p0" / "0.png").read_bytes())
+    assert refused(argv, work, capsys).endswith("faces holds images and folders of images, and no layout reads "
+                                                "both: choose one (folder: one subfolder per identity, the loose "
+                                                "images left out; flat: the loose images only), or move the loose "
+                                                "images into a folder of their own")
+
+
+def test_a_relative_landmark_list_is_read_from_here_first(work, capsys):
+    """--landmarks LIST names a file from the current folder; one of that name under the dataset
+    root (a stale copy, say) does not take its place."""
+    shifted = "".join(line.split("\t")[0] + "\t1" * 10 + "\n" for line in (work / "marks.txt").read_text().splitlines())
+    (work / "faces" / "marks.txt").write_text(shifted)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(["pack", "faces", "here.pack", "--landmarks", "marks.txt", "--quiet"]) == 0
+    faces = PackedFaces(work / "here.pack")
+    want = np.array(MARKS.split(), dtype=np.float32).reshape(5, 2)
+    np.testing.assert_allclose(faces.landmarks[0], want, atol=1e-3)

@@ -313,19 +313,28 @@ def load_landmarks(landmarks: Landmarks, root: Path) -> dict[str, np.ndarray] | 
 LAYOUTS = ("auto", "lfw", "folder", "flat", "scface")
 
 
+class MixedLayoutError(ValueError):
+    """A folder the "auto" layout cannot read whole: loose images beside folders of images."""
+
+
 def open_dataset(
     root: str | os.PathLike, layout: str = "auto", landmarks: Landmarks = None, size: Sequence[int] = (112, 96)
 ) -> FaceDataset:
     """A dataset by layout name: "lfw", "folder" (one folder per identity), "flat" (images with no
     identities, directly under root), "scface" (any number of subjects, all in the test split: for
     the evaluation's split, construct :class:`SCface` itself), or "auto" (LFW when root has an
-    ``lfw/`` folder, else an identity folder when root has a subfolder with images, else flat). landmarks: a
+    ``lfw/`` folder, else an identity folder when root has a subfolder with images, else flat; a root
+    with loose images beside such subfolders is a MixedLayoutError, as neither reading takes them all). landmarks: a
     list or mapping; for LFW, None means its own ``lfw_landmark.txt`` when present."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such dataset folder: {root}")
     if layout == "auto":
         layout = "lfw" if (root / "lfw").is_dir() else "folder" if _has_image_folder(root) else "flat"
+        if layout == "folder" and _image_files(root):  # either reading would leave images out unsaid
+            raise MixedLayoutError(f"{root} holds images and folders of images, and no layout reads both: choose one "
+                             "(folder: one subfolder per identity, the loose images left out; flat: the loose "
+                             "images only), or move the loose images into a folder of their own")
     if layout == "lfw":
         return LFW(root, pairs=None, landmarks=LFW_LANDMARKS if landmarks is None else landmarks, size=size)
     if layout == "folder":
