@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     retain_freed_memory()
     try:
         return args.func(args)
+    except BrokenPipeError:  # the reader of stdout went away (`pydcr info --json | head -3`): not an error here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except KeyboardInterrupt:  # where a command has no stop of its own (e.g. step 2): nothing is half-written
         print(f"pydcr {args.command}: interrupted (outputs are written whole, so none is left half-written)",
               file=sys.stderr)

@@ -76,3 +76,18 @@ def test_too_old_torch_is_refused_before_loading(monkeypatch):
     monkeypatch.setattr(_extension.torch, "__version__", "2.10.0")
     with pytest.raises(ImportError, match=r"for torch >= 2\.11, but torch 2\.10\.0 is running"):
         _extension._load("_C")
+
+
+def test_a_closed_stdout_is_not_an_error_message(tmp_path):
+    """`pydcr info --json | head -1`: the reader goes away; the command ends quietly (status 141, as
+    a shell reports SIGPIPE), not with "Broken pipe" on stderr."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pydcr", "info", "--json"], stdout=write, stderr=subprocess.PIPE,
+                              cwd=tmp_path)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")
