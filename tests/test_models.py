@@ -342,29 +342,66 @@ def test_estimate_resolution_finds_the_upsampling_grid(model):
     torch.testing.assert_close(model.embed_lr(probes), model.branch(12).lr(model.trunk(probes)))
 
 
-@pytest.mark.data
-def test_estimate_resolution_routes_degraded_faces(lfw_root, model):
-    import numpy as np
-
+@pytest.fixture(scope="module")
+def lfw_faces(lfw_root):
+    """48 aligned LFW faces, 112 x 96 x 3 uint8 each."""
     from pydcr.data import align, read_image, read_landmarks
-    from pydcr.models import estimate_resolution, native_resolution
 
     landmarks = read_landmarks(lfw_root / "lfw_landmark.txt")
-    names = sorted(landmarks)[::250][:48]
-    faces = torch.from_numpy(
-        np.stack([align(read_image(lfw_root / "lfw" / n), landmarks[n]) for n in names])
-    ).permute(0, 3, 1, 2)
+    return [align(read_image(lfw_root / "lfw" / n), landmarks[n]) for n in sorted(landmarks)[::250][:48]]
+
+
+def routed_right(model, probes, k, antialias=True) -> float:
+    """The share of probes (N x 3 x H x W) whose estimated resolution routes to the pair for k."""
+    from pydcr.models import estimate_resolution
+
+    routed = [model.nearest_resolution(int(e)) for e in estimate_resolution(probes, antialias=antialias)]
+    return sum(r == k for r in routed) / len(routed)
+
+
+@pytest.mark.data
+def test_estimate_resolution_routes_degraded_faces(lfw_faces, model):
+    import numpy as np
+
+    from pydcr.models import estimate_resolution, native_resolution
+
+    faces = torch.from_numpy(np.stack(lfw_faces)).permute(0, 3, 1, 2)
     for antialias in (True, False):
         for k in model.resolutions:  # 8, 12, 16, 20
             low = ops.degrade(faces, k, antialias=antialias)
             for probes in (low, low.round().clamp(0, 255).to(torch.uint8)):
-                est = estimate_resolution(probes, antialias=antialias)
-                routed = torch.tensor([model.nearest_resolution(int(e)) for e in est])
-                assert (routed == k).float().mean() >= 0.95, (antialias, k, probes.dtype, est.tolist())
+                assert routed_right(model, probes, k, antialias) >= 0.95, (antialias, k, probes.dtype)
         # an upscaled non-square crop is estimated at the size its native crop is routed by
         est = estimate_resolution(ops.degrade(faces, (14, 11), antialias=antialias), antialias=antialias)
         assert (est == native_resolution(14, 11)).float().mean() >= 0.9, est.tolist()
         assert (estimate_resolution(faces, antialias=antialias) >= 40).float().mean() >= 0.9
+
+
+@pytest.mark.data
+def test_estimate_resolution_sees_through_noise_and_jpeg(lfw_faces, model):
+    import cv2
+    import numpy as np
+
+    from pydcr.models import estimate_resolution
+
+    def jpeg(a, quality):
+        _, buf = cv2.imencode(".jpg", cv2.cvtColor(a, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    rng = np.random.default_rng(0)
+    # OpenCV's area shrink and bicubic upscale (the other convention), then noise no rounding
+    # explains: 96-100% of these faces route right.
+    for k in model.resolutions[:3]:  # 8, 12, 16
+        up = np.stack([cv2.resize(cv2.resize(f, (k, k), interpolation=cv2.INTER_AREA), (96, 112),
+                                  interpolation=cv2.INTER_CUBIC) for f in lfw_faces])
+        for name, probes, share in (
+            ("noise sd 2", np.clip(up + rng.normal(0, 2, up.shape), 0, 255).round().astype(np.uint8), 0.9),
+            ("jpeg 50", np.stack([jpeg(u, 50) for u in up]), 0.9),
+            ("jpeg 30", np.stack([jpeg(u, 30) for u in up]), 0.85),
+        ):
+            assert routed_right(model, torch.from_numpy(probes).permute(0, 3, 1, 2), k) >= share, (k, name)
+    full = torch.from_numpy(np.stack([jpeg(f, 30) for f in lfw_faces])).permute(0, 3, 1, 2)
+    assert (estimate_resolution(full) >= 40).float().mean() >= 0.9  # compression is no lost resolution
 
 
 def test_trunk_equals_its_eager_twin():
