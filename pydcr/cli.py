@@ -13,7 +13,7 @@ from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
 from .cli_train import (UsageError, add_train_parser, check_out, check_out_of_images, check_positive,
-                        device_or_default, reading, usage_errors)
+                        device_or_default, landmark_list, reading, usage_errors)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -130,10 +130,7 @@ def _open_source(args: argparse.Namespace, landmarks: Path | None = None, size=(
 
     if not args.src.is_dir():
         raise UsageError(f"no such dataset folder: {args.src}")
-    if landmarks is not None and not (landmarks.is_file() or (args.src / landmarks).is_file()):
-        raise UsageError(f"no such landmark list: {landmarks}")
-    # a path on the command line is read from here first (and named in messages as it was given)
-    found = landmarks.absolute() if landmarks is not None and landmarks.is_file() else landmarks
+    found = landmark_list(landmarks, args.src)  # messages name it as it was given
     check_positive(args, "workers")
     # where the dataset may look for its landmark list (LFW's own by default)
     listed = landmarks or Path("lfw_landmark.txt")
@@ -224,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     # anew at every step (pydcr.allocator).
     retain_freed_memory()
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # a closed stdout shows here, not at exit where it cannot be caught
+        return status
     except BrokenPipeError:  # the reader of stdout went away (`pydcr info --json | head -3`): not an error here
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
-                        device_or_default, load_model, reading, usage_errors)
+                        device_or_default, landmark_list, load_model, reading, usage_errors)
 
 PACK_MAGIC = b"PYDCRPK1"
 #: The reason given for an image that is not an aligned crop, in the command's words (see ItemSource).
@@ -123,11 +123,10 @@ def open_input(path: Path, crop_size, landmarks: Path | None):
     from .data import CorruptPackError, FlatFolder, PackedFaces, open_dataset
     from .data.datasets import IMAGE_EXTENSIONS, MixedLayoutError
 
-    if landmarks is not None and not landmarks.is_file():
-        raise UsageError(f"no such landmark list: {landmarks}")
     if path.is_dir():
+        found = landmark_list(landmarks, path)  # messages name it as it was given
         with reading(landmarks or "the landmark list"), usage_errors(MixedLayoutError):
-            dataset = open_dataset(path, "auto", landmarks, crop_size)
+            dataset = open_dataset(path, "auto", found, crop_size)
         return dataset, {"source": str(path), "kind": "flat folder" if isinstance(dataset, FlatFolder) else "folder"}
     if not path.is_file():
         raise UsageError(f"no such input folder, list or pack: {path}")
@@ -142,7 +141,7 @@ def open_input(path: Path, crop_size, landmarks: Path | None):
             raise UsageError(str(err)) from None
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         raise UsageError(f"{path} is one image: give a folder, a list file of paths or a pack")
-    return _list_file(path, crop_size, landmarks), {"source": str(path), "kind": "list"}
+    return _list_file(path, crop_size, landmark_list(landmarks, path.parent)), {"source": str(path), "kind": "list"}
 
 
 def _list_file(path: Path, crop_size, landmarks):

@@ -110,6 +110,19 @@ def device_or_default(name: str | None) -> str:
     return name
 
 
+def landmark_list(given: Path | None, root: Path) -> Path | None:
+    """The --landmarks file to read: as given from the current folder, else under the dataset root
+    (LFW keeps its list there); a UsageError when neither holds it."""
+    if given is None:
+        return None
+    if given.is_file():  # absolute only where the dataset would find another of its name under its root first
+        shadow = root / given
+        return given.absolute() if shadow.is_file() and not shadow.samefile(given) else given
+    if not given.is_absolute() and (root / given).is_file():
+        return root / given
+    raise UsageError(f"no such landmark list: {given}")
+
+
 def check_seed(args: argparse.Namespace) -> None:
     """A UsageError for a --seed outside what the shuffling and flip generators take."""
     if not -(2**31) < args.seed < 2**31:

@@ -476,8 +476,10 @@ def _check_no_overlap(op: str, centers: torch.Tensor, **read: torch.Tensor) -> N
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether a and b may share elements: their byte spans in one storage intersect."""
-    if not a.numel() or not b.numel() or not torch._C._is_alias_of(a, b):
-        return False  # _is_alias_of: one storage (fake and meta tensors included, without reading memory)
+    # _is_alias_of first: one storage (fake and meta tensors included, without reading memory); a
+    # fresh tensor (a graph's center_stats sums, of data-dependent size) is then never asked its size
+    if not torch._C._is_alias_of(a, b) or not a.numel() or not b.numel():
+        return False
 
     def span(t: torch.Tensor) -> tuple[int, int]:
         start = t.storage_offset() * t.element_size()

@@ -86,8 +86,9 @@ def test_a_closed_stdout_is_not_an_error_message(tmp_path):
     read, write = os.pipe()
     os.close(read)
     try:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as for most users
         done = subprocess.run([sys.executable, "-m", "pydcr", "info", "--json"], stdout=write, stderr=subprocess.PIPE,
-                              cwd=tmp_path)
+                              cwd=tmp_path, env=env)
     finally:
         os.close(write)
     assert (done.returncode, done.stderr) == (141, b"")

@@ -244,6 +244,18 @@ def test_inputs_that_share_the_centers_memory_are_refused():
     compiled = torch.compile(lambda c: ops.center_update_(c, c[:2], labels, 0.5), fullgraph=True, backend="eager")
     with pytest.raises(Exception, match="features shares memory with centers"):
         compiled(torch.randn(4, 3))
+    # The distributed update's two steps in one graph: the stats' sums (of data-dependent size) are
+    # checked without a guard on that size.
+    torch._dynamo.reset()
+    features = torch.randn(6, 3, dtype=torch.float64)
+    labels6 = torch.tensor([0, 2, 2, 1, 0, 3])
+
+    def two_steps(c, x):
+        return ops.center_apply_(c, *ops.center_stats(x, labels6, c), 0.5)
+
+    compiled = torch.compile(two_steps, fullgraph=True, backend="eager")
+    centers = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(compiled(centers.clone(), features), two_steps(centers.clone(), features), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("update", ["center_update_", "center_apply_"])

@@ -4,6 +4,7 @@ no output behind."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -469,6 +470,10 @@ def test_a_relative_landmark_list_is_read_from_here_first(work, capsys):
     with pytest.MonkeyPatch.context() as m:
         m.chdir(work)
         assert main(["pack", "faces", "here.pack", "--landmarks", "marks.txt", "--quiet"]) == 0
+        from pydcr.cli_embed import open_input
+
+        embedded, _ = open_input(Path("faces"), (112, 96), Path("marks.txt"))  # embed and identify read it so too
     faces = PackedFaces(work / "here.pack")
     want = np.array(MARKS.split(), dtype=np.float32).reshape(5, 2)
     np.testing.assert_allclose(faces.landmarks[0], want, atol=1e-3)
+    np.testing.assert_allclose(embedded.landmarks_of(0), want, atol=1e-3)

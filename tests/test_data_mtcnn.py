@@ -263,10 +263,19 @@ def test_detect_landmarks_names_a_file_name_with_a_tab(tmp_path):
 
     root = tmp_path / "src"
     root.mkdir()
-    for name in ("a\tb.png", "plain.png"):
+    for name in ("a\tb.png", "plain.png", "next\x85line.png"):  # NEL: a line break to str.splitlines only
         cv2.imwrite(str(root / name), np.full((10, 10, 3), 10, np.uint8))
     unreadable = {}
     missing = detect_landmarks(FlatFolder(root), tmp_path / "marks.txt", detector=FakeDetector(), progress=False,
                                unreadable=unreadable)
     assert missing == ["a\tb.png"] and "holds a tab or line break" in unreadable["a\tb.png"]
-    assert list(read_landmarks(tmp_path / "marks.txt")) == ["plain.png"]
+    assert list(read_landmarks(tmp_path / "marks.txt")) == ["next\x85line.png", "plain.png"]
+    # A partial list holding such a name resumes: its lines end at "\n" only.
+    from pydcr.data.mtcnn import _align_plan
+
+    data = FlatFolder(root)
+    (tmp_path / "m2.txt.partial").write_text(_align_plan(data, FakeDetector()) + "\n" + "next\x85line.png"
+                                             + "\t7" * 10 + "\n")
+    fake = FakeDetector()
+    detect_landmarks(data, tmp_path / "m2.txt", detector=fake, progress=False)
+    assert fake.seen == 1 and read_landmarks(tmp_path / "m2.txt")["next\x85line.png"][0, 0] == 7

@@ -454,4 +454,5 @@ def _read_partial(partial: Path, plan: str) -> dict[str, np.ndarray] | None:
     if head.decode("utf-8", "replace") != plan:
         return None
     partial.write_bytes(text)
-    return parse_landmarks(rest.decode("utf-8").splitlines(keepends=True), partial, first=2)
+    # lines end at "\n" only: str.splitlines would also break at characters a file name may hold (NEL, U+2028)
+    return parse_landmarks(rest.decode("utf-8").split("\n"), partial, first=2)
