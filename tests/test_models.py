@@ -404,6 +404,25 @@ def test_estimate_resolution_sees_through_noise_and_jpeg(lfw_faces, model):
     assert (estimate_resolution(full) >= 40).float().mean() >= 0.9  # compression is no lost resolution
 
 
+@pytest.mark.data
+def test_full_size_faces_route_to_a_full_size_pair(lfw_faces):
+    """SCface's pairs are 20, 30 and 112: a full-size probe, clean or compressed, must not be
+    estimated low enough (below 71) to go through the pair for 30."""
+    import cv2
+    import numpy as np
+
+    from pydcr.models import estimate_resolution
+
+    for quality, share in ((None, 0.95), (90, 0.95), (75, 0.95), (50, 0.9)):  # measured: 0.98, 0.98, 0.98, 0.94
+        faces = [f if quality is None else cv2.imdecode(cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
+                                                         cv2.IMREAD_COLOR) for f in lfw_faces]
+        est = estimate_resolution(torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2))
+        assert (est >= 71).float().mean() >= share, (quality, est.tolist())
+    small = torch.nn.functional.interpolate(torch.from_numpy(np.stack(lfw_faces)).permute(0, 3, 1, 2).float(),
+                                            (56, 48), mode="area").round()
+    assert (estimate_resolution(small) >= 43).float().mean() >= 0.95  # 56x48 crops: nearest 56 of 20, 30, 56
+
+
 def test_trunk_equals_its_eager_twin():
     torch.manual_seed(1)
     trunk = Trunk(width=0.125, feature_dim=32)

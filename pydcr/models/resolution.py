@@ -67,18 +67,25 @@ def _side(gram: torch.Tensor, energy: torch.Tensor, rounding: torch.Tensor, cand
     share = torch.stack([r[k] / (1 - k / n) for k in upper], 1).quantile(0.25, dim=1)
     noise = torch.maximum(rounding, share.clamp_max(NOISE_CAP))
 
-    def excess(k: int, r: torch.Tensor) -> torch.Tensor:
+    def excess(k: int, r: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Less what the noise alone leaves off the span of k: the share 1 - k / n of its energy."""
         return (r - noise * (1 - k / n)).clamp_min(0)
 
-    at = {k: excess(k, r[k]) for k in tried}
-    at[0] = excess(0, torch.ones_like(noise))  # k = 0 keeps nothing
-    at[n] = torch.zeros_like(noise)  # k = n keeps everything
+    def curve(noise: torch.Tensor) -> dict[int, torch.Tensor]:
+        at = {k: excess(k, r[k], noise) for k in tried}
+        at[0] = excess(0, torch.ones_like(noise), noise)  # k = 0 keeps nothing
+        at[n] = torch.zeros_like(noise)  # k = n keeps everything
+        return at
+
+    # Knees in the upper half are read on the curve less rounding only: the noise estimate comes
+    # from there, and discounting it there would make knees of a full-size face's own detail.
+    at, upper_at = curve(noise), curve(rounding)
     knee = result.clone()
     dip = result.clone()
     for k in ks:
+        e = at if 2 * k < n else upper_at
         # A steep fall into k that ends there (when k + 1 falls steeply again, the knee is further on).
-        found = (at[k] < tolerance / k) & (at[k] < DROP * at[k - 1]) & ~(at[k + 1] < DROP * at[k])
+        found = (e[k] < tolerance / k) & (e[k] < DROP * e[k - 1]) & ~(e[k + 1] < DROP * e[k])
         knee[(knee == n) & found] = k
         if 2 * k < n:  # a shallower fall into k, rising again at k + 1, to what noise could leave
             found = ((at[k] < DIP_DROP * at[k - 1]) & (at[k + 1] > RISE * at[k]) & (at[k] < NOISE_LEVEL * noise)
@@ -113,29 +120,32 @@ def estimate_resolution(
     e(k) = r(k) - a * (1 - k / n), clamped at 0, is the curve the estimate reads.
 
     A side's estimate is the smallest candidate k at a knee of e: e(k) below ``tolerance / k`` and
-    below ``DROP`` (0.3) times e(k - 1), and the next step, to k + 1, no such fall again. Noise
-    that is not white (JPEG's falls off with frequency, so the upper half underrates it at the
-    face's resolution) leaves a shallower dip there instead: e(k) below 0.6 e(k - 1), below
-    e(k + 1) / 1.2, below 10 a and below ``3 * tolerance / k``, for k < n / 2. The smallest dip
-    is taken unless a knee lies above it within 1.5 times its k (noise also leaves dips at
-    k - 2 .. k - 4 below a face's true knee). A side with neither gets its length: faces with all
-    their detail have a smoothly falling curve. Faces upsampled with the other bicubic convention
-    show a shallower knee at their resolution, usually found. The estimate is
-    ``native_resolution(k_height, k_width)``, so an upscaled h x w crop is routed as the crop
-    itself would be; images without any variation get the smallest candidate.
+    below ``DROP`` (0.3) times e(k - 1), and the next step, to k + 1, no such fall again (for k >= n
+    / 2, where a is read, the knee is sought on r less rounding only: discounting a there would make
+    knees of a full-size face's own detail). Noise that is not white (JPEG's falls off with
+    frequency, so the upper half underrates it at the face's resolution) leaves a shallower dip
+    there instead: e(k) below 0.6 e(k - 1), below e(k + 1) / 1.2, below 10 a and below ``3 *
+    tolerance / k``, for k < n / 2. The smallest dip is taken unless a knee lies above it within 1.5
+    times its k (noise also leaves dips at k - 2 .. k - 4 below a face's true knee). A side with
+    neither gets its length: faces with all their detail have a smoothly falling curve. Faces
+    upsampled with the other bicubic convention show a shallower knee at their resolution, usually
+    found. The estimate is ``native_resolution(k_height, k_width)``, so an upscaled h x w crop is
+    routed as the crop itself would be; images without any variation get the smallest candidate.
 
-    Measured (routing: nearest of 8/12/16/20, ties lower). 512 aligned LFW faces degraded to
-    k = 8, 12, 16, 20 with either convention, float or rounded to uint8: at least 99.8% route to
-    their own branch (14 x 11 crops: 99.6% estimated at 12), and every full-size face, also after
-    JPEG at quality 75/50/30 or noise of sd 2, is estimated at 50 or more. 117 other faces shrunk
-    with OpenCV's area filter and upscaled with its bicubic (the other convention; estimated with
-    the default ``antialias=True``), uint8, at k = 8 / 12 / 16: with Gaussian noise of sd 2,
-    100 / 99 / 100% route to their own branch (sd 4: 100 / 99 / 100%); after JPEG at quality 50,
-    99 / 100 / 100%; at quality 30, 92 / 98 / 97%. Not covered: JPEG at quality 10 (25 / 14 / 3%), and faces
-    aligned from low-resolution photos, whose rotation and scaling leave no grid to find: they come
-    out at 80 - 90, full size, and should be routed by their known size instead. Cost: two Gram
-    matrices per image and one matrix product, in float64 on the images' device (about 30 ms per
-    64 faces of 112 x 96 on two CPU cores). Returns an int64 tensor of N resolutions.
+    Measured (routing: nearest of 8/12/16/20, ties lower). 512 aligned LFW faces degraded to k = 8,
+    12, 16, 20 with either convention, float or rounded to uint8: at least 99.8% route to their own
+    branch (14 x 11 crops: 99.6% estimated at 12), and every full-size face, also after JPEG at
+    quality 75/50/30 or noise of sd 2, is estimated at 50 or more (120 faces: 97.5% or more at 71 or
+    more, so that of pairs for 20, 30 and 112 they go through 112, also after JPEG at quality 50).
+    117 other faces shrunk with OpenCV's area filter and upscaled with its bicubic (the other
+    convention; estimated with the default ``antialias=True``), uint8, at k = 8 / 12 / 16: with
+    Gaussian noise of sd 2, 100 / 99 / 100% route to their own branch (sd 4: 100 / 99 / 100%); after
+    JPEG at quality 50, 99 / 100 / 100%; at quality 30, 92 / 98 / 97%. Not covered: JPEG at quality
+    10 (25 / 14 / 3%), and faces aligned from low-resolution photos, whose rotation and scaling
+    leave no grid to find: they come out at 80 - 90, full size, and should be routed by their known
+    size instead. Cost: two Gram matrices per image and one matrix product, in float64 on the
+    images' device (about 30 ms per 64 faces of 112 x 96 on two CPU cores). Returns an int64 tensor
+    of N resolutions.
     """
     if images.dim() != 4:
         raise ValueError(f"expected images N x C x H x W, got shape {tuple(images.shape)}")
