@@ -199,9 +199,10 @@ def load_model(path: Path):
         raise UsageError(str(err)) from None
 
 
-def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on"):
+def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on",
+           advice: str = "pack the faces at that size or choose another preset"):
     """The training faces: a pack, or a dataset folder aligned on the fly; crops must be `size`
-    (what `takes` them is named in the refusal)."""
+    (else a refusal naming what `takes` them, with `advice`)."""
     from .data import CorruptPackError, PackedFaces, open_dataset
     from .data.datasets import MixedLayoutError
 
@@ -221,7 +222,6 @@ def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on
     else:
         raise UsageError(f"no such pack file or dataset folder: {path}")
     if tuple(faces.size) != tuple(size):
-        advice = "pack the faces at that size" + (" or choose another preset" if "preset" in takes else "")
         raise UsageError(f"{path} holds {faces.size[0]}x{faces.size[1]} crops; {takes} {size[0]}x{size[1]}: {advice}")
     if len(faces) == 0:
         raise UsageError(f"{path} holds no faces")
@@ -371,7 +371,8 @@ def run_branch(args: argparse.Namespace) -> int:
         raise UsageError(f"--size {max(sizes)} is larger than {path}'s {h}x{w} input: give resolutions up "
                          f"to {max(h, w)}")
     _check_pair_dim(model, sizes, config.dim, args.preset, path)
-    faces, classes = _faces(args.data, model.trunk.input_size, takes=f"the trunk in {path} takes")
+    faces, classes = _faces(args.data, model.trunk.input_size, takes=f"the trunk in {path} takes",
+                            advice="pack the faces at that size")
     train_branches(model.to(device), faces, classes, sizes, config, seed=args.seed, device=device,
                    progress=not args.quiet, amp=args.amp, num_workers=args.workers)
     record = {"data": str(args.data), "preset": args.preset, "branch": config.to_dict(), "seed": args.seed,

@@ -79,7 +79,8 @@ def reproduce_lfw(
 
     # Which people train: a rerun into out_dir with other test folds must not resume a trunk that
     # trained on its test people (the number of people alone can agree).
-    data_key = "people:" + hashlib.sha256("\0".join(sorted(split.people)).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    people = "\0".join(sorted(split.people)).encode("utf-8", "surrogateescape")
+    data_key = "people:" + hashlib.sha256(people).hexdigest()[:32]
     run = train_trunk(train, split.num_classes, trunk_cfg, out_dir / "trunk", device=device, seed=seed,
                       progress=progress, amp=amp, data_key=data_key)
     if not run.finished:

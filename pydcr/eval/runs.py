@@ -15,7 +15,8 @@ from pathlib import Path
 
 # Report fields that must agree for the runs' tables to be comparable cell by cell (`folds`: the
 # folds of a `pydcr eval lfw` report, `test_folds` those of a `pydcr reproduce lfw` one).
-_SAME_PROTOCOL = ("test_folds", "folds", "test_pairs", "preset", "epochs", "training_precision", "min_images", "pca_dim")
+_SAME_PROTOCOL = ("test_folds", "folds", "test_pairs", "preset", "epochs", "training_precision", "min_images",
+                  "pca_dim")
 
 
 def load_report(path: str | Path) -> dict:
