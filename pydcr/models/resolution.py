@@ -144,8 +144,7 @@ def estimate_resolution(
     10 (25 / 14 / 3%), and faces aligned from low-resolution photos, whose rotation and scaling
     leave no grid to find: they come out at 80 - 90, full size, and should be routed by their known
     size instead. Cost: two Gram matrices per image and one matrix product, in float64 on the
-    images' device (about 30 ms per 64 faces of 112 x 96 on two CPU cores). Returns an int64 tensor
-    of N resolutions.
+    images' device. Returns an int64 tensor of N resolutions.
     """
     if images.dim() != 4:
         raise ValueError(f"expected images N x C x H x W, got shape {tuple(images.shape)}")
