@@ -43,23 +43,10 @@ def parse_landmarks(lines: Iterable[str], path: str | os.PathLike, first: int = 
     return out
 
 
-def unlistable(name: str) -> str | None:
-    """Why a path cannot go in a landmark list (UTF-8 text, one path and its points per line,
-    tab-separated), else None."""
-    try:
-        name.encode("utf-8")  # a name decoded from the file system holds surrogate escapes if not
-    except UnicodeEncodeError:
-        return "its name is not UTF-8 text, which a landmark list is: rename it"
-    if any(c in name for c in "\t\n\r"):
-        return "its name holds a tab or line break, which a landmark list cannot: rename it"
-    return None
-
-
 def format_landmark_line(name: str, points: np.ndarray) -> str:
     """One line of a landmark list (without the newline); coordinates with up to 6 significant digits."""
-    why = unlistable(name)
-    if why is not None:
-        raise ValueError(f"image path {name!r}: {why}")
+    if any(c in name for c in "\t\n\r"):
+        raise ValueError(f"image path {name!r} contains a tab or newline, which the list format cannot hold")
     points = np.asarray(points, dtype=np.float64)
     if points.shape != (5, 2):
         raise ValueError(f"landmarks of {name!r} must be a 5 x 2 array of (x, y), got shape {points.shape}")

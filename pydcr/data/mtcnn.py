@@ -340,6 +340,18 @@ def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
     return net.to(device, memory_format=torch.channels_last).eval()
 
 
+def _unlistable(name: str) -> str | None:
+    """Why a path cannot go in a landmark list (UTF-8 text, one path and its points per line,
+    tab-separated), else None."""
+    try:
+        name.encode("utf-8")  # a name decoded from the file system holds surrogate escapes if not
+    except UnicodeEncodeError:
+        return "its name is not UTF-8 text, which a landmark list is: rename it"
+    if any(c in name for c in "\t\n\r"):
+        return "its name holds a tab or line break, which a landmark list cannot: rename it"
+    return None
+
+
 def detect_landmarks(
     dataset,
     out: str | Path,
@@ -364,7 +376,7 @@ def detect_landmarks(
     from concurrent.futures import ThreadPoolExecutor
 
     from ._progress import progress_bar
-    from .landmarks import format_landmark_line, unlistable, write_landmarks
+    from .landmarks import format_landmark_line, write_landmarks
 
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
@@ -375,7 +387,7 @@ def detect_landmarks(
     missing: list[str] = []
 
     def read(i: int):
-        why = unlistable(dataset.paths[i])
+        why = _unlistable(dataset.paths[i])
         if why is not None:
             if unreadable is not None:
                 unreadable[dataset.paths[i]] = why
