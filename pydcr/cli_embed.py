@@ -361,7 +361,7 @@ def run_identify(args: argparse.Namespace) -> int:
         # surrogateescape: a file name that is not UTF-8 is written as the bytes it has on disk
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
-            writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery", "gallery_identity", "score"])
+            writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery_row", "gallery", "gallery_identity", "score"])
             head = TRUNK if trunk_only else LR
             # probes are embedded as the gallery was: with the mirror image's feature added or not
             for batch in embedder.stream(source, [head], size=args.size, flip=gallery.meta.get("flip", False)):
@@ -394,7 +394,7 @@ def _write_matches(writer, batch, head: str, index_of, source, gallery, top_k: i
             item = int(batch.index[j])
             for rank, (s, g) in enumerate(zip(s_row, h_row), 1):
                 writer.writerow([source.names[item], _identity(source, item), r or "", rank,
-                                 gallery.paths[g], gallery.identity(g), f"{s:.6f}"])
+                                 g, gallery.paths[g], gallery.identity(g), f"{s:.6f}"])
     return len(batch.index)
 
 

@@ -78,6 +78,7 @@ def test_embed_identify_verify(models, folder, tmp_path, capsys):
     r = int(probes.resolutions[0])
     scores, hits = topk(g.features(f"hr{r}"), probes.features, 3)
     assert [row["gallery"] for row in rows] == [g.paths[h] for h in hits.reshape(-1).tolist()]
+    assert [int(row["gallery_row"]) for row in rows] == hits.reshape(-1).tolist()
     np.testing.assert_allclose([float(row["score"]) for row in rows], scores.reshape(-1).numpy(), atol=1e-5)
     assert [row["rank"] for row in rows] == ["1", "2", "3"] * 5
     assert {row["resolution"] for row in rows} == {str(r)} and rows[0]["probe_identity"] == lines[0].split("\t")[1]
