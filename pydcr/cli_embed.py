@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ._files import naming_write_errors
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
                         device_or_default, landmark_list, load_model, reading, usage_errors)
 
@@ -359,7 +360,8 @@ def run_identify(args: argparse.Namespace) -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     try:
         # surrogateescape: a file name that is not UTF-8 is written as the bytes it has on disk
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with naming_write_errors(args.out), open(tmp, "w", newline="", encoding="utf-8",
+                                                  errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery_row", "gallery", "gallery_identity", "score"])
             head = TRUNK if trunk_only else LR

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ._files import write_text
 from .cli_train import UsageError
 
 
@@ -201,11 +202,10 @@ def run_scface(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         report = {**result.to_dict(), "model": str(args.model), "root": str(args.root), "seed": args.seed}
         json_file, md_file = (args.out / name for name in SCFACE_REPORT_FILES)
-        json_file.write_text(json.dumps(report, indent=2) + "\n")
+        write_text(json_file, json.dumps(report, indent=2) + "\n")
         tuned = "not fine-tuned" if finetune is None else f"fine-tuned {finetune.epochs} epochs at lr {finetune.lr:g}"
-        md_file.write_text(
-            f"# SCface rank-1 identification (%)\n\nModel {args.model}; {len(result.test_subjects)} test subjects, "
-            f"{len(result.train_subjects)} training subjects (seed {args.seed}); branch pairs "
-            f"{', '.join(f'd{d}: {k}' for d, k in resolutions.items())}, {tuned}.\n\n{table}\n")
+        write_text(md_file, f"# SCface rank-1 identification (%)\n\nModel {args.model}; {len(result.test_subjects)} "
+                            f"test subjects, {len(result.train_subjects)} training subjects (seed {args.seed}); branch "
+                            f"pairs {', '.join(f'd{d}: {k}' for d, k in resolutions.items())}, {tuned}.\n\n{table}\n")
         print(f"\npydcr eval scface: {json_file}, {md_file}")
     return 0

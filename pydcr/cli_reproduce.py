@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ._files import write_text
 from .cli_train import (UsageError, add_amp_argument, check_lfw_root, check_out, check_positive, device_or_default,
                         preset_named, view2_folds)
 
@@ -106,7 +107,7 @@ def run_summary(args: argparse.Namespace) -> int:
     print(text)
     if args.out is not None:  # the folders --out names are made only now: a refused run leaves none behind
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_text(args.out, text + "\n")
     return 0
 
 

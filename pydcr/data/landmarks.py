@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import publish
+from .._files import naming_write_errors, publish
 
 
 def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -69,7 +69,7 @@ def write_landmarks(
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with naming_write_errors(path), os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(lines)
         publish(tmp, path)
     except BaseException:

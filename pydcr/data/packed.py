@@ -35,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .._files import naming_write_errors
 from ._progress import progress_bar
 from .align import ALIGNMENT_VERSION, align
 from .datasets import FaceDataset, identity_names
@@ -94,7 +95,8 @@ def pack(
     partial = out.with_name(out.name + ".partial")
     fingerprint = plan_fingerprint(dataset, settings, detector is not None)
     done = _resume_point(partial, fingerprint) if resume else None
-    with open(partial, "r+b" if done is not None else "w+b") as f:
+    # a full disk names the file; the partial pack stays, for a rerun to resume
+    with naming_write_errors(partial), open(partial, "r+b" if done is not None else "w+b") as f:
         if done is None:
             _write_header(f, settings, fingerprint)
             done = []

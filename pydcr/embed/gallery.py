@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .._files import write_safetensors
+from .._files import write_safetensors, write_text
 from ..data._progress import progress_bar
 from ..data.align import ALIGNMENT_VERSION
 from .embedder import TRUNK, Embedder, hr_head
@@ -303,7 +303,7 @@ def _work_folder(target: Path, plan: dict, resume: bool) -> Path:
             print(f"pydcr embed: {work} holds a run with other settings; starting over", file=sys.stderr)
         _remove_work_folder(work)
     work.mkdir(parents=True)
-    plan_file.write_text(text)
+    write_text(plan_file, text)
     return work
 
 

@@ -15,6 +15,8 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._files import atomic_write
+
 
 ITEM_SIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "U8": 1}
 _COPY_BLOCK = 1 << 22
@@ -72,22 +74,15 @@ def concat(parts: Sequence[Path], out: Path, metadata: dict[str, str]) -> None:
         offset += nbytes
     header = json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(header)) + header)
-            for name in names:
-                for path, (tensors, _, start) in zip(parts, headers):
-                    a, b = tensors[name]["data_offsets"]
-                    with open(path, "rb") as src:
-                        src.seek(start + a)
-                        _copy(src, f, b - a)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:  # a part found truncated, a full disk, Ctrl-C: no half file left behind
-        tmp.unlink(missing_ok=True)
-        raise
+    # a part found truncated, a full disk, Ctrl-C: no half file left behind
+    with atomic_write(out) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        for name in names:
+            for path, (tensors, _, start) in zip(parts, headers):
+                a, b = tensors[name]["data_offsets"]
+                with open(path, "rb") as src:
+                    src.seek(start + a)
+                    _copy(src, f, b - a)
 
 
 def _copy(src, dst, nbytes: int) -> None:

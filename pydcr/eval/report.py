@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_write, write_text
 from .table import VerificationTable
 
 REPORT_FILES = ("report.md", "report.json", "accuracy.png", "roc.png")  # what write_report writes
@@ -46,7 +47,7 @@ def plot_accuracy(table: VerificationTable, path: Path) -> Path:
     ax.set_ylabel("verification accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path, dpi=120)
     return path
 
 
@@ -67,8 +68,15 @@ def plot_roc(table: VerificationTable, path: Path) -> Path:
         ax.legend(loc="lower right", fontsize="small")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("true positive rate")
-    fig.savefig(path, dpi=110)
+    _save_figure(fig, path, dpi=110)
     return path
+
+
+def _save_figure(fig, path: Path, dpi: int) -> None:
+    """In the format `path`'s suffix names (PNG without one), as ``fig.savefig(path)`` would."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:].lower() or "png", dpi=dpi)
 
 
 def write_report(out_dir: str | Path, title: str, table: VerificationTable, meta: dict) -> list[Path]:
@@ -76,9 +84,9 @@ def write_report(out_dir: str | Path, title: str, table: VerificationTable, meta
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [plot_accuracy(table, out_dir / "accuracy.png"), plot_roc(table, out_dir / "roc.png")]
-    (out_dir / "report.json").write_text(json.dumps({"title": title, **meta, "table": table.to_dict()}, indent=2))
+    write_text(out_dir / "report.json", json.dumps({"title": title, **meta, "table": table.to_dict()}, indent=2))
     lines = [f"# {title}", "", "Verification accuracy (%), mean over the test folds:", "", table.markdown(), ""]
     lines += [f"- {key}: {value}" for key, value in meta.items() if not isinstance(value, (dict, list))]
     lines += ["", "![accuracy by probe resolution](accuracy.png)", "", "![ROC curves](roc.png)", ""]
-    (out_dir / "report.md").write_text("\n".join(lines))
+    write_text(out_dir / "report.md", "\n".join(lines))
     return [out_dir / "report.md", out_dir / "report.json", *written]

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 
 import torch
 
+from .._files import atomic_write
+
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a run killed mid-write keeps its previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    # through a Python file: torch.save to a name reports a full disk as "unexpected pos"
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 class CorruptCheckpointError(ValueError):
