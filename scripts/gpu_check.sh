@@ -34,12 +34,17 @@ fi
 step build build.log 300 env PYDCR_CUDA=ON PYDCR_CUDA_ARCHS="${PYDCR_CUDA_ARCHS:-90}" \
   python3 -m pip install --no-build-isolation --no-deps -v --config-settings=build.tool-args=-k0 -e .
 step info tests.log 60 python3 -m pydcr info
+# Every later step must run on the GPU: without a device or the CUDA module, stop here and fail.
+export PYDCR_REQUIRE_CUDA=1
+step cuda tests.log 60 python3 -c "import torch, pydcr; info = pydcr.build_info(); \
+assert torch.cuda.is_available() and info['cuda_loaded'], f'CUDA not usable: {info}'"
+[ "$status" -eq 0 ] || { echo "gpu_check: exit $status"; exit "$status"; }
 # An argument error inside a kernel must reach Python as RuntimeError: torch's own and pydcr's,
 # each in a process of its own, with the toolchain facts and a native backtrace if one crashes.
 step errors tests.log 180 python3 scripts/check_errors.py
 # pytest-xdist spreads the suite over the machine's cores when it is installed.
 xdist=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-step tests tests.log 240 python3 -m pytest -q -p no:cacheprovider $xdist -rf ${GPU_CHECK_TESTS:-tests}
+step tests tests.log 240 python3 -m pytest -q -p no:cacheprovider $xdist -rfs ${GPU_CHECK_TESTS:-tests}
 # Benchmarks write JSON to a scratch folder, merged into one $OUT/bench.json at the end (the
 # machine returns only a few files).
 json=$(mktemp -d)

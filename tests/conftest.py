@@ -12,6 +12,9 @@ HAS_CUDA = torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config, items):
+    # A GPU check sets PYDCR_REQUIRE_CUDA: there, a CUDA test that would skip is an error.
+    if os.environ.get("PYDCR_REQUIRE_CUDA", "") not in ("", "0") and not HAS_CUDA:
+        raise pytest.UsageError("PYDCR_REQUIRE_CUDA is set, but torch sees no CUDA device")
     skip_cuda = pytest.mark.skip(reason="needs a CUDA device")
     skip_data = pytest.mark.skip(reason=f"needs the LFW data at {LFW_ROOT}")
     for item in items:

@@ -20,6 +20,7 @@ from pydcr._files import write_safetensors
 from pydcr.models import DCR, BranchPair, Trunk, load, save
 
 from fake_detector import FakeDetector
+from module_outputs import output_dtypes
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,10 @@ def test_cpu_bf16_autocast(model, faces):
     assert fast.amp
     with torch.no_grad():
         want, want_lr = model.embed_hr(faces, 8), model.embed_lr(faces, 12)
-    for got, ref in ((fast.embed_hr(faces, 8).features, want), (fast.embed_lr(faces, 12).features, want_lr)):
+    with output_dtypes() as computed:
+        got_hr, got_lr = fast.embed_hr(faces, 8).features, fast.embed_lr(faces, 12).features
+    assert torch.bfloat16 in computed  # autocast was in force, not only asked for
+    for got, ref in ((got_hr, want), (got_lr, want_lr)):
         assert got.dtype == torch.float32
         assert torch.nn.functional.cosine_similarity(got, ref).min() > 0.99
 

@@ -13,6 +13,8 @@ from pydcr.models import DCR
 from pydcr.train import TrunkConfig, get_preset, train_branches, train_trunk
 from pydcr.train.branch import trunk_features
 
+from module_outputs import output_dtypes
+
 TINY = TrunkConfig(width=0.125, feature_dim=16, input_size=(40, 40), batch_size=8, epochs=2, lr=0.02,
                    low_sizes=(12, 6))
 
@@ -35,13 +37,17 @@ def test_trunk_loss_decreases(tmp_path):
 
 def test_trunk_trains_in_cpu_bf16_autocast(tmp_path):
     data, classes = toy_faces()
-    run = train_trunk(data, classes, replace(TINY, epochs=4), tmp_path, progress=False, amp=True)
+    with output_dtypes() as computed:
+        run = train_trunk(data, classes, replace(TINY, epochs=4), tmp_path, progress=False, amp=True)
+    assert torch.bfloat16 in computed  # autocast was in force, not only asked for
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert all(p.dtype == torch.float32 for p in run.trunk.parameters())  # autocast leaves the weights float32
     # its cached features for step 2, in autocast or not, agree to bfloat16's precision
     exact = trunk_features(run.trunk, data, (12,), progress=False, amp=False)
-    fast = trunk_features(run.trunk, data, (12,), progress=False, amp=True)
+    with output_dtypes() as computed:
+        fast = trunk_features(run.trunk, data, (12,), progress=False, amp=True)
+    assert torch.bfloat16 in computed
     for a, b in ((exact[0], fast[0]), (exact[1][12], fast[1][12])):
         assert b.dtype == torch.float32
         assert torch.nn.functional.cosine_similarity(a, b).min() > 0.99
