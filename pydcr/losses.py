@@ -98,16 +98,21 @@ class _LossThenUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, labels, centers, module):
-        ctx.save_for_backward(features, labels)
-        # Held without save_for_backward: the update moves them in place once they have been read.
-        ctx.centers, ctx.module = centers, module
-        return torch.ops.pydcr.center_loss.default(features, labels, centers)
+        loss = torch.ops.pydcr.center_loss.default(features, labels, centers)  # checks the labels first
+        # The rows this loss read, kept apart: the centers move in place at every update, and a
+        # second call of the module before one backward (a loss per resolution, summed) moves
+        # them before this backward runs.
+        seen = centers.index_select(0, labels)
+        ctx.save_for_backward(features, labels, seen)
+        ctx.module = module
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        features, labels = ctx.saved_tensors
-        grad_features, _ = torch.ops.pydcr.center_loss_backward.default(grad, features, labels, ctx.centers, False)
+        features, labels, seen = ctx.saved_tensors
+        rows = torch.arange(len(labels), dtype=labels.dtype, device=labels.device)  # row i of `seen` is c_{y_i}
+        grad_features, _ = torch.ops.pydcr.center_loss_backward.default(grad, features, rows, seen, False)
         ctx.module.update_centers(features, labels)
         return grad_features, None, None, None
 

@@ -50,6 +50,20 @@ def test_paper_mode_updates_centers_on_backward():
     torch.testing.assert_close(crit.centers, update_by_loop(before, features, labels, 0.4))
 
 
+def test_paper_mode_called_twice_before_one_backward():
+    """A loss per resolution, summed: each call's gradient comes from the centers it saw, although
+    the first backward to run has moved them; each call's batch then updates them in turn."""
+    crit = with_centers(CenterLoss(6, 5, alpha=0.4, dtype=torch.float64))
+    (fa, la), (fb, lb) = batch(seed=1), batch(seed=2)
+    before = crit.centers.clone()
+    a, b = fa.clone().requires_grad_(), fb.clone().requires_grad_()
+    (crit(a, la) + crit(b, lb)).backward()
+    torch.testing.assert_close(a.grad, (fa - before[la]) / len(la))
+    torch.testing.assert_close(b.grad, (fb - before[lb]) / len(lb))
+    # autograd runs the later call's backward first
+    torch.testing.assert_close(crit.centers, update_by_loop(update_by_loop(before, fb, lb, 0.4), fa, la, 0.4))
+
+
 def test_paper_mode_without_backward_keeps_centers():
     crit = with_centers(CenterLoss(6, 5, dtype=torch.float64))
     features, labels = batch()

@@ -83,12 +83,16 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
 
         with pytest.raises(Stop):  # a killed process: only the epoch-end checkpoint survives
             train_trunk(data, classes, TINY, tmp_path / "cut", progress=False, on_step=stop_at_step_5)
+        with open(tmp_path / "cut" / "metrics.jsonl", "a") as log:
+            log.write('{"epoch": 2, "lo')  # and a metrics line cut off mid-write
         resumed = train_trunk(data, classes, TINY, tmp_path / "cut", progress=False)
     finally:
         torch.use_deterministic_algorithms(False)
     assert resumed.finished and resumed.epochs_done == TINY.epochs
     for (k, a), (_, b) in zip(whole.trunk.state_dict().items(), resumed.trunk.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    logged = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in logged] == list(range(1, TINY.epochs + 1))
 
 
 def test_a_run_resumes_only_with_its_own_settings(tmp_path):
@@ -136,9 +140,28 @@ def test_branches_are_added_to_the_model(tmp_path):
     data, classes = toy_faces()
     run = train_trunk(data, classes, replace(TINY, epochs=1), tmp_path, progress=False)
     model = DCR(run.trunk)
+    trunk_before = {k: v.clone() for k, v in model.trunk.state_dict().items()}
     train_branches(model, data, classes, [8, 12], replace(get_preset("demo").branch, dim=8, epochs=2), progress=False)
     assert model.resolutions == [8, 12]
     assert model.branch(8).hr_branch.classifier is None  # deployed without classifiers
+    for k, v in model.trunk.state_dict().items():  # step 2 trains the pairs only
+        assert torch.equal(v, trunk_before[k]), k
+
+
+def test_training_refuses_inputs_it_cannot_train_on(tmp_path):
+    from pydcr.train.branch import train_branch_pair
+
+    data, classes = toy_faces()
+    with pytest.raises(ValueError, match="no images to train on"):
+        train_trunk(torch.utils.data.Subset(data, []), classes, TINY, tmp_path, progress=False)
+    assert not (tmp_path / "metrics.jsonl").exists()
+    config = replace(get_preset("demo").branch, dim=8, epochs=1)
+    hr, labels = torch.randn(20, 16), torch.arange(20) % 4
+    for lr, y in ((torch.randn(30, 16), labels), (torch.randn(20, 8), labels), (torch.randn(20, 16), labels[:10])):
+        with pytest.raises(ValueError, match="same N images"):
+            train_branch_pair(hr, lr, y, 4, config, progress=False)
+    with pytest.raises(ValueError, match="no features"):
+        train_branch_pair(hr[:0], hr[:0], labels[:0], 4, config, progress=False)
 
 
 def test_demo_split_is_identity_disjoint():

@@ -72,6 +72,11 @@ def train_branch_pair(
     init: fine-tune this pair's feature layers instead of starting afresh (its classifiers, if any,
     are not used: the new ones are sized for `num_classes`, the identities of these labels).
     """
+    if hr.dim() != 2 or lr.shape != hr.shape or labels.shape != hr.shape[:1]:
+        raise ValueError(f"hr and lr must be N x D features of the same N images as the N labels, got hr "
+                         f"{tuple(hr.shape)}, lr {tuple(lr.shape)}, labels {tuple(labels.shape)}")
+    if len(labels) == 0:
+        raise ValueError("no features to train a branch pair on")
     device = torch.device(device)
     torch.manual_seed(seed)
     dim = config.dim if init is None else init.dim

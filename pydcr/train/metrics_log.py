@@ -16,12 +16,20 @@ def summary_writer_class():
     return SummaryWriter
 
 
+def _epoch(line: str) -> float:
+    """The epoch a line logs; infinity (dropped) for a blank line or one cut off by a kill mid-write."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class MetricsLog:
     """Appends one JSON line per epoch to out_dir/metrics.jsonl and, with ``tensorboard=True``, writes
     the same figures as TensorBoard scalars under out_dir/tensorboard (global step = epoch), so that
     ``tensorboard --logdir RUN_DIR`` follows a run. A resumed run appends to both; ``after_epoch``
     (the epochs its checkpoint holds) first drops the lines of later epochs, written by a run
-    stopped before it could checkpoint them, which it trains again. A disabled log (the processes
+    stopped before it could checkpoint them, which it trains again, and any line a kill cut off. A disabled log (the processes
     other than rank 0 of a distributed run) writes nothing."""
 
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, enabled: bool = True,
@@ -31,7 +39,7 @@ class MetricsLog:
         self._writer = None
         if enabled and after_epoch is not None and self.path.is_file():
             lines = self.path.read_text().splitlines(keepends=True)
-            kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= after_epoch]
+            kept = [line for line in lines if _epoch(line) <= after_epoch]
             if len(kept) != len(lines):
                 self.path.write_text("".join(kept))
         if tensorboard and enabled:

@@ -94,6 +94,8 @@ def train_trunk(
     the steps one process would take with the whole batch. Only rank 0 shows progress and writes
     to out_dir (which every rank reads when resuming: a shared folder).
     """
+    if len(dataset) == 0:
+        raise ValueError("no images to train on: the dataset is empty")
     world = current_world()
     if config.batch_size % world.size:
         raise ValueError(f"the batch of {config.batch_size} images does not split evenly over {world.size} "
