@@ -8,6 +8,7 @@ inference for torch.compile and fake tensors, and gradients. Each op equals its 
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from . import _extension  # noqa: F401  (registers the ops)
@@ -39,6 +40,7 @@ class _Differentiable:
     """
 
     def __init__(self, name: str, backward, setup_context):
+        self.name = name
         self.op = getattr(torch.ops.pydcr, name).default
         torch.library.register_autograd(f"pydcr::{name}", backward, setup_context=setup_context)
         op = self.op
@@ -66,10 +68,17 @@ class _Differentiable:
         """The op on every argument of its schema, in order."""
         if torch.compiler.is_compiling():  # graphs hold the op, and AOTAutograd its registered gradient
             return self.op(*args)
+        if fwAD._current_level >= 0 and any(_is_dual(a) for a in args):  # else the tangent is dropped unsaid
+            raise NotImplementedError(f"pydcr.{self.name}: forward-mode AD is not supported by the fused ops; "
+                                      f"pydcr.reference has their pure-PyTorch twins")
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return self.function.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return self.op(*args)
+
+
+def _is_dual(a) -> bool:
+    return isinstance(a, torch.Tensor) and fwAD.unpack_dual(a).tangent is not None
 
 
 def resize(x: torch.Tensor, size: Size2, *, antialias: bool = True) -> torch.Tensor:
@@ -457,13 +466,17 @@ def center_apply_(
 
 
 def _check_in_place(op: str, centers: torch.Tensor, **read: torch.Tensor) -> None:
-    """Refuse, as built-in in-place ops do, to move a leaf that autograd is tracking (its gradient
-    would silently ignore the update), or centers whose memory an input read (`read`) shares: the
-    kernels would read values they have already moved."""
-    if torch.is_grad_enabled() and centers.requires_grad and centers.is_leaf:
-        raise RuntimeError(f"pydcr.{op}: centers is a leaf tensor that requires grad; "
-                           "update it under torch.no_grad(), as pydcr.losses.CenterLoss does")
+    """Refuse, as built-in in-place ops do, to move centers that autograd is tracking (a leaf or a
+    view of one: its gradient would silently ignore the update), centers whose elements share
+    memory (an expand()ed tensor: the classes' moves would pile up), or centers whose memory an
+    input read (`read`) shares: the kernels would read values they have already moved."""
+    if torch.is_grad_enabled() and centers.requires_grad:
+        raise RuntimeError(f"pydcr.{op}: centers requires grad; update it under torch.no_grad(), as "
+                           "pydcr.losses.CenterLoss does")
     if not torch.compiler.is_compiling():  # a graph checks in the fake kernel, on its fake tensors
+        if _may_overlap_itself(centers):
+            raise RuntimeError(f"pydcr.{op}: elements of centers share memory (an expand()ed tensor?): "
+                               "pass centers.clone()")
         _check_no_overlap(op, centers, **read)
 
 
@@ -472,6 +485,17 @@ def _check_no_overlap(op: str, centers: torch.Tensor, **read: torch.Tensor) -> N
         if _overlap(centers, t):
             raise RuntimeError(f"pydcr.{op}: {name} shares memory with centers, which the op writes: "
                                f"pass {name}.clone()")
+
+
+def _may_overlap_itself(t: torch.Tensor) -> bool:
+    """Whether two indices of t may address one element: false when, dimension by dimension in
+    order of stride, each stride reaches past all that the smaller ones span."""
+    span = 1  # elements the dimensions so far reach, from the first
+    for stride, size in sorted((abs(st), n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride < span:
+            return True
+        span += stride * (size - 1)
+    return False
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

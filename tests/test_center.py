@@ -258,20 +258,40 @@ def test_inputs_that_share_the_centers_memory_are_refused():
     torch.testing.assert_close(compiled(centers.clone(), features), two_steps(centers.clone(), features), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("view", [False, True])
 @pytest.mark.parametrize("update", ["center_update_", "center_apply_"])
-def test_leaf_centers_that_require_grad_are_refused(update):
-    """As built-in in-place ops refuse: outside no_grad, moving a tracked leaf is an error."""
+def test_centers_that_require_grad_are_refused(update, view):
+    """As built-in in-place ops refuse: outside no_grad, moving a tracked leaf, or a view of one,
+    is an error."""
     features, labels, centers = make_batch(12, 5, 8, torch.float32)
     stats = ops.center_stats(features, labels, centers)
-    c = centers.clone().requires_grad_()
+    leaf = torch.cat([centers, centers]).requires_grad_() if view else centers.clone().requires_grad_()
+    c = leaf[: len(centers)]
     move = (lambda: ops.center_update_(c, features, labels, 0.5)) if update == "center_update_" else (
         lambda: ops.center_apply_(c, *stats, 0.5))
-    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+    with pytest.raises(RuntimeError, match="centers requires grad"):
         move()
     assert torch.equal(c.detach(), centers)
     with torch.no_grad():
         move()
     assert not torch.equal(c.detach(), centers)
+
+
+@pytest.mark.parametrize("update", ["center_update_", "center_apply_"])
+def test_centers_whose_elements_share_memory_are_refused(update):
+    """An expand()ed tensor would take every class's move in its one row: refused, as built-in
+    in-place ops refuse to write through such views."""
+    features, labels = torch.ones(3, 4), torch.tensor([0, 1, 2])
+    centers = torch.zeros(1, 4).expand(3, 4)
+    with pytest.raises(RuntimeError, match="elements of centers share memory"):
+        if update == "center_update_":
+            ops.center_update_(centers, features, labels, 0.5)
+        else:
+            ops.center_apply_(centers, labels, features, torch.ones(3, dtype=torch.long), 0.5)
+    assert torch.equal(centers, torch.zeros(3, 4))
+    transposed = torch.zeros(4, 3).t()  # strided but with no shared element: fine
+    ops.center_update_(transposed, features, labels, 0.5)
+    torch.testing.assert_close(transposed, reference.center_update_(torch.zeros(3, 4), features, labels, 0.5))
 
 
 @pytest.mark.parametrize("update", ["center_update_", "center_apply_"])

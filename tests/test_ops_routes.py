@@ -80,3 +80,16 @@ def test_eager_route_records_the_graph(name, public, registered, args):
     args = [a.detach().clone().requires_grad_() for a in args]
     y = public(*args)
     assert y.requires_grad and type(y.grad_fn).__name__ == f"{name}_functionBackward"
+
+
+@pytest.mark.parametrize("name,public,registered,args", CASES, ids=[c[0] for c in CASES])
+def test_forward_mode_ad_is_refused_not_dropped(name, public, registered, args):
+    """The ops have no forward-mode derivative: a dual input raises instead of losing its tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(args[0], torch.ones_like(args[0]))
+        with pytest.raises(NotImplementedError, match=f"pydcr.{name}: forward-mode AD is not supported"):
+            public(dual, *args[1:])
+        y = public(*args)  # plain tensors inside a dual level are fine
+    assert torch.equal(y, public(*args))
