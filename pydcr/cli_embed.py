@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ._files import naming_write_errors
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
-                        device_or_default, landmark_list, load_model, reading, usage_errors)
+                        device_or_default, landmark_list, load_model, one_layout_only, reading)
 
 PACK_MAGIC = b"PYDCRPK1"
 #: The reason given for an image that is not an aligned crop, in the command's words (see ItemSource).
@@ -122,11 +122,11 @@ def _detector(args: argparse.Namespace, embedder):
 def open_input(path: Path, crop_size, landmarks: Path | None):
     """A folder, list file or pack as a dataset (or PackedFaces), and a description for the metadata."""
     from .data import CorruptPackError, FlatFolder, PackedFaces, open_dataset
-    from .data.datasets import IMAGE_EXTENSIONS, MixedLayoutError
+    from .data.datasets import IMAGE_EXTENSIONS
 
     if path.is_dir():
         found = landmark_list(landmarks, path)  # messages name it as it was given
-        with reading(landmarks or "the landmark list"), usage_errors(MixedLayoutError):
+        with reading(landmarks or "the landmark list"), one_layout_only():
             dataset = open_dataset(path, "auto", found, crop_size)
         return dataset, {"source": str(path), "kind": "flat folder" if isinstance(dataset, FlatFolder) else "folder"}
     if not path.is_file():
@@ -458,8 +458,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _unusable(name: str, reason: str) -> int:
+    """An image given as an argument that cannot be used (unreadable, no face, not aligned): exit 2,
+    as for a missing one."""
     print(f"pydcr verify: cannot use {name}: {reason}", file=sys.stderr)
-    return 1
+    return 2
 
 
 def _pair_landmarks(path: Path | None, images: list[Path]):

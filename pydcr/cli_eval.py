@@ -30,7 +30,8 @@ def _add_lfw(protocols) -> None:
                    help="probe resolutions k (default: 8 12 16 20)")
     s.add_argument("--folds", type=int, nargs="+", default=None,
                    help="View 2 folds, 1-10 (default: the test folds the model records, for a model of "
-                        "`pydcr reproduce lfw`; else all ten); folds whose people it trained on are refused")
+                        "`pydcr reproduce lfw`; else all ten); folds outside the test folds it records are "
+                        "refused, and a warning names people of the pairs that its recorded data hold")
     s.add_argument("--pca-dim", type=int, default=None, help="PCA components kept (default: all, centring only)")
     s.add_argument("--pack", type=Path, default=None, help="read the aligned faces from this pack of LFW")
     s.add_argument("--device", default=None, help="default: cuda when available")
@@ -40,7 +41,7 @@ def _add_lfw(protocols) -> None:
 
 
 def run_lfw(args: argparse.Namespace) -> int:
-    from .cli_train import check_lfw_root, device_or_default, load_model, view2_folds
+    from .cli_train import check_lfw_root, check_probe_sizes, device_or_default, load_model, view2_folds
     from .data import LFW, PackedFaces
     from .eval.lfw import check_pack, evaluate_lfw, pair_images, people_trained_on, trained_outside_folds
     from .eval.report import write_report
@@ -57,6 +58,7 @@ def run_lfw(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_report_folder(args.out, args.model, args.pack, args.root / "pairs.txt", args.root / "lfw_landmark.txt")
     model = load_model(args.model)  # a pack or another file given as the model is named as such
+    check_probe_sizes("--sizes", args.sizes, model.trunk.input_size, str(args.model))
     tested = trained_outside_folds(model)  # a reproduce lfw model trained on the people of the other folds
     if tested is not None:
         if folds is None:

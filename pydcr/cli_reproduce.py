@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ._files import write_text
-from .cli_train import (UsageError, add_amp_argument, check_lfw_root, check_out, check_positive, device_or_default,
-                        preset_named, view2_folds)
+from .cli_train import (UsageError, add_amp_argument, check_lfw_root, check_out, check_positive, check_probe_sizes,
+                        device_or_default, preset_named, view2_folds)
 
 
 def add_reproduce_parser(sub) -> None:
@@ -56,6 +56,7 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
     test_folds = view2_folds("--test-folds", args.test_folds)
     if min(args.sizes) < 1:
         raise UsageError(f"--sizes must be positive, got {args.sizes}")
+    check_probe_sizes("--sizes", args.sizes, preset.trunk.input_size, f"the {args.preset} preset")
     if args.min_images < 1:
         raise UsageError(f"--min-images must be >= 1, got {args.min_images}")
     check_positive(args, "epochs")

@@ -174,6 +174,31 @@ def usage_errors(*kinds: type[Exception]):
         raise UsageError(str(err)) from None
 
 
+def check_probe_sizes(flag: str, sizes, input_size: tuple[int, int], whose: str) -> None:
+    """A UsageError for a probe resolution above the input's longer side: that would be an upscaled
+    face, not a low-resolution one. The longer side itself is SCface's full-size pair (112 for
+    112x96, docs/training.md)."""
+    h, w = input_size
+    if max(sizes) > max(h, w):
+        raise UsageError(f"{flag} {max(sizes)} is larger than {whose}'s {h}x{w} input: give resolutions up "
+                         f"to {max(h, w)}")
+
+
+@contextmanager
+def one_layout_only():
+    """For commands that read folders in the auto layout only (no --layout): a folder of loose
+    images beside identity folders is refused with the ways out they have."""
+    from .data.datasets import MixedLayoutError
+
+    try:
+        yield
+    except MixedLayoutError as err:
+        raise UsageError(f"{err.root} holds images and folders of images, and this command reads one kind only: "
+                         "move the loose images into a folder of their own, or give a pack of the ones wanted "
+                         f"(`pydcr pack {err.root} OUT --layout folder`, or `--layout flat` for the loose "
+                         "images)") from None
+
+
 @contextmanager
 def reading(path: Path | str):
     """Names `path` in a decoding error raised while reading it: the codec's message names no file."""
@@ -204,7 +229,6 @@ def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on
     """The training faces: a pack, or a dataset folder aligned on the fly; crops must be `size`
     (else a refusal naming what `takes` them, with `advice`)."""
     from .data import CorruptPackError, PackedFaces, open_dataset
-    from .data.datasets import MixedLayoutError
 
     if path.is_file():
         try:
@@ -212,7 +236,7 @@ def _faces(path: Path, size: tuple[int, int], takes: str = "the preset trains on
         except CorruptPackError as err:
             raise UsageError(str(err)) from None
     elif path.is_dir():
-        with usage_errors(MixedLayoutError):
+        with one_layout_only():
             faces = open_dataset(path, size=size)
         unaligned = [p for i, p in enumerate(faces.paths) if faces.landmarks_of(i) is None]
         if unaligned:  # found now, not at the first such crop of a run already started
@@ -364,12 +388,7 @@ def run_branch(args: argparse.Namespace) -> int:
     args.preset = args.preset or trained_preset(model)
     preset = preset_named(args.preset)
     config = preset.branch if args.epochs is None else replace(preset.branch, epochs=args.epochs)
-    h, w = model.trunk.input_size
-    # a "low" resolution above the input's would be an upscaled face; the input's longer side itself is
-    # SCface's full-size pair (112 for 112x96, docs/training.md)
-    if max(sizes) > max(h, w):
-        raise UsageError(f"--size {max(sizes)} is larger than {path}'s {h}x{w} input: give resolutions up "
-                         f"to {max(h, w)}")
+    check_probe_sizes("--size", sizes, model.trunk.input_size, str(path))
     _check_pair_dim(model, sizes, config.dim, args.preset, path)
     faces, classes = _faces(args.data, model.trunk.input_size, takes=f"the trunk in {path} takes",
                             advice="pack the faces at that size")

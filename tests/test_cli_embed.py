@@ -153,7 +153,7 @@ def test_unaligned_images_name_the_options(models, folder, tmp_path, capsys):
     """The reason for an image that is not an aligned crop names --landmarks and --detect."""
     photo = tmp_path / "photo.png"
     _photo(sorted(folder.rglob("*.png"))[0], photo)
-    assert main(["verify", str(models[0]), str(photo), str(photo)]) == 1
+    assert main(["verify", str(models[0]), str(photo), str(photo)]) == 2
     assert capsys.readouterr().err == (f"pydcr verify: cannot use {photo}: not an aligned 112x96 crop (or a smaller "
                                        "low-resolution one): got 200x180; give --landmarks LIST or --detect to align "
                                        "it\n")

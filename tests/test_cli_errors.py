@@ -199,6 +199,7 @@ def eval_never_runs(monkeypatch):
     (["--out", "m.safetensors"], "cannot write the report in m.safetensors: it is a file; give a folder for --out"),
     (["--out", "."], "cannot write report.json: it is the input m.safetensors, which writing would destroy"),
     (["--pca-dim", "100000"], "--pca-dim must be at most DIM (the feature size of m.safetensors), got 100000"),
+    (["--sizes", "8", "113"], "--sizes 113 is larger than m.safetensors's 112x96 input: give resolutions up to 112"),
 ])
 def test_eval_lfw_refuses_before_any_work(args, message, work, tiny_lfw, eval_never_runs, capsys):
     from pydcr.models import load
@@ -390,6 +391,7 @@ def tiny_lfw(tmp_path):
     (["--pca-dim", "100000"], "--pca-dim must be in 1-DIM (the small preset's feature size), got 100000"),
     ([], "no one in ROOT trains: every person is in a pair of test folds 6 7 8 9 10 or has fewer than 2 images"),
     (["--test-folds", "1", "2", "--min-images", "3"], "no one in ROOT trains"),
+    (["--sizes", "8", "57"], "--sizes 57 is larger than the small preset's 56x48 input: give resolutions up to 56"),
 ])
 def test_reproduce_refuses_before_any_training(args, message, tiny_lfw, tmp_path, capsys, monkeypatch):
     import pydcr.reproduce
@@ -455,11 +457,18 @@ def test_eval_input_error_met_mid_run_is_exit_1(inputs, tiny_lfw, capsys, monkey
                                   ["embed", "m.safetensors", "faces", "--out", "g2.safetensors"],
                                   ["train", "trunk", "--data", "faces", "--out", "run"]])
 def test_loose_images_beside_identity_folders_are_not_left_out_unsaid(argv, work, capsys):
+    """Refused, with the ways out the command has: --layout where it takes one, else a pack."""
     (work / "faces" / "loose.png").write_bytes((work / "faces" / "p0" / "0.png").read_bytes())
-    assert refused(argv, work, capsys).endswith("faces holds images and folders of images, and no layout reads "
-                                                "both: choose one (folder: one subfolder per identity, the loose "
-                                                "images left out; flat: the loose images only), or move the loose "
-                                                "images into a folder of their own")
+    message = refused(argv, work, capsys)
+    if argv[0] in ("align", "pack"):
+        assert message.endswith("faces holds images and folders of images, and no layout reads both: choose one "
+                                "(folder: one subfolder per identity, the loose images left out; flat: the loose "
+                                "images only), or move the loose images into a folder of their own")
+    else:
+        assert message.endswith("faces holds images and folders of images, and this command reads one kind only: "
+                                "move the loose images into a folder of their own, or give a pack of the ones "
+                                "wanted (`pydcr pack faces OUT --layout folder`, or `--layout flat` for the loose "
+                                "images)")
 
 
 def test_a_relative_landmark_list_is_read_from_here_first(work, capsys):

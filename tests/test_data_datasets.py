@@ -116,6 +116,8 @@ def test_lfw_view2_pairs(lfw):
         for b in range(a + 1, 10):
             assert not identities[a] & identities[b], (a, b)
     assert lfw.fold_identities(range(10)) == set().union(*identities)
+    with pytest.raises(ValueError, match=r"folds must lie in \[0, 10\) \(numbered from 0\), got \[6, 7, 8, 9, 10\]"):
+        lfw.fold_identities([6, 7, 8, 9, 10])  # the command line's numbering: fold 6 (5 here) would train
 
 
 @pytest.mark.data

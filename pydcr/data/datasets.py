@@ -177,10 +177,18 @@ class LFW(IdentityFolder):
         self.pairs = read_pairs(root / pairs, self._index) if pairs is not None else None
 
     def fold_identities(self, folds: Iterable[int]) -> set[str]:
-        """The names of everyone in the pairs of the given folds (to keep them out of training)."""
+        """The names of everyone in the pairs of the given folds (to keep them out of training).
+        Folds are numbered from 0, as ``pairs.fold`` numbers them: View 2's folds 6-10, in the
+        command line's numbering, are 5-9 here. A fold the pairs file does not have is a ValueError,
+        not an empty set: people it was meant to keep out of training would train."""
+        folds = sorted({int(f) for f in folds})
+        num_folds = 0 if self.pairs is None else self.pairs.num_folds
+        if folds and (folds[0] < 0 or folds[-1] >= num_folds):
+            raise ValueError(f"folds must lie in [0, {num_folds}) (numbered from 0), got {folds}"
+                             + ("" if self.pairs is not None else f": {self.root} was read without a pairs file"))
         if self.pairs is None:
             return set()
-        chosen = np.isin(self.pairs.fold, list(folds))
+        chosen = np.isin(self.pairs.fold, folds)
         images = np.concatenate([self.pairs.first[chosen], self.pairs.second[chosen]])
         return {self.classes[self.labels[i]] for i in images}
 
@@ -316,6 +324,12 @@ LAYOUTS = ("auto", "lfw", "folder", "flat", "scface")
 class MixedLayoutError(ValueError):
     """A folder the "auto" layout cannot read whole: loose images beside folders of images."""
 
+    def __init__(self, root: Path):
+        self.root = root
+        super().__init__(f"{root} holds images and folders of images, and no layout reads both: choose one "
+                         "(folder: one subfolder per identity, the loose images left out; flat: the loose "
+                         "images only), or move the loose images into a folder of their own")
+
 
 def open_dataset(
     root: str | os.PathLike, layout: str = "auto", landmarks: Landmarks = None, size: Sequence[int] = (112, 96)
@@ -332,9 +346,7 @@ def open_dataset(
     if layout == "auto":
         layout = "lfw" if (root / "lfw").is_dir() else "folder" if _has_image_folder(root) else "flat"
         if layout == "folder" and _image_files(root):  # either reading would leave images out unsaid
-            raise MixedLayoutError(f"{root} holds images and folders of images, and no layout reads both: choose one "
-                             "(folder: one subfolder per identity, the loose images left out; flat: the loose "
-                             "images only), or move the loose images into a folder of their own")
+            raise MixedLayoutError(root)
     if layout == "lfw":
         return LFW(root, pairs=None, landmarks=LFW_LANDMARKS if landmarks is None else landmarks, size=size)
     if layout == "folder":
