@@ -61,13 +61,14 @@ _C_cuda = _load("_C_cuda") if (_BUILD["cuda"] and torch.version.cuda) else None
 def build_info() -> dict:
     """How pydcr was built, and what it runs with.
 
-    Keys: ``version``, ``torch_built`` (torch compiled against), ``torch_running``,
+    Keys: ``version``, ``torch`` and ``torch_built`` (both: torch compiled against), ``torch_running``,
     ``torch_abi_target`` (oldest torch the stable ABI build loads under), ``cuda`` (CUDA kernels
     compiled), ``cuda_version``, ``cuda_archs``, ``cuda_loaded`` (CUDA kernels registered in this
     process), ``cuda_available`` (a GPU is usable now), ``openmp`` (torch's intra-op thread pool,
     which the CPU kernels run on, is OpenMP), ``cpu_threads`` and ``compiler``.
     """
     info = dict(_BUILD)
+    info["torch"] = info["torch_built"]  # the name the build contract gives it
     info["torch_running"] = torch.__version__
     info["cuda_loaded"] = _C_cuda is not None
     info["cuda_available"] = torch.cuda.is_available()

@@ -23,6 +23,7 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
+    del info["torch"]  # the same as torch_built, shown once
     width = max(map(len, info))
     for key, value in info.items():
         if isinstance(value, list):

@@ -136,8 +136,9 @@ def _add_scface(protocols) -> None:
     s.add_argument("--landmarks", type=Path, default=None,
                    help="five-point landmark list of its images (make one with "
                         "`pydcr align ROOT LIST --layout scface`)")
-    s.add_argument("--sizes", type=int, nargs=3, default=(20, 30, 112), metavar=("D1", "D2", "D3"),
-                   help="the branch pair of each distance (default: the paper's 20 30 112)")
+    s.add_argument("--sizes", type=int, nargs=3, default=None, metavar=("D1", "D2", "D3"),
+                   help="the branch pair of each distance (default: the paper's 20 30 and the full size, the "
+                        "input's longer side: 112 for 112x96 crops)")
     s.add_argument("--train-subjects", type=int, default=50,
                    help="subjects for fine-tuning and PCA; the rest are tested (default 50)")
     s.add_argument("--seed", type=int, default=0, help="the subject split and fine-tuning seed (default 0)")
@@ -158,12 +159,12 @@ def _add_scface(protocols) -> None:
 def run_scface(args: argparse.Namespace) -> int:
     from .cli_train import device_or_default, load_model, preset_named, trained_preset
     from .data import SCface
-    from .eval.scface import check_protocol, evaluate_scface, format_table
+    from .eval.scface import check_protocol, evaluate_scface, format_table, paper_resolutions
 
     if args.finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
     for name, value in (("--batch-size", args.batch_size), ("--pca-dim", args.pca_dim),
-                        ("--finetune-lr", args.finetune_lr), *(("--sizes", k) for k in args.sizes)):
+                        ("--finetune-lr", args.finetune_lr), *(("--sizes", k) for k in args.sizes or ())):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
     if args.preset is not None:
@@ -184,12 +185,12 @@ def run_scface(args: argparse.Namespace) -> int:
     try:
         dataset = SCface(args.root, seed=args.seed, train_subjects=args.train_subjects, landmarks=args.landmarks,
                          size=model.trunk.input_size)
-        resolutions = dict(zip((1, 2, 3), args.sizes))
+        resolutions = paper_resolutions(model) if args.sizes is None else dict(zip((1, 2, 3), args.sizes))
         check_protocol(model, dataset, resolutions, args.pca_dim)
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    preset = preset_named(args.preset or trained_preset(model, args.sizes))
+    preset = preset_named(args.preset or trained_preset(model, list(resolutions.values())))
     finetune = None
     if args.finetune_epochs:
         lr = args.finetune_lr if args.finetune_lr is not None else preset.branch.lr / 10

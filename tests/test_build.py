@@ -11,10 +11,10 @@ import pydcr
 
 def test_build_info_keys():
     info = pydcr.build_info()
-    for key in ("version", "torch_built", "torch_running", "cuda", "cuda_archs", "cuda_version", "openmp"):
+    for key in ("version", "torch", "torch_built", "torch_running", "cuda", "cuda_archs", "cuda_version", "openmp"):
         assert key in info
     assert info["version"] == pydcr.__version__
-    assert info["torch_running"] == torch.__version__
+    assert info["torch_running"] == torch.__version__ and info["torch"] == info["torch_built"]
     assert isinstance(info["cuda"], bool)
     assert info["cuda_loaded"] == (info["cuda"] and torch.version.cuda is not None)
     if info["cuda"]:

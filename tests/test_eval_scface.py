@@ -15,12 +15,13 @@ from pydcr.cli import main
 from pydcr.data import REFERENCE_112x96, SCface, write_landmarks
 from pydcr.demo import DEMO_PACK
 from pydcr.eval import evaluate_scface
-from pydcr.eval.scface import PAPER_RESOLUTIONS, finetune_pairs, protocol_features
+from pydcr.eval.scface import finetune_pairs, paper_resolutions, protocol_features
 from pydcr.models import DCR, BranchPair, Trunk, save
 from pydcr.train import BranchConfig, get_preset
 
 SUBJECTS, TRAIN = 10, 4
 SIZE = (56, 48)
+RESOLUTIONS = {1: 20, 2: 30, 3: 56}  # the paper's pairs on 56 x 48 crops: full size keyed 56
 FINETUNE = BranchConfig(batch_size=8, epochs=2, optimizer="adamw", lr=1e-3)
 
 
@@ -63,7 +64,7 @@ def tiny_model(seed=0):
     """A random quarter-size DCR with the paper's three SCface pairs; LR and HR branches differ."""
     torch.manual_seed(seed)
     model = DCR(Trunk(width=0.125, feature_dim=16, input_size=SIZE))
-    for k in PAPER_RESOLUTIONS.values():
+    for k in RESOLUTIONS.values():
         pair = BranchPair(0, in_dim=16, dim=12)
         with torch.no_grad():
             pair.lr_branch.fc.weight.add_(0.5 * torch.randn_like(pair.lr_branch.fc.weight))
@@ -112,7 +113,7 @@ def test_rank1_matches_brute_force(standin, finetune, pca_dim):
     for d in (1, 2, 3):
         pair = result.pairs[d]
         if finetune is None:
-            assert pair is model.branch(PAPER_RESOLUTIONS[d])
+            assert pair is model.branch(RESOLUTIONS[d])
         probe = data.distance == d
         rows = {(role, train): np.flatnonzero((mugshot if role == "gallery" else probe) & (is_train == train))
                 for role in ("gallery", "probe") for train in (True, False)}
@@ -145,7 +146,7 @@ def test_split_and_roles(standin):
         assert all(data.paths[i].endswith(f"_{d}.jpg") and "_cam" in data.paths[i] for i in result.probes[d])
         assert set(result.predictions[f"d{d}"]["DCR"]) <= {data.classes.index(s) for s in result.test_subjects}
     summary = json.loads(json.dumps(result.to_dict()))
-    assert summary["gallery"] == len(result.gallery) and summary["resolutions"] == {"d1": 20, "d2": 30, "d3": 112}
+    assert summary["gallery"] == len(result.gallery) and summary["resolutions"] == {"d1": 20, "d2": 30, "d3": 56}
 
 
 def test_finetuning_sees_only_the_training_subjects(standin, tmp_path):
@@ -159,7 +160,7 @@ def test_finetuning_sees_only_the_training_subjects(standin, tmp_path):
     def tuned(dataset):
         model = tiny_model()
         features = protocol_features(model, dataset, np.arange(len(dataset)), progress=False)
-        pairs = {d: model.branch(k) for d, k in PAPER_RESOLUTIONS.items()}
+        pairs = {d: model.branch(k) for d, k in RESOLUTIONS.items()}
         return pairs, finetune_pairs(pairs, dataset, features, FINETUNE, progress=False)
 
     (original, a), (_, b) = tuned(data), tuned(other)
@@ -192,7 +193,7 @@ def cli_files(standin, tmp_path_factory):
     write_landmarks(files / "landmarks.txt", landmarks.items())
     save(tiny_model(), files / "model.safetensors")
     bare = tiny_model()
-    for k in PAPER_RESOLUTIONS.values():
+    for k in RESOLUTIONS.values():
         bare.remove_branch(k)
     save(bare, files / "trunk.safetensors")
     return root, files
@@ -224,7 +225,7 @@ def test_cli_finetunes_with_the_models_preset(cli_files, tmp_path):
     # The settings the pairs were trained with, as the model records them: here the paper's SGD.
     root, files = cli_files
     model = tiny_model()  # a cpu trunk whose pairs were trained with the paper's settings
-    model.provenance = {"preset": "cpu", "branches": {str(k): {"preset": "paper"} for k in (20, 30, 112)}}
+    model.provenance = {"preset": "cpu", "branches": {str(k): {"preset": "paper"} for k in (20, 30, 56)}}
     save(model, tmp_path / "paper.safetensors")
     out = tmp_path / "report"
     assert main(["eval", "scface", str(tmp_path / "paper.safetensors"), "--root", str(root), "--landmarks",
@@ -282,3 +283,9 @@ def test_paper_split_on_the_lfw_stand_in(lfw_root, tmp_path):
     assert len(result.train_subjects) == 50 and len(result.gallery) == 80
     assert {d: len(p) for d, p in result.probes.items()} == {1: 400, 2: 400, 3: 400}
     assert all(0.0 <= result.rank1[d][m] <= 1.0 for d in result.rank1 for m in ("trunk", "DCR"))
+
+
+def test_the_default_pairs_follow_the_input_size():
+    """The paper's d3 pair is the full-size one: keyed 112 for its 112 x 96 crops, 56 for 56 x 48."""
+    assert paper_resolutions(DCR(Trunk(width=0.0625, input_size=(112, 96)))) == {1: 20, 2: 30, 3: 112}
+    assert paper_resolutions(tiny_model()) == RESOLUTIONS

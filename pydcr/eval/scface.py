@@ -31,7 +31,13 @@ from .identification import identify
 from .verification import fit_pca
 
 #: The paper's branch pair per distance (its probe resolution): d1 20 x 20, d2 30 x 30, d3 full size.
-PAPER_RESOLUTIONS = {1: 20, 2: 30, 3: 112}
+PAPER_RESOLUTIONS = {1: 20, 2: 30, 3: 112}  # for the paper's 112 x 96 crops
+
+
+def paper_resolutions(model: DCR) -> dict[int, int]:
+    """The paper's branch pair per distance for `model`: 20 for d1, 30 for d2 and the full size
+    for d3, keyed by the input's longer side (112 for 112 x 96 crops, 56 for 56 x 48)."""
+    return {1: 20, 2: 30, 3: max(model.trunk.input_size)}
 METHODS = ("trunk", "DCR")
 
 
@@ -68,7 +74,7 @@ def evaluate_scface(
     model: DCR,
     dataset: SCface,
     *,
-    resolutions: Mapping[int, int] = PAPER_RESOLUTIONS,
+    resolutions: Mapping[int, int] | None = None,
     finetune: BranchConfig | None = None,
     pca_dim: int | None = None,
     seed: int = 0,
@@ -79,11 +85,11 @@ def evaluate_scface(
     """Rank-1 accuracy of DCR and of its trunk alone at each distance in `resolutions`.
 
     dataset: crops at the model's input size (``SCface(root, landmarks=..., size=model.trunk.input_size)``).
-    resolutions: distance -> the model's branch pair for it (the paper's by default).
+    resolutions: distance -> the model's branch pair for it (default: :func:`paper_resolutions`).
     finetune: the configuration that fine-tunes each pair on the training subjects (its dim is the
     pair's own), or None to use the model's pairs as they are. pca_dim: None centres only.
     """
-    resolutions = dict(resolutions)
+    resolutions = dict(paper_resolutions(model) if resolutions is None else resolutions)
     check_protocol(model, dataset, resolutions, pca_dim)
     gallery = {split: dataset.gallery(split) for split in ("train", "test")}
     probes = {(d, split): dataset.probes(d, split) for d in resolutions for split in ("train", "test")}
