@@ -7,6 +7,7 @@ Contenders, all producing the same N x C x 112 x 96 float result:
   two_call   pydcr.reference.degrade: F.interpolate down, then up (materialises the low image)
   lowrank    the strongest pure-torch form: U_h (D_h X D_w^T) U_w^T with the per-axis down (k x n)
              and up (n x k) matrices, built once per shape from F.interpolate on identity matrices
+             (bench.lowrank)
   opencv     a per-image cv2.resize(INTER_CUBIC) loop down and up (antialias=False semantics;
              OpenCV has no antialiased bicubic), CPU only, uint8 and float32 rows only: OpenCV has
              no bfloat16, and timing it on a float32 copy would compare a different dtype's work
@@ -22,25 +23,8 @@ import numpy as np
 import torch
 
 from bench.harness import Report, common_args, copy_bandwidth_gbs, time_interleaved
+from bench.lowrank import LowRankDegrade
 from pydcr import ops, reference
-
-
-def axis_matrix(n: int, m: int, antialias: bool, dtype, device) -> torch.Tensor:
-    """The m x n matrix of resizing one axis from n to m, read off the reference."""
-    eye = torch.eye(n, dtype=torch.float64).reshape(n, 1, n, 1)
-    cols = reference.resize(eye, (m, 1), antialias=antialias)  # column j = image of basis vector j
-    return cols.reshape(n, m).t().contiguous().to(dtype=dtype, device=device)
-
-
-class LowRank:
-    def __init__(self, shape, k, antialias, dtype, device):
-        h, w = shape[-2:]
-        self.dh, self.dw = axis_matrix(h, k, antialias, dtype, device), axis_matrix(w, k, antialias, dtype, device)
-        self.uh, self.uw = axis_matrix(k, h, antialias, dtype, device), axis_matrix(k, w, antialias, dtype, device)
-
-    def __call__(self, x):
-        x = x.to(self.dh.dtype)
-        return self.uh @ ((self.dh @ x @ self.dw.t()) @ self.uw.t())
 
 
 # What cv2.resize takes of the benchmark's dtypes (it has no bfloat16; float16 it does not resize).
@@ -79,7 +63,7 @@ def main(argv=None) -> None:
                     continue
                 u8 = torch.randint(0, 256, (n, 3, 112, 96), dtype=torch.uint8, device=device)
                 x = u8 if dtype == torch.uint8 else (u8 / 255).to(dtype)
-                lowrank = LowRank(x.shape, k, antialias, torch.float32 if dtype == torch.uint8 else dtype, device)
+                lowrank = LowRankDegrade(x.shape, k, antialias, torch.float32 if dtype == torch.uint8 else dtype, device)
                 fns = {
                     "ours": lambda: ops.degrade(x, k, antialias=antialias),
                     "two_call": lambda: reference.degrade(x, k, antialias=antialias),

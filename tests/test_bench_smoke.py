@@ -54,7 +54,8 @@ def check_columns(rows: list[dict], required: set[str]) -> None:
 def test_resize(bench_path, tmp_path):
     data, _ = run_bench("resize", ["--quick", "--batch", "2"], bench_path, tmp_path / "resize.json")
     rows = data["rows"]
-    check_columns(rows, {"input", "size", "dtype", "antialias", "pass", "ours_ms", "ref_ms", "speedup"})
+    check_columns(rows, {"input", "size", "dtype", "antialias", "pass", "ours_ms", "ref_ms", "lowrank_ms", "speedup",
+                         "vs_lowrank"})
     # 2 cases x (uint8: 2 antialias x fwd; float32 and bfloat16: 2 antialias x fwd, fwd+bwd)
     assert len(rows) == 20
     assert {r["dtype"] for r in rows} == {"uint8", "float32", "bfloat16"}
