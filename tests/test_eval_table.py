@@ -47,6 +47,23 @@ def test_table_cells_equal_the_protocol_on_directly_computed_features(tiny_model
 
 
 @torch.no_grad()
+def test_a_full_size_pair_gives_the_hr_column_a_dcr_cell():
+    """The paper's Table I has DCR at 112x96: the pair keyed by the input's longer side, the probe
+    left at the input's size."""
+    torch.manual_seed(0)
+    model = DCR(Trunk(width=0.0625, feature_dim=16, input_size=(40, 36)),
+                {8: BranchPair(5, in_dim=16, dim=8), 40: BranchPair(5, in_dim=16, dim=8)}).eval()
+    images = torch.randint(0, 256, (40, 3, 40, 36), dtype=torch.uint8)
+    first, second, same, folds = pairs(seed=2)
+    table = verification_table(model, images, first, second, same, folds, sizes=(8,))
+    assert table.rows == ["trunk", "DCR"] and set(table.cells["HR"]) == {"trunk", "DCR"}
+    v, pair = model.embed_trunk(images), model.branch(40)
+    ref = verify_10fold(pair.hr(v[first]), pair.lr(v[second]), same, folds)
+    np.testing.assert_allclose(table.cells["HR"]["DCR"].accuracies, ref.accuracies)
+    np.testing.assert_allclose(table.cells["HR"]["DCR"].scores, ref.scores, atol=1e-5)
+
+
+@torch.no_grad()
 def test_baseline_rows_are_evaluated_as_the_trunk(tiny_model):
     images = torch.randint(0, 256, (40, 3, 40, 36), dtype=torch.uint8)
     first, second, same, folds = pairs(seed=1)

@@ -75,7 +75,9 @@ def verification_table(
     """Table I over pairs (images[first[i]], images[second[i]]) with verify_10fold's protocol.
 
     images: N x 3 x H x W aligned faces at the model's input size (uint8 or float in [0, 255]).
-    A size without a branch pair in `model` gets the trunk row only. `baselines` maps row names to
+    A size without a branch pair in `model` gets the trunk row only. The HR column gets a DCR cell
+    when the model has a full-size pair (keyed by the input's longer side, 112 for 112x96 crops: the
+    paper's Table I DCR at 112x96), the probe at HR through its LR branch. `baselines` maps row names to
     other networks (images -> features, a pydcr.models.Trunk say), evaluated as the trunk is.
     `progress` shows a bar per network while it embeds the faces and every probe size.
     """
@@ -108,10 +110,11 @@ def verification_table(
         add_row(name, *gallery_and_probes(net.eval().to(device), name))
     g, trunk_probes = gallery_and_probes(model.embed_trunk, "trunk")
     add_row("trunk", g, trunk_probes)
-    for k in sizes:
+    # the full-size pair serves the probes left at the input's size
+    columns = {**{f"{k}x{k}": k for k in sizes}, "HR": max(model.trunk.input_size)}
+    for column, k in columns.items():
         if k in model.resolutions:
             pair = model.branch(k)
-            p = trunk_probes[f"{k}x{k}"]
-            x, z = pair.hr(g.to(device)).float().cpu(), pair.lr(p.to(device)).float().cpu()
-            cells[f"{k}x{k}"]["DCR"] = verify(x, z)
+            x, z = pair.hr(g.to(device)).float().cpu(), pair.lr(trunk_probes[column].to(device)).float().cpu()
+            cells[column]["DCR"] = verify(x, z)
     return VerificationTable(cells, np.asarray(same, dtype=bool))
