@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from ._files import write_text
-from .cli_train import (UsageError, add_amp_argument, check_lfw_root, check_out, check_positive, check_probe_sizes,
-                        device_or_default, preset_named, view2_folds)
+from .cli_train import (UsageError, add_amp_argument, add_antialias_argument, check_lfw_root, check_out,
+                        check_positive, check_probe_sizes, device_or_default, preset_named, view2_folds)
 
 
 def add_reproduce_parser(sub) -> None:
@@ -31,6 +31,7 @@ def add_reproduce_parser(sub) -> None:
     lfw.add_argument("--pack", type=Path, default=None, help="a pack of this LFW at the preset's input size")
     lfw.add_argument("--device", default=None, help="default: cuda when available")
     add_amp_argument(lfw, "the trunks' forward passes")
+    add_antialias_argument(lfw)
     lfw.add_argument("--seed", type=int, default=0,
                      help="seed of the weights, the batches and the flips; runs that differ only in it go "
                           "to `pydcr reproduce summary` (default: 0)")
@@ -83,7 +84,8 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
         reproduce_lfw(args.root, args.out, preset=args.preset, test_folds=test_folds,
                       min_images=args.min_images, sizes=args.sizes, pca_dim=args.pca_dim, epochs=args.epochs,
                       pack_path=args.pack, device=device, seed=args.seed, progress=not args.quiet,
-                      command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines, amp=args.amp)
+                      command=shlex.join(["pydcr", *sys.argv[1:]]), baselines=args.baselines, amp=args.amp,
+                      antialias=args.antialias)
     except OtherRunError as err:  # refused before any step: --out holds another run (other people, settings)
         raise UsageError(str(err)) from None
     return 0

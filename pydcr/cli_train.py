@@ -30,6 +30,7 @@ def add_train_parser(sub) -> None:
                    help="images per batch, over all processes under torchrun (default: the preset's)")
     t.add_argument("--tensorboard", action="store_true",
                    help="also write the per-epoch figures as TensorBoard scalars in OUT/tensorboard")
+    add_antialias_argument(t)
     _common(t, "paper, cpu, small or demo (default: cpu)")
     t.set_defaults(func=run_trunk)
     b = steps.add_parser("branch", help="step 2: branch pairs on the frozen trunk, added to its model file")
@@ -55,6 +56,13 @@ def add_amp_argument(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help=f"{what} in bfloat16 autocast (default: on CUDA only; on a CPU it pays where the "
                         "processor has bfloat16 arithmetic, AMX or AVX512-BF16)")
+
+
+def add_antialias_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=None,
+                   help="the bicubic convention of the degraded training copies, recorded in the model: "
+                        "antialiased a = -0.5 (PIL, MATLAB imresize; the default) or, with --no-antialias, "
+                        "a = -0.75 without widening (torch's default bicubic, OpenCV INTER_CUBIC)")
 
 
 def preset_named(name: str):
@@ -279,6 +287,8 @@ def run_trunk(args: argparse.Namespace) -> int:
     for key, value in overrides.items():
         if not (0 < value < math.inf):
             raise UsageError(f"--{key.replace('_', '-')} must be positive and finite, got {value}")
+    if args.antialias is not None:
+        overrides["antialias"] = args.antialias
     _check_workers(args)
     check_seed(args)
     if args.out.exists() and not args.out.is_dir():

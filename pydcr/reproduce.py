@@ -46,6 +46,7 @@ def reproduce_lfw(
     command: str | None = None,
     baselines: bool = False,
     amp: bool | None = None,
+    antialias: bool | None = None,
 ) -> dict:
     """Train on the LFW people outside `test_folds`, evaluate those folds, write the report; returns it.
 
@@ -54,11 +55,15 @@ def reproduce_lfw(
     With `baselines`, the table also has the paper's ResNet and ResNet-FT rows (see
     :func:`train_resnet_baselines`). `command` is recorded in the report. amp: the trunks' forward
     passes in bfloat16 autocast (default: on CUDA only; see :func:`pydcr.train.train_trunk`).
+    antialias: the bicubic convention of the degraded copies, for training and the probes (default:
+    the preset's, antialiased).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     p = get_preset(preset)
     trunk_cfg = p.trunk if epochs is None else replace(p.trunk, epochs=epochs)
+    if antialias is not None:
+        trunk_cfg = replace(trunk_cfg, antialias=antialias)
     h, w = trunk_cfg.input_size
     lfw = LFW(root, size=trunk_cfg.input_size)
     split = lfw_disjoint_split(lfw, test_folds, min_images)

@@ -72,12 +72,24 @@ def test_a_rerun_with_other_settings_is_refused(tiny_pack, tmp_path, capsys):
     assert main([*argv, "--width", "0.125", "--batch-size", "8"]) == 0
     model = (run / "model.safetensors").read_bytes()
     for other, message in [(["--width", "0.0625", "--batch-size", "8"], "width 0.125 vs 0.0625"),
-                           (["--width", "0.125", "--batch-size", "4"], "batch_size 8 vs 4")]:
+                           (["--width", "0.125", "--batch-size", "4"], "batch_size 8 vs 4"),
+                           (["--width", "0.125", "--batch-size", "8", "--no-antialias"], "antialias True vs False")]:
         capsys.readouterr()
         assert main([*argv, *other]) == 2
         assert capsys.readouterr().err == (f"pydcr train: {run} holds a run with other settings ({message}); "
                                            "use another --out or delete it\n")
     assert (run / "model.safetensors").read_bytes() == model  # its provenance not rewritten
+
+
+def test_the_training_kernel_is_chosen_and_recorded(tiny_pack, tmp_path):
+    """--no-antialias trains on a = -0.75 copies; the model records it, so step 2 and evaluation
+    degrade as the trunk learnt."""
+    run = tmp_path / "run"
+    common = ["--data", str(tiny_pack), "--epochs", "1", "--quiet"]
+    assert main(["train", "trunk", "--out", str(run), "--width", "0.0625", "--batch-size", "8", "--no-antialias",
+                 *common]) == 0
+    model = load(run / "model.safetensors")
+    assert model.antialias is False and model.provenance["trunk"]["antialias"] is False
 
 
 def test_a_truncated_checkpoint_is_an_input_error(tiny_pack, tmp_path, capsys):

@@ -194,6 +194,10 @@ def test_a_reproduction_records_its_test_folds_and_names_the_baselines(lfw, pack
     assert main(["reproduce", "lfw", "--root", str(lfw), "--preset", "demo", "--epochs", "1", "--sizes", "8",
                  "--test-folds", "1", "3", "5", "7", "9", "--pack", str(packs["56x48"]), "--out", str(out),
                  "--quiet"]) == 2
+    # Nor is it resumed to train on the other bicubic convention's copies.
+    with pytest.raises(OtherRunError, match=r"other settings \(antialias True vs False\)"):
+        reproduce.reproduce_lfw(lfw, out, preset="demo", epochs=1, sizes=(8,), pack_path=packs["56x48"],
+                                progress=False, antialias=False)
 
 
 @pytest.mark.parametrize("argv, defaults", [
