@@ -131,12 +131,31 @@ PYDCR_CONVERT(cpu::BFloat16)
 #undef PYDCR_CONVERT
 
 // Horizontal maps on planes (one value per pixel): each output row from one input row.
-// Gather: y_j = sum_t w_jt x_{start_j + t}, a contiguous dot product per output.
+// Gather: y_j = sum_t w_jt x_{start_j + t}, a dot product per output, taken for kGatherRows rows at
+// once: a dot product of a few taps is one chain of dependent multiply-adds, bound by their
+// latency, and rows that share the weights give independent chains to overlap (about 8x faster
+// when shrinking 96 columns to 40, where ~10 taps do not fill a vector).
 // Scatter (with the transposed band): y_{start_q + t} += w_qt x_q, a contiguous AXPY per input.
+constexpr int64_t kGatherRows = 8;
+
 #define PYDCR_HORIZONTAL(T)                                                                             \
   PYDCR_CPU_CLONES void horizontal_gather(T* __restrict y, const T* __restrict x, int64_t rows,           \
                                           int64_t in_cols, const Band<T>& b) {                            \
-    for (int64_t r = 0; r < rows; ++r) {                                                                  \
+    int64_t r0 = 0;                                                                                       \
+    for (; r0 + kGatherRows <= rows; r0 += kGatherRows) {                                                 \
+      for (int64_t j = 0; j < b.rows; ++j) {                                                              \
+        const T* __restrict xs = x + r0 * in_cols + b.start[j];                                           \
+        const T* __restrict w = b.weight.data() + j * b.width;                                            \
+        const int64_t n = b.len[j];                                                                       \
+        T acc[kGatherRows] = {};                                                                          \
+        for (int64_t t = 0; t < n; ++t) {                                                                 \
+          const T wt = w[t];                                                                              \
+          _Pragma("GCC unroll 8") for (int64_t i = 0; i < kGatherRows; ++i) acc[i] += wt * xs[i * in_cols + t]; \
+        }                                                                                                 \
+        _Pragma("GCC unroll 8") for (int64_t i = 0; i < kGatherRows; ++i) y[(r0 + i) * b.rows + j] = acc[i]; \
+      }                                                                                                   \
+    }                                                                                                     \
+    for (int64_t r = r0; r < rows; ++r) {                                                                 \
       const T* __restrict xr = x + r * in_cols;                                                           \
       T* __restrict yr = y + r * b.rows;                                                                  \
       for (int64_t j = 0; j < b.rows; ++j) {                                                              \
