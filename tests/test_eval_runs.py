@@ -1,6 +1,7 @@
 """Summaries of several runs of a verification table (`pydcr reproduce summary`)."""
 
 import json
+import re
 import statistics
 
 import numpy as np
@@ -123,6 +124,38 @@ def test_load_report_errors(tmp_path):
     (tmp_path / "other.json").write_text('{"a": 1}')
     with pytest.raises(ValueError, match="no verification table"):
         load_report(tmp_path / "other.json")
+
+
+
+def cell(r: dict, column: str = "8x8", row: str = "DCR") -> dict:
+    return r["table"][column][row]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: cell(r).update(mean="0.8"), r"table\['8x8'\]\['DCR'\].mean must be a finite number, got '0.8'"),
+    (lambda r: r["table"]["8x8"].update(DCR=5), r"table\['8x8'\]\['DCR'\] must be an object with mean and folds, got 5"),
+    (lambda r: cell(r).update(mean=float("nan")), r"table\['8x8'\]\['DCR'\].mean must be a finite number, got nan"),
+    (lambda r: cell(r, "HR", "trunk").update(mean=float("inf")),
+     r"table\['HR'\]\['trunk'\].mean must be a finite number, got inf"),
+    (lambda r: cell(r).update(mean=True), r"table\['8x8'\]\['DCR'\].mean must be a finite number, got True"),
+    (lambda r: cell(r).pop("folds"), r"table\['8x8'\]\['DCR'\].folds must be a list of finite numbers, got None"),
+    (lambda r: cell(r, row="trunk")["folds"].append("0.8"),
+     r"table\['8x8'\]\['trunk'\].folds must be a list of finite numbers, got \[0.8, 0.84, '0.8'\]"),
+    (lambda r: r["table"].update(HR=[0.9]), r"table\['HR'\] must be an object of rows, got \[0.9\]"),
+    (lambda r: r.update(seed=[1]), r"seed must be an int, got \[1\]"),
+])
+def test_malformed_cells_name_the_file_and_the_cell(tmp_path, capsys, edit, message):
+    """A hand-edited report.json: one line naming it and the value summarize_runs cannot read, exit 2."""
+    good, bad = report(table((0.8, 0.84), (0.86, 0.82)), seed=0), report(table((0.8, 0.84), (0.75, 0.73)), seed=1)
+    edit(bad)
+    for name, run in (("good", good), ("bad", bad)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(run))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'bad' / 'report.json'}: ") + message + "$"):
+        load_report(tmp_path / "bad")
+    assert main(["reproduce", "summary", str(tmp_path / "good"), str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pydcr reproduce: {tmp_path / 'bad' / 'report.json'}: ") and len(err.splitlines()) == 1
 
 
 def test_summary_command_prints_and_writes(tmp_path, capsys):

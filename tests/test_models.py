@@ -1,6 +1,8 @@
 """The DCR network: structure against the Face-ResNet table, routing, embedding, save and load."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -296,6 +298,45 @@ def test_load_checks_each_weight_against_the_config(tmp_path):
         loaded = models.load(models.save(m, tmp_path / "m.safetensors"))
         for (k, a), (k2, b) in zip(m.state_dict().items(), loaded.state_dict().items()):
             assert k == k2 and a.dtype == b.dtype == dtype and torch.equal(a, b)
+
+
+# Loads each model file given under a limit on address space of 2 GiB above what importing pydcr
+# takes: an allocation a config asks for fails at once, rather than filling the machine's memory.
+LOAD_UNDER_LIMIT = """
+import resource
+import sys
+from pathlib import Path
+from pydcr import models
+
+status = Path("/proc/self/status").read_text().splitlines()
+limit = next(int(line.split()[1]) for line in status if line.startswith("VmSize:")) * 1024 + (2 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+for path in sys.argv[1:]:
+    try:
+        models.load(path)
+        print("loaded")
+    except ValueError as err:
+        print(err)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the address space is read from /proc and limited by setrlimit")
+def test_an_edited_config_is_refused_before_its_model_is_built(tmp_path):
+    """A config edited to a huge model (GBs to TBs to build) is checked against the weights' shapes
+    in the header first: refused with the config/weights message, nothing allocated."""
+    path = models.save(small_model(), tmp_path / "m.safetensors")
+    edits = {"width": dict(width=1000), "input": dict(input_size=[20000, 20000]), "wider": dict(width=8),
+             "dim": dict(branches={"8": {"num_classes": 0, "in_dim": 512, "dim": 10**9}})}
+    files = [str(rewrite(path, **edit).rename(tmp_path / f"edited-{name}.safetensors")) for name, edit in edits.items()]
+    # outside the source tree, as tests/test_allocator.py runs its child
+    run = subprocess.run([sys.executable, "-c", LOAD_UNDER_LIMIT, *files], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    printed = run.stdout.splitlines()
+    assert len(printed) == len(files)
+    for file, line, weight in zip(files, printed, ["trunk.body.0.conv", "trunk.fc.weight", "trunk.body.0.conv",
+                                                  "branches.8.hr_branch.fc"]):
+        assert line.startswith(f"{file}: weight {weight}") and line.endswith(": was the file or its config edited?")
 
 
 @pytest.mark.parametrize("edit,match", [

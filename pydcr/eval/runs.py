@@ -9,6 +9,8 @@ folds, with the number of folds where the reference was ahead.
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +34,35 @@ def load_report(path: str | Path) -> dict:
         raise ValueError(f"{path} is not a report: {e}") from None
     if not isinstance(report, dict) or not isinstance(report.get("table"), dict):
         raise ValueError(f"{path} is not a report: it has no verification table")
+    _check_cells(path, report)
     return report
+
+
+def _check_cells(path: Path, report: dict) -> None:
+    """ValueError naming the file and the first value summarize_runs could not read (a hand-edited
+    report), rather than a TypeError from deep in the arithmetic."""
+    seed = report.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"{path}: seed must be an int, got {reprlib.repr(seed)}")
+    for column, cells in report["table"].items():
+        if not isinstance(cells, dict):
+            raise ValueError(f"{path}: table[{column!r}] must be an object of rows, got {reprlib.repr(cells)}")
+        for row, cell in cells.items():
+            where = f"{path}: table[{column!r}][{row!r}]"
+            if not isinstance(cell, dict):
+                raise ValueError(f"{where} must be an object with mean and folds, got {reprlib.repr(cell)}")
+            if not _finite(cell.get("mean")):
+                raise ValueError(f"{where}.mean must be a finite number, got {reprlib.repr(cell.get('mean'))}")
+            folds = cell.get("folds")
+            if not isinstance(folds, list) or not all(map(_finite, folds)):
+                raise ValueError(f"{where}.folds must be a list of finite numbers, got {reprlib.repr(folds)}")
+
+
+def _finite(value) -> bool:
+    """A JSON number other than NaN and infinity (which json reads too); not a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
 
 
 def _check_comparable(reports: Sequence[dict], names: Sequence[str]) -> None:

@@ -161,27 +161,34 @@ def load(path: str | os.PathLike, map_location: str | torch.device | None = None
     `map_location` (default CPU)."""
     config = read_config(path)
     try:
-        model = build(config)
+        # On the meta device first: an edited config (width 1000, say) allocates nothing before
+        # the weights' shapes, read from the header, show that it does not describe them.
+        with torch.device("meta"):
+            expected = build(config).state_dict()
     except ValueError as err:  # e.g. an input_size too small for the trunk
         raise ValueError(f"{path}: its pydcr config does not describe a model: {err}") from None
+    v1 = config.get("format_version", 1) < 2
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {_from_v1(key) if v1 else key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the weights (truncated or corrupt?): {err}") from None
+    missing, unexpected = sorted(expected.keys() - shapes.keys()), sorted(shapes.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config (missing: {missing}, unexpected: {unexpected})")
+    # load_state_dict would raise without the path on a wrong shape, and cast a wrong dtype silently.
+    for key, shape in shapes.items():
+        if shape != tuple(expected[key].shape):
+            raise ValueError(f"{path}: weight {key} is {shape}, its config makes it "
+                             f"{tuple(expected[key].shape)}: was the file or its config edited?")
+    model = build(config)
     tensors = {}
     try:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
-                tensors[key] = f.get_tensor(key)
+                tensors[_from_v1(key) if v1 else key] = f.get_tensor(key)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read the weights (truncated or corrupt?): {err}") from None
-    if config.get("format_version", 1) < 2:
-        tensors = {_from_v1(key): value for key, value in tensors.items()}
-    expected = model.state_dict()
-    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config (missing: {missing}, unexpected: {unexpected})")
-    # load_state_dict would raise without the path on a wrong shape, and cast a wrong dtype silently.
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{path}: weight {key} is {tuple(value.shape)}, its config makes it "
-                             f"{tuple(expected[key].shape)}: was the file or its config edited?")
     dtype = check_weights(tensors, str(path))
     if dtype is not None:
         model.to(dtype)  # the dtype it was saved in, float64 or float16 included
