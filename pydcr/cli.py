@@ -12,8 +12,8 @@ from .allocator import retain_freed_memory
 from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
-from .cli_train import (UsageError, add_train_parser, check_out, check_out_of_images, check_positive,
-                        device_or_default, landmark_list, reading, usage_errors)
+from .cli_train import (UsageError, add_train_parser, check_out, check_out_folder, check_out_of_images,
+                        check_positive, device_or_default, landmark_list, reading, usage_errors)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -87,6 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"pydcr demo: unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}", file=sys.stderr)
         return 2
     check_positive(args, "epochs")
+    check_out_folder(args.out)
     try:
         result = run_demo(args.out, preset=args.preset, epochs=args.epochs, device=device_or_default(args.device),
                           progress=not args.quiet)
@@ -196,7 +197,7 @@ def _add_align(sub) -> None:
 
 def _align(args: argparse.Namespace) -> int:
     from pydcr.data import MTCNN
-    from pydcr.data.mtcnn import detect_landmarks
+    from pydcr.data.mtcnn import NothingAligned, detect_landmarks
 
     check_positive(args, "batch_size", "threads")
     if args.min_face_size < 12:  # P-Net's window: MTCNN finds no smaller face
@@ -204,16 +205,28 @@ def _align(args: argparse.Namespace) -> int:
     dataset = _open_source(args)
     detector = MTCNN(device_or_default(args.device), min_face_size=args.min_face_size, threads=args.threads)
     unreadable: dict[str, str] = {}
-    missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
-                               workers=args.workers, resume=not args.fresh, progress=not args.quiet,
-                               unreadable=unreadable)
+    existed = args.out.exists()
+    try:
+        missing = detect_landmarks(dataset, args.out, detector=detector, batch_size=args.batch_size,
+                                   workers=args.workers, resume=not args.fresh, progress=not args.quiet,
+                                   unreadable=unreadable, allow_empty=False)
+    except NothingAligned as nothing:
+        _list_missing(nothing.missing, unreadable)
+        kept = " (the file already there is left as it was)" if existed else ""
+        print(f"pydcr align: no face found in {args.src} (every image listed above); {args.out} not written{kept}",
+              file=sys.stderr)
+        return 1
     print(f"{args.out}: landmarks of {len(dataset) - len(missing)} of {len(dataset)} images")
+    _list_missing(missing, unreadable)
+    return 0
+
+
+def _list_missing(missing: list[str], unreadable: dict[str, str]) -> None:
     for path in missing:
         if path in unreadable:
             print(f"unreadable: {path}: {unreadable[path]}", file=sys.stderr)
         else:
             print(f"no face: {path}", file=sys.stderr)
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

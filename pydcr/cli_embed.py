@@ -11,9 +11,10 @@ from pathlib import Path
 
 from ._files import naming_write_errors
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
-                        device_or_default, landmark_list, load_model, one_layout_only, reading)
+                        check_probe_sizes, device_or_default, landmark_list, load_model, one_layout_only, reading)
 
 PACK_MAGIC = b"PYDCRPK1"
+MAX_SHARDS = 65536
 #: The reason given for an image that is not an aligned crop, in the command's words (see ItemSource).
 ALIGN_ADVICE = ("give --landmarks LIST or --detect to align it",
                 "it is not in the landmark list: add it, or use --detect (without --landmarks) to align it")
@@ -150,7 +151,9 @@ def _list_file(path: Path, crop_size, landmarks):
     from .data import FaceDataset
 
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # -sig: a byte-order mark is not part of the first path; lines end at "\n" (or "\r\n") only,
+        # as a file name may hold other line breaks
+        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     except UnicodeDecodeError:
         raise UsageError(f"{path} is neither a pack nor a text list of image paths") from None
     paths, names = [], []
@@ -188,10 +191,12 @@ def _match_landmarks(path: Path, images: list) -> dict:
 
 
 def _source(embedder, args, *, allow_small: bool = False, input_path: Path, out: Path):
-    """The images at input_path to embed; a UsageError when `out` is one of them."""
+    """The images at input_path to embed; a UsageError when there are none or `out` is one of them."""
     from .embed import ItemSource
 
     items, description = open_input(input_path, embedder.crop_size, args.landmarks)
+    if len(items) == 0:
+        raise UsageError(f"no images in {input_path}")
     check_out_of_images(out, items)
     return ItemSource(items, embedder.crop_size, detector=_detector(args, embedder), allow_small=allow_small,
                       advice=ALIGN_ADVICE), description
@@ -220,15 +225,18 @@ def _shard(spec: str | None):
     else:
         rank, _, world = spec.partition("/")
     try:
-        return Shard(int(rank), int(world))
+        shard = Shard(int(rank), int(world))
     except ValueError:
         raise UsageError(f"--shard must be RANK/WORLD with 0 <= RANK < WORLD, or auto; got {spec!r}") from None
+    if shard.world > MAX_SHARDS:  # a typo: --merge would look for that many files
+        raise UsageError(f"--shard WORLD must be at most {MAX_SHARDS}, got {shard.world}")
+    return shard
 
 
 def run_embed(args: argparse.Namespace) -> int:
     from .embed import Gallery, complete_gallery, embed_gallery, merge_shards
     from .embed.embedder import TRUNK, hr_head
-    from .embed.gallery import work_folder
+    from .embed.gallery import NothingEmbedded, work_folder
 
     if args.merge:
         if args.model is not None or args.input is not None:
@@ -281,17 +289,20 @@ def run_embed(args: argparse.Namespace) -> int:
         return 0
     try:
         about = {**description, "model_file": args.model.name}
+        # an empty shard is still needed by --merge; an empty gallery replaces no earlier one
         out = embed_gallery(embedder, source, args.out, **plan, description=about, resume=not args.fresh,
-                            progress=not args.quiet)
+                            progress=not args.quiet, allow_empty=shard is not None)
     except KeyboardInterrupt:
         print("pydcr embed: interrupted; the same command resumes from the last finished chunk", file=sys.stderr)
         return 130
+    except NothingEmbedded as nothing:
+        _report_failures("embed", nothing.skipped, len(nothing.skipped))
+        kept = " (the file already there is left as it was)" if target.exists() else ""
+        print(f"pydcr embed: no face could be embedded from {args.input}; {target} not written{kept}",
+              file=sys.stderr)
+        return 1
     gallery = Gallery(out)
     _report_failures("embed", gallery.failures, len(gallery) + len(gallery.failures))
-    if len(gallery) == 0 and shard is None:  # an empty shard is still needed by --merge
-        out.unlink()
-        print(f"pydcr embed: no face could be embedded from {args.input}; {out} not written", file=sys.stderr)
-        return 1
     print(f"{out}: {len(gallery)} faces, {', '.join(gallery.heads)} features ({args.dtype})")
     return 0
 
@@ -315,6 +326,8 @@ def run_identify(args: argparse.Namespace) -> int:
         except ImportError as err:
             raise UsageError(str(err)) from None
     embedder = _embedder(args)
+    if args.size is not None:
+        check_probe_sizes("--size", [args.size], embedder.model.trunk.input_size, str(args.model))
     try:
         gallery = Gallery(args.gallery)
     except ValueError as err:
@@ -344,6 +357,9 @@ def run_identify(args: argparse.Namespace) -> int:
             if head not in gallery.heads:
                 raise UsageError(f"a probe routes to {head}, but {args.gallery} holds only {gallery.heads}: "
                                  "embed the gallery for every pair, or give --size")
+            if gallery.dims[head] != embedder.head_dim(head):  # an edited file: its model identity agrees
+                raise UsageError(f"{args.gallery}: features.{head} are {gallery.dims[head]}-d, but {args.model} gives "
+                                 f"{embedder.head_dim(head)}-d features; embed the gallery again")
             index = make_index(args.backend, device)
             try:
                 for start in range(0, len(gallery), 65536):
@@ -423,6 +439,8 @@ def run_verify(args: argparse.Namespace) -> int:
         if not p.is_file():
             raise UsageError(f"no such image file: {p}")
     embedder = _embedder(args)
+    if args.size is not None:
+        check_probe_sizes("--size", [args.size], embedder.model.trunk.input_size, str(args.model))
     detector = _detector(args, embedder)
     marks_a, marks_b = _pair_landmarks(args.landmarks, [args.image_a, args.image_b])
     model = embedder.model

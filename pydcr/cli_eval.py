@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +42,8 @@ def _add_lfw(protocols) -> None:
 
 
 def run_lfw(args: argparse.Namespace) -> int:
-    from .cli_train import check_lfw_root, check_probe_sizes, device_or_default, load_model, view2_folds
+    from .cli_train import (check_folds_exist, check_lfw_root, check_probe_sizes, device_or_default, load_model,
+                            view2_folds)
     from .data import LFW, PackedFaces
     from .eval.lfw import check_pack, evaluate_lfw, pair_images, people_trained_on, trained_outside_folds
     from .eval.report import write_report
@@ -70,6 +72,8 @@ def run_lfw(args: argparse.Namespace) -> int:
                              f"{_numbers(tested)} (the default)")
     try:
         lfw = LFW(args.root, size=model.trunk.input_size)
+        if args.folds is not None:
+            check_folds_exist("--folds", folds, lfw)
         pack = PackedFaces(args.pack) if args.pack is not None else None
         if pack is not None:  # the crop size and every image the folds need, before any face is embedded
             check_pack(lfw, pair_images(lfw, folds), pack)
@@ -113,11 +117,12 @@ def _numbers(folds) -> str:
 def _check_report_folder(out: Path, *inputs: Path | None, files: tuple[str, ...] | None = None) -> None:
     """A UsageError when the report folder `out` is a file, or a report file in it (`files`, by
     default those of write_report) is a folder or one of the inputs."""
-    from .cli_train import check_out
+    from .cli_train import check_out, check_out_folder
     from .eval.report import REPORT_FILES
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"cannot write the report in {out}: it is a file; give a folder for --out")
+    check_out_folder(out)
     if out.is_dir():  # a folder still to be made holds no input
         for name in files or REPORT_FILES:
             check_out(out / name, *inputs)
@@ -157,16 +162,19 @@ def _add_scface(protocols) -> None:
 
 
 def run_scface(args: argparse.Namespace) -> int:
-    from .cli_train import device_or_default, load_model, preset_named, trained_preset
+    from .cli_train import (check_positive, check_probe_sizes, check_seed, device_or_default, load_model,
+                            preset_named, trained_preset)
     from .data import SCface
     from .eval.scface import check_protocol, evaluate_scface, format_table, paper_resolutions
 
     if args.finetune_epochs < 0:
         raise UsageError(f"--finetune-epochs must be 0 or more, got {args.finetune_epochs}")
-    for name, value in (("--batch-size", args.batch_size), ("--pca-dim", args.pca_dim),
-                        ("--finetune-lr", args.finetune_lr), *(("--sizes", k) for k in args.sizes or ())):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be positive, got {value}")
+    check_positive(args, "batch_size", "pca_dim")
+    if args.sizes is not None and min(args.sizes) <= 0:
+        raise UsageError(f"--sizes must be positive, got {' '.join(map(str, args.sizes))}")
+    if args.finetune_lr is not None and not 0 < args.finetune_lr < math.inf:
+        raise UsageError(f"--finetune-lr must be positive and finite, got {args.finetune_lr}")
+    check_seed(args, low=0)
     if args.preset is not None:
         preset_named(args.preset)  # an unknown name is refused before any file is read
     device = device_or_default(args.device)
@@ -186,6 +194,7 @@ def run_scface(args: argparse.Namespace) -> int:
         dataset = SCface(args.root, seed=args.seed, train_subjects=args.train_subjects, landmarks=args.landmarks,
                          size=model.trunk.input_size)
         resolutions = paper_resolutions(model) if args.sizes is None else dict(zip((1, 2, 3), args.sizes))
+        check_probe_sizes("--sizes", list(resolutions.values()), model.trunk.input_size, str(args.model))
         check_protocol(model, dataset, resolutions, args.pca_dim)
     except ValueError as err:
         raise UsageError(str(err)) from None

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ._files import write_text
 from .cli_train import (UsageError, add_amp_argument, add_antialias_argument, check_lfw_root, check_out,
-                        check_positive, check_probe_sizes, device_or_default, preset_named, view2_folds)
+                        check_folds_exist, check_out_folder, check_positive, check_probe_sizes, check_seed,
+                        device_or_default, preset_named, view2_folds)
 
 
 def add_reproduce_parser(sub) -> None:
@@ -58,6 +59,8 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
     if min(args.sizes) < 1:
         raise UsageError(f"--sizes must be positive, got {args.sizes}")
     check_probe_sizes("--sizes", args.sizes, preset.trunk.input_size, f"the {args.preset} preset")
+    check_out_folder(args.out)
+    check_seed(args)
     if args.min_images < 1:
         raise UsageError(f"--min-images must be >= 1, got {args.min_images}")
     check_positive(args, "epochs")
@@ -70,6 +73,7 @@ def run_reproduce_lfw(args: argparse.Namespace) -> int:
     device = device_or_default(args.device)
     # the split reproduce_lfw will train on, computed here too so that an empty one stops before any work
     lfw = LFW(args.root, size=preset.trunk.input_size)
+    check_folds_exist("--test-folds", test_folds, lfw)
     split = lfw_disjoint_split(lfw, test_folds, args.min_images)
     if split.num_classes == 0:
         raise UsageError(f"no one in {args.root} trains: every person is in a pair of test folds "

@@ -99,6 +99,15 @@ def view2_folds(option: str, folds: list[int]) -> list[int]:
     return [f - 1 for f in folds]
 
 
+def check_folds_exist(option: str, folds: list[int], lfw) -> None:
+    """A UsageError when 0-based `folds` name a fold lfw's pairs file does not have (a short
+    pairs file of one's own), numbered as the command line numbers them."""
+    count = lfw.pairs.num_folds if lfw.pairs is not None else 0
+    if folds and max(folds) >= count:
+        raise UsageError(f"{option} {' '.join(str(f + 1) for f in folds)}: {lfw.root / 'pairs.txt'} has "
+                         f"{count} folds (1-{count})")
+
+
 def device_or_default(name: str | None) -> str:
     """The --device to run on (default: cuda when available), or a UsageError for one torch cannot use."""
     import torch
@@ -131,38 +140,70 @@ def landmark_list(given: Path | None, root: Path) -> Path | None:
     raise UsageError(f"no such landmark list: {given}")
 
 
-def check_seed(args: argparse.Namespace) -> None:
-    """A UsageError for a --seed outside what the shuffling and flip generators take."""
-    if not -(2**31) < args.seed < 2**31:
-        raise UsageError(f"--seed must be within +-2**31, got {args.seed}")
+def check_seed(args: argparse.Namespace, low: int = -(2**31) + 1) -> None:
+    """A UsageError for a --seed outside what the shuffling and flip generators take (numpy's, as
+    for the SCface split, take no negative one: low=0)."""
+    if not low <= args.seed < 2**31:
+        raise UsageError(f"--seed must be within {'0 to 2**31 - 1' if low == 0 else '+-2**31'}, got {args.seed}")
+
+
+# Counts (batch sizes, epochs, workers) above this are typos: loaders and index ranges refuse them
+# with messages that name no option.
+MAX_COUNT = 2**31
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:
-    """A UsageError for any of the named options that is given and not positive."""
+    """A UsageError for any of the named options that is given and not positive (or, a count,
+    not below MAX_COUNT)."""
     for name in names:
         value = getattr(args, name, None)
-        if value is not None and value <= 0:
+        if value is None:
+            continue
+        if not value > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if isinstance(value, int) and value >= MAX_COUNT:
+            raise UsageError(f"--{name.replace('_', '-')} must be below 2**31, got {value}")
+
+
+# Files written beside OUT before it is published: OUT.tmp (pydcr._files.atomic_write, the identify
+# CSV) and OUT.partial (a resumable pack or landmark list).
+WORK_SUFFIXES = (".tmp", ".partial")
 
 
 def check_out(out: Path, *inputs: Path | None) -> None:
-    """A UsageError when the output file cannot be written, or is an input file (writing would destroy it)."""
+    """A UsageError when the output file cannot be written, or it, or a working file written
+    beside it (WORK_SUFFIXES), is an input file (writing would destroy it)."""
     if not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: the folder {out.parent} does not exist")
     if out.is_dir():
         raise UsageError(f"cannot write {out}: it is a folder; give a file name")
-    if not out.exists():
+    written = [out, *(out.with_name(out.name + suffix) for suffix in WORK_SUFFIXES)]
+    targets = {p: p.stat() for p in written if p.exists()}  # once: the inputs may be every image of a dataset
+    if not targets:
         return
-    target = out.stat()  # once: the inputs may be every image of a dataset
     for path in inputs:
         if path is None:
             continue
         try:
-            same = os.path.samestat(target, os.stat(path))
+            stat = os.stat(path)
         except OSError:  # not there: nothing to destroy
             continue
-        if same:
-            raise UsageError(f"cannot write {out}: it is the input {path}, which writing would destroy")
+        for target, target_stat in targets.items():
+            if os.path.samestat(target_stat, stat):
+                what = "it" if target == out else f"{target.name}, which it writes first,"
+                raise UsageError(f"cannot write {out}: {what} is the input {path}, which writing would destroy")
+
+
+def check_out_folder(out: Path) -> None:
+    """A UsageError when the output folder `out` is a file, or cannot be made: a file where one of
+    its parents should be (found now, not after the work)."""
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"--out {out} is a file: give a folder")
+        return
+    ancestor = next(p for p in out.resolve().parents if p.exists())
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot make the folder {out}: {ancestor} is a file, not a folder")
 
 
 def check_out_of_images(out: Path, dataset) -> None:
@@ -285,8 +326,10 @@ def run_trunk(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("epochs", args.epochs), ("width", args.width), ("batch_size", args.batch_size))
                  if v is not None}
     for key, value in overrides.items():
-        if not (0 < value < math.inf):
-            raise UsageError(f"--{key.replace('_', '-')} must be positive and finite, got {value}")
+        count = isinstance(value, int)
+        if not 0 < value < (MAX_COUNT if count else math.inf):
+            raise UsageError(f"--{key.replace('_', '-')} must be positive and {'below 2**31' if count else 'finite'}, "
+                             f"got {value}")
     if args.antialias is not None:
         overrides["antialias"] = args.antialias
     _check_workers(args)
@@ -294,6 +337,7 @@ def run_trunk(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file: give the run folder (step 1 writes its checkpoint and "
                          "model.safetensors there)")
+    check_out_folder(args.out)
     if (args.out / "model.safetensors").exists() and not (args.out / "checkpoint.pt").exists():
         # no run here to resume or keep: the new trunk would replace a model (and its pairs) it did not make
         raise UsageError(f"{args.out / 'model.safetensors'} exists, but no run to resume ({args.out / 'checkpoint.pt'} "

@@ -298,7 +298,8 @@ def test_list_and_pack_inputs_agree(models, folder, tmp_path):
     from pydcr.data import open_dataset, pack
 
     paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
-    (tmp_path / "list.txt").write_text("".join(f"{folder / p}\n" for p in paths))
+    # as a Windows editor saves it: a byte-order mark and CRLF line ends, neither part of a path
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbf" + "".join(f"{folder / p}\r\n" for p in paths).encode())
     from pydcr.data import REFERENCE_112x96
 
     dataset = open_dataset(folder, "folder", {p: REFERENCE_112x96 for p in paths})
@@ -373,8 +374,14 @@ def test_interrupted_cli_run_resumes(models, folder, tmp_path, monkeypatch, caps
     [
         (["embed", "/no/model.safetensors", "FOLDER", "--out", "G"], "no such model file"),
         (["embed", "MODEL", "/no/such/folder", "--out", "G"], "no such input folder, list or pack"),
+        (["embed", "MODEL", "EMPTY", "--out", "G"], "no images in"),
+        (["identify", "MODEL", "--gallery", "G", "--probes", "EMPTY", "--out", "R"], "no images in"),
         (["embed", "MODEL", "FOLDER", "--out", "G", "--resolution", "12"], "no branch pair for [12]"),
         (["embed", "MODEL", "FOLDER", "--out", "G", "--shard", "2/2"], "--shard must be RANK/WORLD"),
+        (["embed", "MODEL", "FOLDER", "--out", "G", "--shard", "1/99999999999999999999"],
+         "--shard WORLD must be at most 65536, got 99999999999999999999"),
+        (["embed", "MODEL", "FOLDER", "--out", "G", "--batch-size", "99999999999999999999"],
+         "--batch-size must be below 2**31, got 99999999999999999999"),
         (["embed", "MODEL", "FOLDER", "--out", "G", "--batch-size", "0"], "--batch-size must be positive"),
         (["embed", "MODEL", "FOLDER", "--out", "G", "--landmarks", "/no/marks.txt"], "no such landmark list"),
         (["embed", "MODEL", "--out", "G"], "give MODEL and INPUT"),
@@ -388,12 +395,17 @@ def test_interrupted_cli_run_resumes(models, folder, tmp_path, monkeypatch, caps
          "--size must be positive"),
         (["identify", "MODEL", "--gallery", "G", "--probes", "FOLDER", "--out", "R", "--top-k", "0"],
          "--top-k must be positive"),
+        (["identify", "MODEL", "--gallery", "G", "--probes", "FOLDER", "--out", "R", "--size", "100000"],
+         "--size 100000 is larger than"),
+        (["verify", "MODEL", "IMAGE", "IMAGE", "--size", "100000"], "--size 100000 is larger than"),
         (["verify", "MODEL", "/no/a.png", "/no/b.png"], "no such image file"),
     ],
 )
 def test_argument_errors(argv, message, models, folder, tmp_path, capsys):
     names = {"MODEL": str(models[0]), "FOLDER": str(folder), "G": str(tmp_path / "g.safetensors"),
-             "R": str(tmp_path / "r.csv")}
+             "R": str(tmp_path / "r.csv"), "IMAGE": str(sorted(folder.rglob("*.png"))[0]),
+             "EMPTY": str(tmp_path / "empty")}
+    (tmp_path / "empty").mkdir()
     if "identify" in argv and "G" in argv:
         assert main(["embed", str(models[0]), str(folder), "--out", names["G"], "--quiet"]) == 0
     assert main([names.get(a, a) for a in argv]) == 2
@@ -478,3 +490,29 @@ def test_names_that_are_not_utf8(models, folder, tmp_path):
     assert main(["identify", str(models[0]), "--gallery", str(gallery), "--probes", str(root), "--size", "16",
                  "--top-k", "1", "--out", str(results), "--quiet"]) == 0
     assert b"Jos\xe9/" in results.read_bytes()
+
+
+def test_identify_refuses_gallery_features_of_another_width(models, folder, tmp_path, capsys):
+    """A gallery file edited to features of another width (its model identity still agreeing) is
+    refused, not a matrix-product error at search time."""
+    import json
+
+    from safetensors import safe_open
+
+    from pydcr._files import write_safetensors
+    from pydcr.embed.gallery import META_KEY
+
+    gallery = tmp_path / "g.safetensors"
+    assert main(["embed", str(models[0]), str(folder), "--out", str(gallery), "--resolution", "8", "--quiet"]) == 0
+    with safe_open(str(gallery), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    dim = tensors["features.hr8"].shape[1]
+    tensors["features.hr8"] = tensors["features.hr8"][:, : dim - 1].contiguous()
+    write_safetensors(tensors, gallery, meta)
+    assert json.loads(meta[META_KEY])["heads"] == ["hr8"]
+    capsys.readouterr()
+    assert main(["identify", str(models[0]), "--gallery", str(gallery), "--probes", str(folder), "--size", "8",
+                 "--out", str(tmp_path / "r.csv"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"features.hr8 are {dim - 1}-d, but {models[0]} gives {dim}-d features; embed the gallery again")
+    assert not (tmp_path / "r.csv").exists()

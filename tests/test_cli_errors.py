@@ -174,11 +174,16 @@ def test_align_names_unreadable_files_apart_from_faceless_ones(work, capsys):
     (work / "bad" / "empty.jpg").write_bytes(b"")
     (work / "bad" / "cut.jpg").write_bytes(cv2.imencode(".jpg", np.zeros((40, 40, 3), np.uint8))[1].tobytes()[:-2])
     (work / "bad" / "blank.png").write_bytes(cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))[1].tobytes())
+    (work / "marks.out").write_text("an earlier list\n")
     with pytest.MonkeyPatch.context() as m:
         m.chdir(work)
-        assert main(["align", "bad", "marks.out", "--layout", "flat", "--quiet", "--device", "cpu"]) == 0
+        # no face anywhere: a failure, and the list already there is kept
+        assert main(["align", "bad", "marks.out", "--layout", "flat", "--quiet", "--device", "cpu"]) == 1
+    assert (work / "marks.out").read_text() == "an earlier list\n" and not (work / "marks.out.partial").exists()
     err = sorted(capsys.readouterr().err.strip().splitlines())
     assert err == ["no face: blank.png",
+                   "pydcr align: no face found in bad (every image listed above); marks.out not written (the file "
+                   "already there is left as it was)",
                    "unreadable: cut.jpg: truncated JPEG (no end-of-image marker): bad/cut.jpg",
                    "unreadable: empty.jpg: image file is empty: bad/empty.jpg",
                    "unreadable: text.jpg: cannot decode image (corrupt or not an image): bad/text.jpg"]
@@ -212,6 +217,16 @@ def test_eval_lfw_refuses_before_any_work(args, message, work, tiny_lfw, eval_ne
     line = refused(["eval", "lfw", "m.safetensors", "--root", str(tiny_lfw), "--sizes", "8", "--quiet", *args],
                    work, capsys)
     assert line == f"pydcr eval: {message}"
+
+
+@pytest.mark.parametrize("argv", [["eval", "lfw", "m.safetensors", "--root", "LFW", "--sizes", "8", "--folds", "1", "3"],
+                                  ["reproduce", "lfw", "--root", "LFW", "--out", "run", "--test-folds", "1", "3"]])
+def test_folds_a_short_pairs_file_lacks_are_refused_as_numbered(argv, work, tiny_lfw, eval_never_runs, capsys):
+    """A pairs file of one's own with two folds: fold 3 is refused before any work, in the command
+    line's numbering."""
+    (tiny_lfw / "pairs.txt").write_text("2\t1\n" + "Ann\t1\t2\nAnn\t1\tBob\t1\n" * 2)
+    line = refused([str(tiny_lfw) if a == "LFW" else a for a in argv], work, capsys)
+    assert line.endswith(f"1 3: {tiny_lfw / 'pairs.txt'} has 2 folds (1-2)")
 
 
 def test_embed_leaves_a_work_folder_it_did_not_make(work, capsys):
@@ -392,6 +407,7 @@ def tiny_lfw(tmp_path):
     ([], "no one in ROOT trains: every person is in a pair of test folds 6 7 8 9 10 or has fewer than 2 images"),
     (["--test-folds", "1", "2", "--min-images", "3"], "no one in ROOT trains"),
     (["--sizes", "8", "57"], "--sizes 57 is larger than the small preset's 56x48 input: give resolutions up to 56"),
+    (["--seed", "99999999999999"], "--seed must be within +-2**31, got 99999999999999"),
 ])
 def test_reproduce_refuses_before_any_training(args, message, tiny_lfw, tmp_path, capsys, monkeypatch):
     import pydcr.reproduce
@@ -439,6 +455,33 @@ def test_no_face_embedded_is_a_failure(argv, work, capsys):
     assert [e.split(":")[0] for e in err[:2]] == ["skipped a.jpg", "skipped b.png"]
     assert err[2:] == [f"pydcr {argv[0]}: 2 of 2 inputs skipped (listed above)",
                        f"pydcr {argv[0]}: no face could be embedded from junk; {argv[-2]} not written"]
+
+
+def test_a_rerun_that_embeds_nothing_keeps_the_earlier_gallery(work, capsys):
+    """A rerun whose every input is skipped (a forgotten --landmarks, say) leaves the gallery made
+    before as it was, and says so."""
+    (work / "junk").mkdir()
+    (work / "junk" / "a.jpg").write_bytes(b"not an image")
+    (work / "x.safetensors").write_bytes((work / "g.safetensors").read_bytes())
+    before = tree(work)
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        assert main(["embed", "m.safetensors", "junk", "--out", "x.safetensors", "--quiet"]) == 1
+    assert tree(work) == before
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "pydcr embed: no face could be embedded from junk; x.safetensors not written (the file already there is "
+        "left as it was)")
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "lfw", "m.safetensors", "--root", "LFW", "--sizes", "8", "--out", "m.safetensors/report"],
+    ["demo", "--out", "m.safetensors/demo"],
+    ["reproduce", "lfw", "--root", "LFW", "--out", "m.safetensors/run"],
+    ["train", "trunk", "--data", "g.safetensors", "--out", "m.safetensors/run"],
+])
+def test_an_out_folder_under_a_file_is_refused_before_any_work(argv, work, tiny_lfw, eval_never_runs, capsys):
+    line = refused([str(tiny_lfw) if a == "LFW" else a for a in argv], work, capsys)
+    assert line.endswith(f"cannot make the folder {argv[-1]}: {work / 'm.safetensors'} is a file, not a folder")
 
 
 def test_eval_input_error_met_mid_run_is_exit_1(inputs, tiny_lfw, capsys, monkeypatch):

@@ -457,6 +457,61 @@ def test_gallery_file(model, tiny_pack, tmp_path):
     torch.testing.assert_close(half.features("hr8", 4, 9).float(), g.features("hr8", 4, 9), atol=2e-3, rtol=2e-3)
 
 
+@pytest.fixture(scope="module")
+def gallery_file(model, tiny_pack, tmp_path_factory):
+    """A finished gallery of the tiny pack (hr8 and hr16 features), for damaged copies of it."""
+    return _gallery(model, tiny_pack, tmp_path_factory.mktemp("gallery") / "g.safetensors")
+
+
+def damaged_copy(path, out, edit):
+    """`path` written again to `out` after edit(tensors, metadata) -> (tensors, metadata), a
+    metadata that is not a str written as JSON."""
+    import json
+
+    from safetensors import safe_open
+
+    from pydcr.embed.gallery import META_KEY
+
+    with safe_open(str(path), "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()[META_KEY])
+    tensors, meta = edit(tensors, meta)
+    write_safetensors(tensors, out, {META_KEY: meta if isinstance(meta, str) else json.dumps(meta)})
+    return out
+
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, m: (t, "{not json"), "its gallery metadata is not valid JSON"),
+    (lambda t, m: (t, [m]), "its gallery metadata is not a JSON object"),
+    (lambda t, m: (t, _without(m, "heads")), "its metadata lacks heads"),
+    (lambda t, m: (t, {**m, "paths": m["paths"][:-1]}), r"its metadata lists 21 paths for 22 rows \(index\)"),
+    (lambda t, m: (t, {**m, "paths": {"0": "a.png"}}), "metadata field paths is not a list of names"),
+    (lambda t, m: (t, {**m, "failures": [["a.png"]]}), r"metadata field failures is not a list of \[path, reason\]"),
+    (lambda t, m: ({**t, "labels": t["labels"][:-1]}, m), r"it holds 21 labels for 22 rows \(index\)"),
+    (lambda t, m: ({**t, "index": t["index"].float()}, m), r"its index tensor is F32 \[22\], not one int64 per row"),
+    (lambda t, m: (_without(t, "labels"), m), "it holds no labels tensor"),
+    (lambda t, m: (_without(t, "features.hr8"), m), "its metadata lists head hr8, but it holds no features.hr8"),
+    (lambda t, m: ({**t, "features.hr16": t["features.hr16"][:-1]}, m),
+     r"features.hr16 is F16 \[21, 512\], expected float16 or float32 \[22, width\]: a row per index entry"),
+    (lambda t, m: ({**t, "features.hr16": t["features.hr16"].reshape(-1)}, m), r"features.hr16 is F16 \[11264\]"),
+    (lambda t, m: ({**t, "features.hr8": t["features.hr8"][:, :500].contiguous()}, m),
+     r"its branch pairs' features differ in width \(features.hr8 500, features.hr16 512\): a model's pairs share"),
+])
+def test_a_damaged_gallery_is_refused_when_opened(gallery_file, tmp_path, edit, message):
+    """A hand-edited or damaged file: one ValueError naming it and what disagrees, not a KeyError
+    or a wrong match at search time."""
+    import re
+
+    out = damaged_copy(gallery_file, tmp_path / "edited.safetensors", edit)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(out))}: {message}.*; the gallery file was edited or "
+                                         "damaged: embed it again$"):
+        Gallery(out)
+    assert len(Gallery(damaged_copy(gallery_file, tmp_path / "same.safetensors", lambda t, m: (t, m)))) == 22
+
+
 class Interrupt(Exception):
     pass
 

@@ -32,7 +32,8 @@ def parse_landmarks(lines: Iterable[str], path: str | os.PathLike, first: int = 
         if len(fields) != 11:
             raise ValueError(f"{path}:{number}: expected a path and 10 coordinates, got {len(fields) - 1} fields")
         try:
-            points = np.asarray(fields[1:], dtype=np.float32).reshape(5, 2)
+            with np.errstate(over="ignore"):  # 1e39 overflows float32: refused just below, without a warning line
+                points = np.asarray(fields[1:], dtype=np.float32).reshape(5, 2)
         except ValueError as err:
             raise ValueError(f"{path}:{number}: bad coordinate ({err})") from None
         if not np.isfinite(points).all():

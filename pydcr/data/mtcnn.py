@@ -362,6 +362,7 @@ def detect_landmarks(
     resume: bool = True,
     progress: bool = True,
     unreadable: dict[str, str] | None = None,
+    allow_empty: bool = True,
 ) -> list[str]:
     """Write a landmark list for a dataset: the five points of the face nearest each image's centre.
 
@@ -371,7 +372,9 @@ def detect_landmarks(
     resumes where it stopped (only a run of the same images, folder and detector settings: another
     run's partial list is started over); OUT is written (atomically, in dataset order) at the end.
     Returns the paths where no face was found or the image could not be read; the latter also go
-    to `unreadable` when given (path -> why it could not be read).
+    to `unreadable` when given (path -> why it could not be read). Without `allow_empty`, a run
+    that finds no face raises :class:`NothingAligned` (holding those paths) and leaves a list
+    already at OUT as it was.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -424,9 +427,20 @@ def detect_landmarks(
             f.flush()
             bar.update(len(chunk))
     bar.close()
+    if not found and not allow_empty:
+        partial.unlink()
+        raise NothingAligned(out, missing)
     write_landmarks(out, [(p, found[p]) for p in dataset.paths if p in found])
     partial.unlink()
     return missing
+
+
+class NothingAligned(ValueError):
+    """An align run that found no face; `missing` holds every image's path."""
+
+    def __init__(self, out: Path, missing: list[str]) -> None:
+        super().__init__(f"no face found in any of {len(missing)} images; {out} not written")
+        self.missing = missing
 
 
 def _align_plan(dataset, detector) -> str:

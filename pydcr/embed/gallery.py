@@ -73,16 +73,70 @@ class Gallery:
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 meta = f.metadata() or {}
-                self.labels = f.get_tensor("labels").numpy() if META_KEY in meta else None
-                self.index = f.get_tensor("index").numpy() if META_KEY in meta else None
+                shapes = {}  # (dtype, shape) from the header: features are checked without being read
+                for key in f.keys():
+                    tensor = f.get_slice(key)
+                    shapes[key] = tensor.get_dtype(), tensor.get_shape()
+                rows = {k: f.get_tensor(k).numpy() for k in ("index", "labels")
+                        if META_KEY in meta and _is_rows(shapes.get(k))}
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
         if META_KEY not in meta:
             raise ValueError(f"{self.path} is a safetensors file but not a pydcr gallery")
-        self.meta = json.loads(meta[META_KEY])
-        if self.meta.get("format") != FORMAT or int(self.meta.get("version", 0)) > VERSION:
+        try:
+            self.meta = json.loads(meta[META_KEY])
+        except ValueError:
+            raise ValueError(f"{self.path}: its gallery metadata is not valid JSON; {_EDITED}") from None
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"{self.path}: its gallery metadata is not a JSON object; {_EDITED}")
+        version = self.meta.get("version", 0)
+        if self.meta.get("format") != FORMAT or not isinstance(version, int) or version > VERSION:
             raise ValueError(f"{self.path}: unsupported gallery format {self.meta.get('format')} "
                              f"version {self.meta.get('version')}")
+        self._check(shapes)
+        self.index, self.labels = rows["index"], rows["labels"]
+
+    def _check(self, shapes: dict[str, tuple[str, list[int]]]) -> None:
+        """ValueError naming the file and the first thing in it that disagrees with the format (a
+        hand-edited or damaged file), rather than a KeyError or a wrong match at search time."""
+        def corrupt(what: str) -> ValueError:
+            return ValueError(f"{self.path}: {what}; {_EDITED}")
+
+        missing = [k for k in ("model", "heads", "paths", "classes", "failures") if k not in self.meta]
+        if missing:
+            raise corrupt(f"its metadata lacks {', '.join(missing)}")
+        if not isinstance(self.meta["model"], str):
+            raise corrupt("metadata field model is not a model identity")
+        for key in ("heads", "paths", "classes"):
+            if not isinstance(self.meta[key], list) or not all(isinstance(v, str) for v in self.meta[key]):
+                raise corrupt(f"metadata field {key} is not a list of names")
+        failures = self.meta["failures"]
+        if not isinstance(failures, list) or not all(isinstance(f, list) and len(f) == 2 for f in failures):
+            raise corrupt("metadata field failures is not a list of [path, reason]")
+        for name in ("index", "labels"):
+            if name not in shapes:
+                raise corrupt(f"it holds no {name} tensor")
+            if not _is_rows(shapes[name]):
+                raise corrupt(f"its {name} tensor is {_shape(shapes[name])}, not one int64 per row")
+        n = shapes["index"][1][0]
+        if shapes["labels"][1][0] != n:
+            raise corrupt(f"it holds {shapes['labels'][1][0]} labels for {n} rows (index)")
+        if len(self.meta["paths"]) != n:
+            raise corrupt(f"its metadata lists {len(self.meta['paths'])} paths for {n} rows (index)")
+        widths = {}
+        for head in self.meta["heads"]:
+            dtype, shape = shapes.get(f"features.{head}", (None, None))
+            if shape is None:
+                raise corrupt(f"its metadata lists head {head}, but it holds no features.{head}")
+            if dtype not in ("F16", "F32") or len(shape) != 2 or shape[0] != n:
+                raise corrupt(f"features.{head} is {_shape((dtype, shape))}, expected float16 or float32 "
+                              f"[{n}, width]: a row per index entry")
+            if head.startswith("hr"):  # the HR features of a model's pairs: all pairs share one dim
+                widths[head] = shape[1]
+        if len(set(widths.values())) > 1:
+            listed = ", ".join(f"features.{h} {w}" for h, w in widths.items())
+            raise corrupt(f"its branch pairs' features differ in width ({listed}): a model's pairs share one dim")
+        self.dims = {head: shapes[f"features.{head}"][1][1] for head in self.meta["heads"]}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -119,6 +173,19 @@ class Gallery:
             return f.get_slice(f"features.{head}")[start : len(self) if stop is None else stop]
 
 
+_EDITED = "the gallery file was edited or damaged: embed it again"
+
+
+def _is_rows(entry: tuple[str, list[int]] | None) -> bool:
+    """Whether a header entry (dtype, shape) is an index or labels tensor: int64, one per row."""
+    return entry is not None and entry[0] == "I64" and len(entry[1]) == 1
+
+
+def _shape(entry: tuple[str, list[int]]) -> str:
+    dtype, shape = entry
+    return f"{dtype} [{', '.join(map(str, shape))}]"
+
+
 # ----------------------------------------------------------------------------------------------
 # Writing
 
@@ -143,6 +210,7 @@ def embed_gallery(
     resume: bool = True,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    allow_empty: bool = True,
 ) -> Path:
     """Embed `source` into the gallery file `out` (or, for a shard, into ``shard.path(out)``).
 
@@ -150,7 +218,9 @@ def embed_gallery(
     input items per chunk, the unit of resuming. description: JSON-able facts kept in the metadata
     as `about` for the reader only (e.g. the input's path): a resume, a rerun of a finished run
     and a merge do not compare them, so the same input reached by another path still goes
-    together. on_chunk(c) is called after chunk c is safely written.
+    together. on_chunk(c) is called after chunk c is safely written. Without `allow_empty`, a run
+    that embeds no face raises :class:`NothingEmbedded` (holding the skipped inputs and why) and
+    leaves a file already at the target as it was.
     Returns the path written.
     """
     if dtype not in DTYPES:
@@ -179,10 +249,23 @@ def embed_gallery(
     if not parts:  # more shards than chunks: this one holds no rows, but still a valid file
         parts = [work / "empty.safetensors"]
         _write_chunk(embedder, source, heads, dtype, flip, n, n, parts[0], bar)
-    final = {**_finished_meta(meta, shard, chunks, stamp), "about": description or {}, **_joined_meta(parts)}
+    joined = _joined_meta(parts)
+    if not allow_empty and not joined["paths"]:
+        _remove_work_folder(work)
+        raise NothingEmbedded(target, [tuple(f) for f in joined["failures"]])
+    final = {**_finished_meta(meta, shard, chunks, stamp), "about": description or {}, **joined}
     concat(parts, target, {META_KEY: json.dumps(final)})
     _remove_work_folder(work)
     return target
+
+
+class NothingEmbedded(ValueError):
+    """An embedding run in which every input was skipped; `skipped` holds (path, reason) for each."""
+
+    def __init__(self, out: Path, skipped: list[tuple[str, str]]) -> None:
+        super().__init__(f"no face could be embedded: every one of {len(skipped)} inputs was skipped; {out} "
+                         "not written")
+        self.skipped = skipped
 
 
 def complete_gallery(
