@@ -15,17 +15,18 @@ from safetensors.torch import save_file
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """The temporary file to write `path` under: once the block ends it is published as `path`
     (:func:`publish`); if the block fails it is removed, so a full disk or a Ctrl-C leaves the
-    old file, and no partial one, behind. A failed write is raised as an OSError naming `path`
-    (:func:`naming_write_errors`)."""
+    old file, and no partial one, behind. The block names `path` in its own write errors
+    (:func:`naming_write_errors` around the writing, :class:`NamedWrites` where writes and reads
+    of other files interleave: a read error must keep its own file's name)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with naming_write_errors(path):
-        try:
-            yield tmp
+    try:
+        yield tmp
+        with naming_write_errors(path):
             publish(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -41,6 +42,21 @@ def naming_write_errors(path: str | os.PathLike) -> Iterator[None]:
         if code is None:
             raise
         raise OSError(code, os.strerror(code), str(path)) from err
+
+
+class NamedWrites:
+    """A file object's writes (and flush) with their errors naming `path` (naming_write_errors)."""
+
+    def __init__(self, f, path: str | os.PathLike) -> None:
+        self._f, self._path = f, path
+
+    def write(self, data):
+        with naming_write_errors(self._path):
+            return self._f.write(data)
+
+    def flush(self) -> None:
+        with naming_write_errors(self._path):
+            self._f.flush()
 
 
 def _os_error_code(err: BaseException | None) -> int | None:
@@ -59,13 +75,13 @@ def _os_error_code(err: BaseException | None) -> int | None:
 
 def write_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """Write `tensors` to `path` atomically (:func:`atomic_write`)."""
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, naming_write_errors(path):
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` (UTF-8) atomically (:func:`atomic_write`)."""
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, naming_write_errors(path):
         # surrogateescape: a path that is not UTF-8 is written as the bytes it has on disk
         tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
 

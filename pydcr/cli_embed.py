@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._files import naming_write_errors
+from ._files import NamedWrites
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
                         check_probe_sizes, device_or_default, landmark_list, load_model, one_layout_only, reading)
 
@@ -152,8 +152,9 @@ def _list_file(path: Path, crop_size, landmarks):
 
     try:
         # -sig: a byte-order mark is not part of the first path; lines end at "\n" (or "\r\n") only,
-        # as a file name may hold other line breaks
-        lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
+        # as a file name may hold other line breaks (newline="": no translation of a lone "\r")
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            lines = [line.removesuffix("\r") for line in f.read().split("\n")]
     except UnicodeDecodeError:
         raise UsageError(f"{path} is neither a pack nor a text list of image paths") from None
     paths, names = [], []
@@ -251,6 +252,14 @@ def run_embed(args: argparse.Namespace) -> int:
                 raise UsageError(f"no such shard file: {p}")
         check_out(args.out, *args.merge)
         try:
+            shards = [Gallery(p) for p in args.merge]
+            # shards that hold no face make no gallery, nor replace an earlier one (other mistakes: merge_shards)
+            if all("shard" in g.meta for g in shards) and not any(len(g) for g in shards):
+                failures = [f for g in shards for f in g.failures]
+                _report_failures("embed", failures, len(failures))
+                kept = " (the file already there is left as it was)" if args.out.exists() else ""
+                print(f"pydcr embed: the shards hold no face; {args.out} not written{kept}", file=sys.stderr)
+                return 1
             out = merge_shards(args.merge, args.out)
         except ValueError as err:
             raise UsageError(str(err)) from None
@@ -376,9 +385,9 @@ def run_identify(args: argparse.Namespace) -> int:
     tmp = args.out.with_name(args.out.name + ".tmp")
     try:
         # surrogateescape: a file name that is not UTF-8 is written as the bytes it has on disk
-        with naming_write_errors(args.out), open(tmp, "w", newline="", encoding="utf-8",
-                                                  errors="surrogateescape") as f:
-            writer = csv.writer(f)
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            written = NamedWrites(f, args.out)  # not the gallery's or a probe's read errors
+            writer = csv.writer(written)
             writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery_row", "gallery", "gallery_identity", "score"])
             head = TRUNK if trunk_only else LR
             # probes are embedded as the gallery was: with the mirror image's feature added or not
@@ -386,6 +395,7 @@ def run_identify(args: argparse.Namespace) -> int:
                 failures += [(source.names[i], reason) for i, reason in batch.failures]
                 bar.update(batch.size)
                 matched += _write_matches(writer, batch, head, index_of, source, gallery, args.top_k)
+            written.flush()
         bar.close()
         _report_failures("identify", failures, len(source))
         if not matched:

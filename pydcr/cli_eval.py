@@ -100,7 +100,7 @@ def run_lfw(args: argparse.Namespace) -> int:
                          device=device, progress=not args.quiet)
     print(table.markdown())
     if args.out is not None:
-        meta = {"model": str(args.model), "root": str(args.root), "folds": folds_used,
+        meta = {"model": str(args.model), "root": str(args.root), "folds": folds_used, "antialias": model.antialias,
                 "pca_dim": args.pca_dim if args.pca_dim is not None else "none (centering only)"}
         if seen:
             meta["people trained on"] = f"{len(seen)} of the people in these pairs"

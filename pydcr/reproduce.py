@@ -120,6 +120,7 @@ def reproduce_lfw(
         "preset": preset,
         "epochs": trunk_cfg.epochs,
         "training_precision": "bfloat16 autocast" if use_amp(amp, device) else "float32",
+        "antialias": trunk_cfg.antialias,  # the bicubic convention of the training copies and the probes
         "seed": seed,
         "test_folds": folds_1based,
         "test_pairs": len(split.first),

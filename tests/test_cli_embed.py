@@ -516,3 +516,13 @@ def test_identify_refuses_gallery_features_of_another_width(models, folder, tmp_
     assert capsys.readouterr().err.strip().endswith(
         f"features.hr8 are {dim - 1}-d, but {models[0]} gives {dim}-d features; embed the gallery again")
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_list_file_ends_lines_at_newlines_only(tmp_path):
+    """A byte-order mark and CRLF line ends are not part of a path; a lone carriage return inside
+    a file name is."""
+    from pydcr.cli_embed import _list_file
+
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbf/data/a\rb.png\tAnn\r\n/x.png\n")
+    listed = _list_file(tmp_path / "list.txt", (112, 96), None)
+    assert listed.paths == ["/data/a\rb.png", "/x.png"] and listed.classes == ["Ann"]

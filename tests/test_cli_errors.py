@@ -484,6 +484,24 @@ def test_an_out_folder_under_a_file_is_refused_before_any_work(argv, work, tiny_
     assert line.endswith(f"cannot make the folder {argv[-1]}: {work / 'm.safetensors'} is a file, not a folder")
 
 
+def test_a_merge_of_shards_that_hold_nothing_keeps_the_earlier_gallery(work, capsys):
+    (work / "junk").mkdir()
+    (work / "junk" / "a.jpg").write_bytes(b"not an image")
+    (work / "x.safetensors").write_bytes((work / "g.safetensors").read_bytes())
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(work)
+        for rank in (0, 1):  # an empty shard is still written: --merge needs every one
+            assert main(["embed", "m.safetensors", "junk", "--out", "x.safetensors", "--shard", f"{rank}/2",
+                         "--quiet"]) == 0
+        capsys.readouterr()
+        before = tree(work)
+        assert main(["embed", "--merge", "x.shard000-of-002.safetensors", "x.shard001-of-002.safetensors",
+                     "--out", "x.safetensors"]) == 1
+    assert tree(work) == before
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "pydcr embed: the shards hold no face; x.safetensors not written (the file already there is left as it was)")
+
+
 def test_eval_input_error_met_mid_run_is_exit_1(inputs, tiny_lfw, capsys, monkeypatch):
     """What evaluation finds unusable while it runs (a damaged pack record, say) is an input error."""
     import pydcr.eval.lfw

@@ -181,6 +181,7 @@ def test_a_reproduction_records_its_test_folds_and_names_the_baselines(lfw, pack
     assert trained_on(provenance, PEOPLE) == sorted(f"{x}{f}" for x in "AB" for f in range(5))  # folds 1-5's
     assert eval_lfw(out / "model.safetensors", lfw, "--pack", packs["56x48"], "--out", tmp_path / "eval",
                     "--device", "cpu") == 0
+    assert json.loads((out / "report.json").read_text())["antialias"] is True  # summaries compare it
     table = json.loads((out / "report.json").read_text())["table"]
     evaluated = json.loads((tmp_path / "eval" / "report.json").read_text())["table"]
     assert evaluated == {column: {row: cell for row, cell in cells.items() if row in ("trunk", "DCR")}

@@ -66,6 +66,8 @@ def test_runs_are_listed_with_their_commands():
     (lambda r: r.update(folds=[3, 4, 5]), "folds"),  # as `pydcr eval lfw --folds` records them
     (lambda r: r.update(preset="paper"), "preset"),
     (lambda r: r.update(training_precision="bfloat16 autocast"), "training_precision"),
+    (lambda r: r.update(antialias=False), "antialias = False"),  # against a report that predates the field
+
     (lambda r: r["table"].pop("HR"), "columns"),
     (lambda r: r["table"]["8x8"].pop("DCR"), "rows"),
 ])
@@ -74,6 +76,12 @@ def test_runs_that_differ_in_more_than_the_seed_are_refused(change, message):
     change(b)
     with pytest.raises(ValueError, match=message):
         summarize_runs([a, b], ["a", "b"])
+
+
+def test_a_report_that_predates_the_antialias_field_is_antialiased():
+    a, b = report(table((0.8, 0.8), (0.8, 0.8)), seed=0), report(table((0.8, 0.8), (0.8, 0.8)), seed=1)
+    b["antialias"] = True
+    summarize_runs([a, b], ["a", "b"])  # no refusal
 
 
 def test_a_seed_may_not_count_twice():

@@ -106,3 +106,20 @@ def test_a_failed_write_names_its_file_and_leaves_the_old_one(tmp_path):
         assert (tmp_path / name).read_text() == "old", name
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([*seen, "part0.safetensors", "part1.safetensors"])  # no temporary
+
+
+def test_a_read_error_keeps_the_name_of_the_file_read(tmp_path, monkeypatch):
+    """Only write errors are given the output's name: a part that cannot be read (a flaky mount)
+    is not reported as the gallery being written."""
+    import pydcr.embed.tables as tables
+
+    write_safetensors({"a": torch.zeros(4)}, tmp_path / "part.safetensors", {})
+
+    def flaky(src, dst, nbytes):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))  # as a read on a failing disk: no file name
+
+    monkeypatch.setattr(tables, "_copy", flaky)
+    with pytest.raises(OSError) as caught:
+        concat([tmp_path / "part.safetensors"], tmp_path / "out.safetensors", {})
+    assert caught.value.errno == errno.EIO and caught.value.filename is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.safetensors"]  # no temporary left

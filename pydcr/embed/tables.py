@@ -15,7 +15,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
-from .._files import atomic_write
+from .._files import NamedWrites, atomic_write
 
 
 ITEM_SIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I64": 8, "I32": 4, "U8": 1}
@@ -76,13 +76,15 @@ def concat(parts: Sequence[Path], out: Path, metadata: dict[str, str]) -> None:
     header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     # a part found truncated, a full disk, Ctrl-C: no half file left behind
     with atomic_write(out) as tmp, open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(header)) + header)
+        written = NamedWrites(f, out)  # a write error names out; a part's read error keeps the part's name
+        written.write(struct.pack("<Q", len(header)) + header)
         for name in names:
             for path, (tensors, _, start) in zip(parts, headers):
                 a, b = tensors[name]["data_offsets"]
                 with open(path, "rb") as src:
                     src.seek(start + a)
-                    _copy(src, f, b - a)
+                    _copy(src, written, b - a)
+        written.flush()
 
 
 def _copy(src, dst, nbytes: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_write, write_text
+from .._files import atomic_write, naming_write_errors, write_text
 from .table import VerificationTable
 
 REPORT_FILES = ("report.md", "report.json", "accuracy.png", "roc.png")  # what write_report writes
@@ -75,7 +75,7 @@ def plot_roc(table: VerificationTable, path: Path) -> Path:
 def _save_figure(fig, path: Path, dpi: int) -> None:
     """In the format `path`'s suffix names (PNG without one), as ``fig.savefig(path)`` would."""
     path = Path(path)
-    with atomic_write(path) as tmp:
+    with atomic_write(path) as tmp, naming_write_errors(path):
         fig.savefig(tmp, format=path.suffix[1:].lower() or "png", dpi=dpi)
 
 

@@ -18,7 +18,9 @@ from pathlib import Path
 # Report fields that must agree for the runs' tables to be comparable cell by cell (`folds`: the
 # folds of a `pydcr eval lfw` report, `test_folds` those of a `pydcr reproduce lfw` one).
 _SAME_PROTOCOL = ("test_folds", "folds", "test_pairs", "preset", "epochs", "training_precision", "min_images",
-                  "pca_dim")
+                  "pca_dim", "antialias")
+# What a report written before a field was recorded had: the antialiased convention was the only one.
+_RECORDED_LATER = {"antialias": True}
 
 
 def load_report(path: str | Path) -> dict:
@@ -77,8 +79,9 @@ def _check_comparable(reports: Sequence[dict], names: Sequence[str]) -> None:
                 raise ValueError(f"{name} has rows {sorted(cells)} in column {column}, "
                                  f"{names[0]} {sorted(first['table'][column])}")
         for key in _SAME_PROTOCOL:
-            if report.get(key) != first.get(key):
-                raise ValueError(f"{name} has {key} = {report.get(key)!r}, {names[0]} {first.get(key)!r}: "
+            ours, theirs = (r.get(key, _RECORDED_LATER.get(key)) for r in (report, first))
+            if ours != theirs:
+                raise ValueError(f"{name} has {key} = {ours!r}, {names[0]} {theirs!r}: "
                                  "the runs differ in more than their seed")
     seeds = {}  # reports written before the seed was recorded have none
     for name, report in zip(names, reports):

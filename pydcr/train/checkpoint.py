@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from .._files import atomic_write
+from .._files import atomic_write, naming_write_errors
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically: a run killed mid-write keeps its previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # through a Python file: torch.save to a name reports a full disk as "unexpected pos"
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, naming_write_errors(path), open(tmp, "wb") as f:
         torch.save(state, f)
 
 
