@@ -98,7 +98,9 @@ def test_a_failed_write_names_its_file_and_leaves_the_old_one(tmp_path):
     import json
     import subprocess
 
-    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], capture_output=True, text=True)
+    # from tmp_path: in the source folder, `import pydcr` would find the package without its build
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     for name, outcome in seen.items():
