@@ -82,6 +82,8 @@ def test_eager_route_records_the_graph(name, public, registered, args):
     assert y.requires_grad and type(y.grad_fn).__name__ == f"{name}_functionBackward"
 
 
+# torch's forward AD loads its decompositions through torch.jit.script, which warns of its own deprecation
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("name,public,registered,args", CASES, ids=[c[0] for c in CASES])
 def test_forward_mode_ad_is_refused_not_dropped(name, public, registered, args):
     """The ops have no forward-mode derivative: a dual input raises instead of losing its tangent."""
