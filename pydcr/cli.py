@@ -13,7 +13,7 @@ from .cli_embed import add_embed_parsers
 from .cli_eval import add_eval_parser
 from .cli_reproduce import add_reproduce_parser
 from .cli_train import (UsageError, add_train_parser, check_out, check_out_folder, check_out_of_images,
-                        check_positive, device_or_default, landmark_list, reading, usage_errors)
+                        check_positive, device_or_default, landmark_list, not_written, reading, usage_errors)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -178,9 +178,8 @@ def _pack(args: argparse.Namespace) -> int:
                "have no landmarks: give --landmarks LIST (pydcr align writes one) or --detect")
         print(f"pydcr pack: {unmarked} of {len(dataset)} images {how}", file=sys.stderr)
     if out is None:
-        kept = f"{args.out} not written" + (" (the file already there is left as it was)" if existed else "")
-        print(f"pydcr pack: no face could be packed from {args.src} (every image skipped, listed above); {kept}",
-              file=sys.stderr)
+        print(f"pydcr pack: no face could be packed from {args.src} (every image skipped, listed above); "
+              f"{not_written(args.out, existed)}", file=sys.stderr)
         return 1
     return 0
 
@@ -212,9 +211,8 @@ def _align(args: argparse.Namespace) -> int:
                                    unreadable=unreadable, allow_empty=False)
     except NothingAligned as nothing:
         _list_missing(nothing.missing, unreadable)
-        kept = " (the file already there is left as it was)" if existed else ""
-        print(f"pydcr align: no face found in {args.src} (every image listed above); {args.out} not written{kept}",
-              file=sys.stderr)
+        print(f"pydcr align: no face found in {args.src} (every image listed above); "
+              f"{not_written(args.out, existed)}", file=sys.stderr)
         return 1
     print(f"{args.out}: landmarks of {len(dataset) - len(missing)} of {len(dataset)} images")
     _list_missing(missing, unreadable)

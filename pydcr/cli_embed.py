@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ._files import NamedWrites
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
-                        check_probe_sizes, device_or_default, landmark_list, load_model, one_layout_only, reading)
+                        check_probe_sizes, device_or_default, landmark_list, load_model, not_written,
+                        one_layout_only, reading)
 
 PACK_MAGIC = b"PYDCRPK1"
 MAX_SHARDS = 65536
@@ -257,8 +258,8 @@ def run_embed(args: argparse.Namespace) -> int:
             if all("shard" in g.meta for g in shards) and not any(len(g) for g in shards):
                 failures = [f for g in shards for f in g.failures]
                 _report_failures("embed", failures, len(failures))
-                kept = " (the file already there is left as it was)" if args.out.exists() else ""
-                print(f"pydcr embed: the shards hold no face; {args.out} not written{kept}", file=sys.stderr)
+                print(f"pydcr embed: the shards hold no face; {not_written(args.out, args.out.exists())}",
+                      file=sys.stderr)
                 return 1
             out = merge_shards(args.merge, args.out)
         except ValueError as err:
@@ -306,8 +307,7 @@ def run_embed(args: argparse.Namespace) -> int:
         return 130
     except NothingEmbedded as nothing:
         _report_failures("embed", nothing.skipped, len(nothing.skipped))
-        kept = " (the file already there is left as it was)" if target.exists() else ""
-        print(f"pydcr embed: no face could be embedded from {args.input}; {target} not written{kept}",
+        print(f"pydcr embed: no face could be embedded from {args.input}; {not_written(target, target.exists())}",
               file=sys.stderr)
         return 1
     gallery = Gallery(out)

@@ -194,6 +194,11 @@ def check_out(out: Path, *inputs: Path | None) -> None:
                 raise UsageError(f"cannot write {out}: {what} is the input {path}, which writing would destroy")
 
 
+def not_written(out: Path, earlier: bool) -> str:
+    """How a run that produced nothing ends its message: OUT not written, and any `earlier` file there kept."""
+    return f"{out} not written" + (" (the file already there is left as it was)" if earlier else "")
+
+
 def check_out_folder(out: Path) -> None:
     """A UsageError when the output folder `out` is a file, or cannot be made: a file where one of
     its parents should be (found now, not after the work)."""

@@ -176,16 +176,21 @@ class LFW(IdentityFolder):
         self._index = {p: i for i, p in enumerate(self.paths)}
         self.pairs = read_pairs(root / pairs, self._index) if pairs is not None else None
 
-    def fold_identities(self, folds: Iterable[int]) -> set[str]:
-        """The names of everyone in the pairs of the given folds (to keep them out of training).
-        Folds are numbered from 0, as ``pairs.fold`` numbers them: View 2's folds 6-10, in the
-        command line's numbering, are 5-9 here. A fold the pairs file does not have is a ValueError,
-        not an empty set: people it was meant to keep out of training would train."""
+    def check_folds(self, folds: Iterable[int]) -> list[int]:
+        """`folds` sorted, each once; a ValueError for one the pairs file does not have (numbered from 0)."""
         folds = sorted({int(f) for f in folds})
         num_folds = 0 if self.pairs is None else self.pairs.num_folds
         if folds and (folds[0] < 0 or folds[-1] >= num_folds):
             raise ValueError(f"folds must lie in [0, {num_folds}) (numbered from 0), got {folds}"
                              + ("" if self.pairs is not None else f": {self.root} was read without a pairs file"))
+        return folds
+
+    def fold_identities(self, folds: Iterable[int]) -> set[str]:
+        """The names of everyone in the pairs of the given folds (to keep them out of training).
+        Folds are numbered from 0, as ``pairs.fold`` numbers them: View 2's folds 6-10, in the
+        command line's numbering, are 5-9 here. A fold the pairs file does not have is a ValueError,
+        not an empty set: people it was meant to keep out of training would train."""
+        folds = self.check_folds(folds)
         if self.pairs is None:
             return set()
         chosen = np.isin(self.pairs.fold, folds)

@@ -42,9 +42,9 @@ def _test_pairs(lfw: LFW, folds: Sequence[int] | None) -> tuple[np.ndarray, ...]
     """(images, first, second, same, fold) of the pairs of `folds` (None: every fold)."""
     if lfw.pairs is None:
         raise ValueError(f"{lfw.root}: no pairs file, so no verification pairs")
-    folds = sorted({int(f) for f in (range(lfw.pairs.num_folds) if folds is None else folds)})
-    if not folds or folds[0] < 0 or folds[-1] >= lfw.pairs.num_folds:
-        raise ValueError(f"folds must lie in [0, {lfw.pairs.num_folds}), got {folds}")
+    folds = lfw.check_folds(range(lfw.pairs.num_folds) if folds is None else folds)
+    if not folds:
+        raise ValueError(f"folds must lie in [0, {lfw.pairs.num_folds}), got none")
     chosen = np.isin(lfw.pairs.fold, folds)
     first, second = lfw.pairs.first[chosen], lfw.pairs.second[chosen]
     images, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
