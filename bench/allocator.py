@@ -52,7 +52,7 @@ def worker(setting: str, batch: int, width: float) -> None:
 
 
 def main(argv=None) -> None:
-    p = common_args(__doc__.splitlines()[0])
+    p = common_args(__doc__.splitlines()[0], malloc=False)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)

@@ -20,7 +20,7 @@ from functools import partial
 
 import torch
 
-from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
+from bench.harness import Report, common_args, parse_args, peak_memory_mib, time_interleaved
 from pydcr import ops, reference
 
 NUM_CLASSES = 10575
@@ -66,7 +66,7 @@ def check_agreement(centers, features, labels, dtype) -> None:
 def main(argv=None) -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes B (default 256 768, quick 256)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     batches = args.batch or ([256] if args.quick else [256, 768])
     dtypes = [torch.float32] + ([torch.float16] if device.type == "cuda" else [])

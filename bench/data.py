@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.harness import Report, common_args
+from bench.harness import Report, common_args, parse_args
 from pydcr.data import LFW, MTCNN, FaceDataset, PackedFaces, align, face_loader, pack, read_image
 
 DEFAULT_LFW = (
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lfw", type=Path, default=DEFAULT_LFW, help="LFW root (with lfw/ and lfw_landmark.txt)")
     parser.add_argument("--images", type=int, default=None,
                         help="LFW images for the decode, pack and read rows (default 2000, with --quick 400)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     n = args.images if args.images is not None else 400 if args.quick else 2000  # --images wins over --quick
     data = LFW(args.lfw, pairs=None)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from bench.harness import Report, common_args, copy_bandwidth_gbs, time_interleaved
+from bench.harness import Report, common_args, copy_bandwidth_gbs, parse_args, time_interleaved
 from bench.lowrank import LowRankDegrade
 from pydcr import ops, reference
 
@@ -42,7 +42,7 @@ def opencv_loop(images: np.ndarray, k: int) -> np.ndarray:
 def main(argv=None) -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256, help="N, images per call (default 256)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     n = args.batch
     ks = [12] if args.quick else [6, 8, 12, 16, 20, 40]

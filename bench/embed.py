@@ -29,7 +29,7 @@ import torch
 
 import pydcr
 from bench.data import DEFAULT_LFW
-from bench.harness import Report, common_args, sync
+from bench.harness import Report, common_args, parse_args, sync
 from pydcr.data import PackedFaces, align, read_image, read_landmarks
 from pydcr.demo import DEMO_PACK
 from pydcr.embed.embedder import hr_head
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=None,
                    help="interleaved runs per case: images_per_s is the median batch's over all of them, "
                         "whole_run_per_s the best run's (default 3, quick 2)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     args.repeats = args.repeats or (2 if args.quick else 3)
     device = torch.device(args.device)
     cuda = device.type == "cuda"

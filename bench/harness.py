@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from pydcr._machine import describe, machine
+from pydcr.allocator import retain_freed_memory
 
 
 def sync(device: torch.device) -> None:
@@ -117,12 +118,26 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def common_args(description: str) -> argparse.ArgumentParser:
+def common_args(description: str, *, malloc: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark takes; `malloc=False` for one that sets the allocator itself."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/<name>-<device>.json)")
     p.add_argument("--quick", action="store_true", help="fewer cases and shorter timings")
+    if malloc:
+        p.add_argument("--malloc", choices=["retain", "default"], default="retain",
+                       help="retain (default): keep freed CPU memory in the process, as the pydcr command "
+                            "does (pydcr.allocator); default: glibc's own, which unmaps each freed block "
+                            "above 32 MiB, so whichever contender allocates one next pays its page faults")
     return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse the options and apply --malloc (the report's machine records what applied)."""
+    args = p.parse_args(argv)
+    if getattr(args, "malloc", "default") == "retain" and not retain_freed_memory():
+        print("# --malloc retain: this malloc is not glibc's; its own behaviour applies")
+    return args
 
 
 class Report:
@@ -132,7 +147,8 @@ class Report:
         self.name, self.device, self.columns = name, device, columns
         self.machine = machine(device)
         self.rows: list[dict] = []
-        print(f"# {name} on {describe(self.machine)}, torch {torch.__version__}")
+        malloc = f", malloc {self.machine['malloc']}" if device.type == "cpu" else ""
+        print(f"# {name} on {describe(self.machine)}, torch {torch.__version__}{malloc}")
         print(" | ".join(columns))
 
     def add(self, **row) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
+from bench.harness import Report, common_args, parse_args, peak_memory_mib, time_interleaved
 from pydcr import nn, ops, reference
 
 TRUNK = [(64, 54, 46), (128, 26, 22), (256, 12, 10), (512, 5, 4)]
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
                    help="batch of the op rows (default: the trunk's, 64 for prelu and 32 for prelu_pool)")
     p.add_argument("--stack-batch", type=int, default=None,
                    help="batch of the ResidualUnit stacks (default: 64 on CUDA, 8 on CPU)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     cols = ["kind", "shape", "dtype", "layout", "pass", "ours_ms", "eager_ms", "compiled_ms", "vs_eager", "vs_compiled",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.harness import common_args, sync, time_ms
+from bench.harness import common_args, parse_args, sync, time_ms
 from bench.trunk import passes, setup
 from pydcr._machine import describe, machine
 
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     p.add_argument("--compile", action="store_true", help="also profile torch.compile of the eager twin")
     p.add_argument("--bf16", action="store_true", help="on the CPU: bf16 autocast (CUDA always is)")
     p.add_argument("--inference", action="store_true", help="profile inference instead of a training step")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     pass_name = "inference" if args.inference else "train_step"
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import Report, common_args, time_interleaved
+from bench.harness import Report, common_args, parse_args, time_interleaved
 from bench.lowrank import LowRankResize
 from pydcr import ops, reference
 
@@ -30,7 +30,7 @@ CASES = [  # (N, C, H, W) -> (h, w): a batch of faces to a probe size and back, 
 def main(argv=None) -> None:
     p = common_args(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="N of every case (default: each case's own, 256 or 64)")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     dtypes = [torch.uint8, torch.float32, torch.float16 if device.type == "cuda" else torch.bfloat16]
     report = Report("resize", device, ["input", "size", "dtype", "antialias", "pass", "ours_ms", "ref_ms", "lowrank_ms",
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
 
 def _check_agree(contenders, x, size, antialias) -> None:
     """Every contender computes the same resize (to the input type's precision), or the timing means nothing."""
-    want = reference.resize(x.double() if x.dtype == torch.uint8 else x.double(), size, antialias=antialias)
+    want = reference.resize(x.double(), size, antialias=antialias)
     scale = 255.0 if x.dtype == torch.uint8 else 1.0
     tol = {torch.bfloat16: 3e-2, torch.float16: 3e-3}.get(x.dtype, 1e-4) * scale
     for name, fn in contenders.items():

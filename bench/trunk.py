@@ -21,10 +21,9 @@ import copy
 
 import torch
 
-from bench.harness import Report, common_args, peak_memory_mib, time_interleaved
+from bench.harness import Report, common_args, parse_args, peak_memory_mib, time_interleaved
 from pydcr.denormals import set_flush_denormal
 from pydcr.models import Trunk
-
 
 # The --host case: every layer still runs, on a few hundred values each.
 HOST_CASE = {"width": 0.0625, "input_size": (36, 36), "batch": 1}
@@ -71,7 +70,7 @@ def main(argv=None) -> None:
     p.add_argument("--host", action="store_true", help="per-call host cost: width 0.0625, 36x36, batch 1 (--batch and --width are not used)")
     p.add_argument("--bf16", action="store_true", help="on the CPU: bf16 autocast (CUDA always is)")
     p.add_argument("--nchw", action="store_true", help="also time both models in NCHW")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     case = HOST_CASE if args.host else {"width": args.width, "input_size": (112, 96), "batch": args.batch}
     if args.host and device.type == "cpu":

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from .allocator import freed_memory_retained
+
 
 def machine(device: torch.device | str = "cpu") -> dict:
     device = torch.device(device)
@@ -18,6 +20,8 @@ def machine(device: torch.device | str = "cpu") -> dict:
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        # CPU timings depend on it: with glibc's default, blocks above 32 MiB are paged in anew at each use.
+        "malloc": "retains freed memory" if freed_memory_retained() else "default",
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

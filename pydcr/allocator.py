@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import ctypes
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["freed_memory_retained", "retain_freed_memory"]
 
 # mallopt parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+
+# Whether retain_freed_memory applied in this process: malloc's settings cannot be read back, and
+# reports (pydcr._machine) say which allocator behaviour their timings ran under.
+_retained = False
 
 
 def retain_freed_memory() -> bool:
@@ -32,4 +36,11 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     # mallopt returns 1 on success; the trim threshold is an int, so 2 GiB is its largest value.
-    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    global _retained
+    _retained = _retained or (mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+    return _retained
+
+
+def freed_memory_retained() -> bool:
+    """Whether :func:`retain_freed_memory` has applied in this process."""
+    return _retained

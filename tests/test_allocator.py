@@ -15,7 +15,7 @@ CHILD = """
 import sys
 from pathlib import Path
 import torch
-from pydcr.allocator import retain_freed_memory
+from pydcr.allocator import freed_memory_retained, retain_freed_memory
 
 def resident_mib():
     status = Path("/proc/self/status").read_text().splitlines()
@@ -25,24 +25,24 @@ applied = retain_freed_memory() if sys.argv[1] == "retain" else None
 before = resident_mib()
 t = torch.ones(64 * 2**20 // 4)
 del t
-print(applied, resident_mib() - before)
+print(applied, freed_memory_retained(), resident_mib() - before)
 """
 
 
-def kept_after_free(setting: str, cwd: Path) -> tuple[str, float]:
+def kept_after_free(setting: str, cwd: Path) -> tuple[str, str, float]:
     # Run outside the source tree: `python -c` puts the working folder first on sys.path, and the
     # source folder's pydcr has no compiled extension when the package is installed normally.
     run = subprocess.run([sys.executable, "-c", CHILD, setting], capture_output=True, text=True, cwd=cwd)
     assert run.returncode == 0, run.stderr
-    applied, kept = run.stdout.split()
-    return applied, float(kept)
+    applied, recorded, kept = run.stdout.split()
+    return applied, recorded, float(kept)
 
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="a glibc setting")
 def test_freed_memory_stays_resident_only_when_retained(tmp_path):
-    assert kept_after_free("default", tmp_path) == ("None", pytest.approx(0, abs=8))
-    applied, kept = kept_after_free("retain", tmp_path)
-    assert applied == "True"
+    assert kept_after_free("default", tmp_path) == ("None", "False", pytest.approx(0, abs=8))
+    applied, recorded, kept = kept_after_free("retain", tmp_path)
+    assert applied == recorded == "True"
     assert kept == pytest.approx(64, abs=8)
 
 

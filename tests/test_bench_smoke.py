@@ -12,6 +12,7 @@ and the smoke runs take several times as long.
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,16 @@ def test_resize(bench_path, tmp_path):
     assert len(rows) == 20
     assert {r["dtype"] for r in rows} == {"uint8", "float32", "bfloat16"}
     assert {r["input"] for r in rows} == {"2x3x112x96", "2x3x12x12"}
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="a glibc setting")
+def test_the_allocator_setting_is_applied_and_recorded(bench_path, tmp_path):
+    """Timings depend on whether freed memory is kept (pydcr.allocator): the report says which ran."""
+    args = ["--quick", "--batch", "2"]
+    retained, out = run_bench("resize", args, bench_path, tmp_path / "retained.json")
+    assert retained["machine"]["malloc"] == "retains freed memory" and "malloc retains freed memory" in out
+    default, out = run_bench("resize", [*args, "--malloc", "default"], bench_path, tmp_path / "default.json")
+    assert default["machine"]["malloc"] == "default" and "malloc default" in out
 
 
 def test_degrade(bench_path, tmp_path):
