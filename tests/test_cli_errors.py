@@ -293,7 +293,7 @@ def test_cuda_without_a_cuda_device(work, capsys, monkeypatch):
     (["pack", "faces", "x.pack", "--landmarks", "latin1.txt", "--quiet"],
      "latin1.txt is not UTF-8 text (invalid continuation byte)"),
     (["embed", "m.safetensors", "faces", "--landmarks", "short.txt", "--out", "x.safetensors", "--quiet"],
-     "short.txt:1: expected a path and 10 coordinates, got 2 fields"),
+     "short.txt:1: expected a path and 10 coordinates, got 2 coordinates"),
     (["embed", "m.safetensors", "list.txt", "--landmarks", "latin1.txt", "--out", "x.safetensors", "--quiet"],
      "latin1.txt is not UTF-8 text (invalid continuation byte)"),
     (["embed", "m.safetensors", "small.pack", "--out", "x.safetensors", "--quiet"],

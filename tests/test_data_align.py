@@ -127,7 +127,11 @@ def test_write_landmarks_errors(tmp_path, name, points, match):
 def test_read_landmarks_errors(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("a.jpg\t1\t2\n")
-    with pytest.raises(ValueError, match=r"bad.txt:1: expected a path and 10"):
+    with pytest.raises(ValueError, match=r"bad.txt:1: expected a path and 10 coordinates, got 2 coordinates$"):
+        read_landmarks(bad)
+    bad.write_text("a.jpg" + " 1" * 10 + "\n")
+    with pytest.raises(ValueError, match=r"got 0 coordinates \(separated by spaces\? the list's fields are "
+                                         r"separated by tabs\)"):
         read_landmarks(bad)
     bad.write_text("a.jpg" + "\t1" * 10 + "\n\nb.jpg" + "\tx" * 10 + "\n")
     with pytest.raises(ValueError, match=r"bad.txt:3: bad coordinate"):

@@ -30,7 +30,11 @@ def parse_landmarks(lines: Iterable[str], path: str | os.PathLike, first: int = 
             continue
         fields = line.rstrip("\n").split("\t")
         if len(fields) != 11:
-            raise ValueError(f"{path}:{number}: expected a path and 10 coordinates, got {len(fields) - 1} fields")
+            # a hand-written list often separates by spaces; paths may hold spaces, so tabs are the format
+            spaces = " (separated by spaces? the list's fields are separated by tabs)" if (
+                len(fields) == 1 and len(line.split()) == 11) else ""
+            raise ValueError(f"{path}:{number}: expected a path and 10 coordinates, got {len(fields) - 1} "
+                             f"coordinate{'' if len(fields) == 2 else 's'}{spaces}")
         try:
             with np.errstate(over="ignore"):  # 1e39 overflows float32: refused just below, without a warning line
                 points = np.asarray(fields[1:], dtype=np.float32).reshape(5, 2)
