@@ -25,6 +25,7 @@ from bench.harness import Report, common_args, parse_args, peak_memory_mib, time
 from pydcr.denormals import set_flush_denormal
 from pydcr.models import Trunk
 
+
 # The --host case: every layer still runs, on a few hundred values each.
 HOST_CASE = {"width": 0.0625, "input_size": (36, 36), "batch": 1}
 
