@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._files import NamedWrites
+from ._files import NamedWrites, atomic_write
 from .cli_train import (UsageError, add_amp_argument, check_out, check_out_of_images, check_positive,
                         check_probe_sizes, device_or_default, landmark_list, load_model, not_written,
                         one_layout_only, reading)
@@ -382,31 +382,36 @@ def run_identify(args: argparse.Namespace) -> int:
 
     bar = progress_bar(len(source), 0, "identify", not args.quiet)
     failures, matched = [], 0
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    try:
-        # surrogateescape: a file name that is not UTF-8 is written as the bytes it has on disk
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            written = NamedWrites(f, args.out)  # not the gallery's or a probe's read errors
-            writer = csv.writer(written)
-            writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery_row", "gallery", "gallery_identity", "score"])
-            head = TRUNK if trunk_only else LR
-            # probes are embedded as the gallery was: with the mirror image's feature added or not
-            for batch in embedder.stream(source, [head], size=args.size, flip=gallery.meta.get("flip", False)):
-                failures += [(source.names[i], reason) for i, reason in batch.failures]
-                bar.update(batch.size)
-                matched += _write_matches(writer, batch, head, index_of, source, gallery, args.top_k)
-            written.flush()
-        bar.close()
-        _report_failures("identify", failures, len(source))
-        if not matched:
-            print(f"pydcr identify: no face could be embedded from {args.probes}; {args.out} not written",
-                  file=sys.stderr)
-            return 1
-        os.replace(tmp, args.out)
-    finally:  # a run that stopped or matched nothing leaves no half-written file
-        tmp.unlink(missing_ok=True)
+    existed = args.out.exists()
+    try:  # a run that stops or matches nothing leaves no half-written file, and an earlier one as it was
+        with atomic_write(args.out) as tmp:
+            # surrogateescape: a file name that is not UTF-8 is written as the bytes it has on disk
+            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+                written = NamedWrites(f, args.out)  # not the gallery's or a probe's read errors
+                writer = csv.writer(written)
+                writer.writerow(["probe", "probe_identity", "resolution", "rank", "gallery_row", "gallery",
+                                 "gallery_identity", "score"])
+                head = TRUNK if trunk_only else LR
+                # probes are embedded as the gallery was: with the mirror image's feature added or not
+                for batch in embedder.stream(source, [head], size=args.size, flip=gallery.meta.get("flip", False)):
+                    failures += [(source.names[i], reason) for i, reason in batch.failures]
+                    bar.update(batch.size)
+                    matched += _write_matches(writer, batch, head, index_of, source, gallery, args.top_k)
+                written.flush()
+            bar.close()
+            _report_failures("identify", failures, len(source))
+            if not matched:
+                raise _NothingMatched
+    except _NothingMatched:
+        print(f"pydcr identify: no face could be embedded from {args.probes}; {not_written(args.out, existed)}",
+              file=sys.stderr)
+        return 1
     print(f"{args.out}: top-{min(args.top_k, len(gallery))} matches of {matched} probes in a gallery of {len(gallery)}")
     return 0
+
+
+class _NothingMatched(Exception):
+    """No probe was embedded: the results file is not published."""
 
 
 def _write_matches(writer, batch, head: str, index_of, source, gallery, top_k: int) -> int:

@@ -457,19 +457,23 @@ def test_no_face_embedded_is_a_failure(argv, work, capsys):
                        f"pydcr {argv[0]}: no face could be embedded from junk; {argv[-2]} not written"]
 
 
-def test_a_rerun_that_embeds_nothing_keeps_the_earlier_gallery(work, capsys):
-    """A rerun whose every input is skipped (a forgotten --landmarks, say) leaves the gallery made
-    before as it was, and says so."""
+@pytest.mark.parametrize("argv", [
+    ["embed", "m.safetensors", "junk", "--out", "x.safetensors", "--quiet"],
+    ["identify", "m.safetensors", "--gallery", "g.safetensors", "--probes", "junk", "--out", "r.csv", "--quiet"],
+])
+def test_a_rerun_that_embeds_nothing_keeps_the_earlier_output(argv, work, capsys):
+    """A rerun whose every input is skipped (a forgotten --landmarks, say) leaves the gallery or
+    results made before as they were, and says so."""
     (work / "junk").mkdir()
     (work / "junk" / "a.jpg").write_bytes(b"not an image")
-    (work / "x.safetensors").write_bytes((work / "g.safetensors").read_bytes())
+    (work / argv[-2]).write_bytes((work / "g.safetensors").read_bytes())  # what an earlier run made
     before = tree(work)
     with pytest.MonkeyPatch.context() as m:
         m.chdir(work)
-        assert main(["embed", "m.safetensors", "junk", "--out", "x.safetensors", "--quiet"]) == 1
+        assert main(argv) == 1
     assert tree(work) == before
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "pydcr embed: no face could be embedded from junk; x.safetensors not written (the file already there is "
+        f"pydcr {argv[0]}: no face could be embedded from junk; {argv[-2]} not written (the file already there is "
         "left as it was)")
 
 
