@@ -30,14 +30,13 @@ from ..train.progress import Progress
 from .identification import identify
 from .verification import fit_pca
 
-#: The paper's branch pair per distance (its probe resolution): d1 20 x 20, d2 30 x 30, d3 full size.
-PAPER_RESOLUTIONS = {1: 20, 2: 30, 3: 112}  # for the paper's 112 x 96 crops
-
-
 def paper_resolutions(model: DCR) -> dict[int, int]:
-    """The paper's branch pair per distance for `model`: 20 for d1, 30 for d2 and the full size
-    for d3, keyed by the input's longer side (112 for 112 x 96 crops, 56 for 56 x 48)."""
+    """The paper's branch pair per distance (its probe resolution) for `model`: 20 for d1, 30 for
+    d2 and the full size for d3, keyed by the input's longer side (112 for the paper's 112 x 96
+    crops, 56 for 56 x 48)."""
     return {1: 20, 2: 30, 3: max(model.trunk.input_size)}
+
+
 METHODS = ("trunk", "DCR")
 
 
