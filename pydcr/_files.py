@@ -88,8 +88,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move the finished file `tmp` to `path`: first with the permissions of any new file (what
-    safetensors and mkstemp create is private, 0600, which hides the file from the other users of
-    a shared machine) and on disk, so that a crash or power cut leaves the old file or the new."""
+    safetensors creates is private, 0600, which hides the file from the other users of a shared
+    machine) and on disk, so that a crash or power cut leaves the old file or the new."""
     os.chmod(tmp, 0o666 & ~_umask())
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())

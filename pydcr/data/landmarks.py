@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import numpy as np
 
-from .._files import naming_write_errors, publish
+from .._files import atomic_write, naming_write_errors
 
 
 def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -71,12 +69,5 @@ def write_landmarks(
     """
     items = landmarks.items() if isinstance(landmarks, Mapping) else landmarks
     lines = [format_landmark_line(str(name), points) + "\n" for name, points in items]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with naming_write_errors(path), os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, naming_write_errors(path), open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
