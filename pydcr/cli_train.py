@@ -165,8 +165,8 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be below 2**31, got {value}")
 
 
-# Files written beside OUT before it is published: OUT.tmp (pydcr._files.atomic_write, the identify
-# CSV) and OUT.partial (a resumable pack or landmark list).
+# Files written beside OUT before it is published: OUT.tmp (pydcr._files.atomic_write, every output)
+# and OUT.partial (a resumable pack or landmark list).
 WORK_SUFFIXES = (".tmp", ".partial")
 
 
