@@ -29,8 +29,8 @@ class MetricsLog:
     the same figures as TensorBoard scalars under out_dir/tensorboard (global step = epoch), so that
     ``tensorboard --logdir RUN_DIR`` follows a run. A resumed run appends to both; ``after_epoch``
     (the epochs its checkpoint holds) first drops the lines of later epochs, written by a run
-    stopped before it could checkpoint them, which it trains again, and any line a kill cut off. A disabled log (the processes
-    other than rank 0 of a distributed run) writes nothing."""
+    stopped before it could checkpoint them, which it trains again, and any line a kill cut off. A
+    disabled log (the processes other than rank 0 of a distributed run) writes nothing."""
 
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = False, enabled: bool = True,
                  after_epoch: int | None = None):
